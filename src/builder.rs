@@ -1,0 +1,261 @@
+//! [`TcpPoolBuilder`]: settings, validation, and building the bb8 pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::config::{Config, ProbeFuture};
+use crate::manager::{Shared, TcpManager};
+use crate::{TcpPool, TcpPoolError};
+
+/// Configures and builds a [`TcpPool`]. Created by [`TcpPool::builder`].
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | [`max_size`](Self::max_size) | 10 | most connections open at once |
+/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open and refilled in the background |
+/// | [`checkout_timeout`](Self::checkout_timeout) | 5 s | how long a request may wait for a free connection |
+/// | [`connect_timeout`](Self::connect_timeout) | 2 s | one connect attempt (and one health probe) |
+/// | [`idle_timeout`](Self::idle_timeout) | 10 min | idle connections are closed after this (then refilled up to `min_idle`) |
+/// | [`max_lifetime`](Self::max_lifetime) | 30 min | connections older than this are replaced |
+/// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` |
+/// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
+/// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
+///
+/// Nothing is validated until [`build`](Self::build) or [`connect`](Self::connect), which
+/// return [`TcpPoolError::Config`] (never panic) for an invalid value.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use std::time::Duration;
+/// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+///     .max_size(16)
+///     .min_idle(2)
+///     .checkout_timeout(Duration::from_secs(2))
+///     .connect_timeout(Duration::from_secs(1))
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .max_lifetime(Some(Duration::from_secs(1800)))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build()` or `connect()` is called"]
+pub struct TcpPoolBuilder {
+    config: Config,
+}
+
+impl TcpPoolBuilder {
+    pub(crate) fn new(addr: String) -> Self {
+        TcpPoolBuilder {
+            config: Config::new(addr),
+        }
+    }
+
+    /// The most connections the pool opens at once (default 10; must be at least 1). The
+    /// backend never sees more than this many connections from this pool.
+    ///
+    /// ```
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").max_size(32);
+    /// ```
+    pub fn max_size(mut self, max_size: u32) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// Idle connections to keep open (default 0; at most `max_size`). They are opened in the
+    /// background after `build()` and refilled whenever the idle count drops below it.
+    ///
+    /// ```
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").min_idle(2);
+    /// ```
+    pub fn min_idle(mut self, min_idle: u32) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// How long a checkout may wait for a free connection (default 5 s; must not be zero).
+    /// When it runs out the request gets `503 Service Unavailable`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").checkout_timeout(Duration::from_millis(500));
+    /// ```
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.checkout_timeout = timeout;
+        self
+    }
+
+    /// The time limit of one connect attempt, including name resolution (default 2 s; must not
+    /// be zero). It also bounds one run of the [health check](Self::health_check) probe.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").connect_timeout(Duration::from_secs(1));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Idle connections are closed after sitting unused this long, then bb8 reopens
+    /// connections up to `min_idle` (default 10 minutes). `None` keeps idle connections
+    /// forever; `Some(Duration::ZERO)` is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").idle_timeout(Some(Duration::from_secs(60)));
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Connections older than this are closed and replaced: when they come back to the pool,
+    /// or by the background reaper while idle (default 30 minutes). `None` lets connections
+    /// live forever; `Some(Duration::ZERO)` is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").max_lifetime(None);
+    /// ```
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.config.max_lifetime = lifetime;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on new connections (default `true`: request/response protocols
+    /// should not wait for Nagle's algorithm).
+    ///
+    /// ```
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").nodelay(false);
+    /// ```
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.config.nodelay = nodelay;
+        self
+    }
+
+    /// Turns TCP keepalive on, with this idle time before the first probe (default off).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").keepalive(Some(Duration::from_secs(30)));
+    /// ```
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.config.keepalive = idle;
+        self
+    }
+
+    /// An async probe run on every checkout, after the built-in check (a non-blocking peek
+    /// that rejects connections the backend closed or sent unexpected bytes on).
+    ///
+    /// The probe gets the raw stream; it must leave nothing unread. If it fails, times out
+    /// (`connect_timeout`), or leaves bytes behind, the connection is closed and another one
+    /// is tried; if it fails on a brand-new connection, the backend is taken as unreachable
+    /// and waiting requests get `502`. It costs one round trip per checkout.
+    ///
+    /// ```
+    /// use std::io;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").health_check(|stream| {
+    ///     Box::pin(async move {
+    ///         stream.write_all(b"PING\r\n").await?;
+    ///         let mut reply = [0u8; 7];
+    ///         stream.read_exact(&mut reply).await?;
+    ///         if &reply == b"+PONG\r\n" {
+    ///             Ok(())
+    ///         } else {
+    ///             Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected PING reply"))
+    ///         }
+    ///     })
+    /// });
+    /// ```
+    pub fn health_check<F>(mut self, probe: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut TcpStream) -> ProbeFuture<'a> + Send + Sync + 'static,
+    {
+        self.config.probe = Some(Arc::new(probe));
+        self
+    }
+
+    /// Validates the settings and builds the pool. No I/O: connections are opened on demand
+    /// (and `min_idle` of them in the background).
+    ///
+    /// Must be called from within a Tokio runtime (bb8 spawns its background tasks there).
+    ///
+    /// # Errors
+    ///
+    /// [`TcpPoolError::Config`], with a message that says what to fix, for: `max_size(0)`,
+    /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
+    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`, `keepalive(Some(ZERO))`), an
+    /// address without a port, or no Tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use axum_tcp_pool::{TcpPool, TcpPoolError};
+    /// let err = TcpPool::builder("127.0.0.1:6379").max_size(0).build().unwrap_err();
+    /// assert!(matches!(err, TcpPoolError::Config(_)));
+    /// let err = TcpPool::builder("localhost").build().unwrap_err();
+    /// assert!(err.to_string().contains("no port"));
+    /// # }
+    /// ```
+    pub fn build(self) -> Result<TcpPool, TcpPoolError> {
+        let config = self.config;
+        config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(TcpPoolError::config(
+                "build() must be called from within a Tokio runtime (bb8 spawns its background tasks there)",
+            ));
+        }
+        let builder = bb8::Pool::builder()
+            .max_size(config.max_size)
+            .min_idle((config.min_idle > 0).then_some(config.min_idle))
+            .test_on_check_out(true)
+            .max_lifetime(config.max_lifetime)
+            .idle_timeout(config.idle_timeout)
+            .connection_timeout(config.checkout_timeout)
+            // Fail fast: one attempt per request; waiting requests are told at once.
+            .retry_connection(false)
+            .reaper_rate(config.reaper_rate())
+            // Reuse the most recently returned connection, so surplus ones go idle and expire.
+            .queue_strategy(bb8::QueueStrategy::Lifo);
+        let shared = Arc::new(Shared::new(config));
+        let pool = builder.build_unchecked(TcpManager::new(shared.clone()));
+        Ok(TcpPool { pool, shared })
+    }
+
+    /// Builds the pool and waits until `min_idle` connections (at least one) are open: the
+    /// fail-fast alternative to [`build`](Self::build), for a service that should not start
+    /// without its backend.
+    ///
+    /// # Errors
+    ///
+    /// Everything [`build`](Self::build) returns, and
+    /// [`TcpPoolError::BackendUnreachable`] as soon as a connect attempt fails (or
+    /// [`TcpPoolError::CheckoutTimeout`] if connections cannot be had in time).
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future drops the pool being built, closing what it opened.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").min_idle(2).connect().await?;
+    /// assert!(pool.state().idle >= 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<TcpPool, TcpPoolError> {
+        let pool = self.build()?;
+        let wanted = pool.shared.config.min_idle.max(1) as usize;
+        let mut held = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            held.push(pool.get().await?);
+        }
+        drop(held);
+        Ok(pool)
+    }
+}

@@ -1,0 +1,254 @@
+//! [`TcpConnection`]: a checked-out connection that tracks whether it is still clean.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bb8::PooledConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::manager::TcpManager;
+use crate::DiscardReason;
+
+/// A pooled TCP connection, owned by one request (or one task) until it is dropped.
+///
+/// Get one with the axum extractor (a handler argument, under [`TcpPoolLayer`]) or with
+/// [`TcpPool::get`](crate::TcpPool::get). Use it as [`AsyncRead`] + [`AsyncWrite`]: the
+/// `tokio::io` helpers and `tokio_util::codec::Framed` work on `&mut conn`.
+///
+/// # The clean-connection rule
+///
+/// When it is dropped, the connection goes back to the pool **only if it is known clean**.
+/// It is closed instead when:
+///
+/// - a read or write returned an I/O error, or a read saw end-of-file;
+/// - a read or write was still in flight (returned `Pending`, then was never completed): the
+///   request future was cancelled, a timeout fired, a `select!` branch lost;
+/// - bytes were written after the last read: a request whose reply was never read (a late
+///   reply must never reach the next request);
+/// - the backend sent bytes that were not read (checked without blocking when it comes back);
+/// - it was dropped while the thread was panicking;
+/// - [`discard`](Self::discard) was called, or the write half was shut down.
+///
+/// Bytes that arrive *after* the connection went back are caught at the next checkout, which
+/// peeks at every idle connection before handing it out.
+///
+/// The tracking sees only I/O done through this type. If you wrap it in a buffering reader
+/// (`BufReader`, `Framed`), bytes the wrapper buffered but you did not consume are invisible
+/// to it: read every reply to its end, or call [`discard`](Self::discard). I/O through
+/// [`get_ref`](Self::get_ref) (`try_read`, `try_write`) bypasses the tracking entirely.
+///
+/// # Example
+///
+/// ```no_run
+/// use axum_tcp_pool::{TcpConnection, TcpPoolError};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// async fn handler(mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+///     conn.write_all(b"GET greeting\n").await?;
+///     let mut line = String::new();
+///     BufReader::new(&mut conn).read_line(&mut line).await?;
+///     Ok(line)
+/// }
+/// ```
+pub struct TcpConnection {
+    conn: PooledConnection<'static, TcpManager>,
+    /// A read returned `Pending` and has not completed since.
+    read_pending: bool,
+    /// A write returned `Pending` and has not completed since.
+    write_pending: bool,
+    /// Bytes were written after the last successful read.
+    written_since_read: bool,
+}
+
+impl TcpConnection {
+    pub(crate) fn new(conn: PooledConnection<'static, TcpManager>) -> Self {
+        TcpConnection {
+            conn,
+            read_pending: false,
+            write_pending: false,
+            written_since_read: false,
+        }
+    }
+
+    /// The underlying socket, for its peer address and socket options.
+    ///
+    /// I/O through this reference (`try_read`, `try_write`, `peek`) is not tracked by the
+    /// [clean-connection rule](Self#the-clean-connection-rule).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: axum_tcp_pool::TcpConnection) -> std::io::Result<()> {
+    /// println!("talking to {}", conn.get_ref().peer_addr()?);
+    /// assert!(conn.get_ref().nodelay()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn get_ref(&self) -> &TcpStream {
+        self.conn.stream()
+    }
+
+    /// Closes this connection instead of returning it to the pool when it is dropped.
+    ///
+    /// Use it when the exchange went wrong in a way the connection cannot see: a protocol
+    /// error, a reply you stopped reading half-way, a command that changes the connection's
+    /// state (`SELECT 3`, `AUTH`, a transaction left open).
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: axum_tcp_pool::TcpConnection) {
+    /// conn.discard();
+    /// assert!(conn.is_discarded());
+    /// # }
+    /// ```
+    pub fn discard(&mut self) {
+        self.conn.mark(DiscardReason::Explicit);
+    }
+
+    /// Whether the connection would be closed if it were dropped now, and why; `None` means
+    /// it is clean so far (the unread-bytes check still runs when it is returned).
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: axum_tcp_pool::TcpConnection) -> std::io::Result<()> {
+    /// use tokio::io::AsyncWriteExt;
+    /// conn.write_all(b"PING\r\n").await?;
+    /// assert_eq!(conn.discard_reason(), Some(axum_tcp_pool::DiscardReason::ReplyNotRead));
+    /// # Ok(()) }
+    /// ```
+    pub fn discard_reason(&self) -> Option<DiscardReason> {
+        if let Some(reason) = self.conn.dirty() {
+            return Some(reason);
+        }
+        if self.read_pending || self.write_pending {
+            return Some(DiscardReason::Cancelled);
+        }
+        if self.written_since_read {
+            return Some(DiscardReason::ReplyNotRead);
+        }
+        None
+    }
+
+    /// Whether the connection will be closed, not reused, when it is dropped.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: axum_tcp_pool::TcpConnection) {
+    /// assert!(!conn.is_discarded());
+    /// # }
+    /// ```
+    pub fn is_discarded(&self) -> bool {
+        self.discard_reason().is_some()
+    }
+
+    fn io_result<T>(&mut self, result: &io::Result<T>) {
+        if result.is_err() {
+            self.conn.mark(DiscardReason::IoError);
+        }
+    }
+
+    fn track_write(&mut self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &poll {
+            Poll::Pending => self.write_pending = true,
+            Poll::Ready(result) => {
+                self.write_pending = false;
+                self.io_result(result);
+                if matches!(result, Ok(n) if *n > 0) {
+                    self.written_since_read = true;
+                }
+            }
+        }
+        poll
+    }
+}
+
+impl Drop for TcpConnection {
+    fn drop(&mut self) {
+        let reason = if std::thread::panicking() {
+            Some(DiscardReason::Panic)
+        } else {
+            self.discard_reason()
+        };
+        if let Some(reason) = reason {
+            self.conn.mark(reason);
+        }
+        // `self.conn` drops next and goes back to bb8, whose `has_broken` closes it if marked.
+    }
+}
+
+impl fmt::Debug for TcpConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpConnection")
+            .field("stream", self.get_ref())
+            .field("discard_reason", &self.discard_reason())
+            .finish()
+    }
+}
+
+impl AsyncRead for TcpConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let wanted = buf.remaining() > 0;
+        match Pin::new(this.conn.stream_mut()).poll_read(cx, buf) {
+            Poll::Pending => {
+                this.read_pending = true;
+                Poll::Pending
+            }
+            Poll::Ready(result) => {
+                this.read_pending = false;
+                this.io_result(&result);
+                if result.is_ok() {
+                    if buf.filled().len() > before {
+                        this.written_since_read = false;
+                    } else if wanted {
+                        this.conn.mark(DiscardReason::Eof);
+                    }
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TcpConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(this.conn.stream_mut()).poll_write(cx, buf);
+        this.track_write(poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(this.conn.stream_mut()).poll_write_vectored(cx, bufs);
+        this.track_write(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.get_ref().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = std::task::ready!(Pin::new(this.conn.stream_mut()).poll_flush(cx));
+        this.io_result(&result);
+        Poll::Ready(result)
+    }
+
+    /// Shuts the write half down. A half-closed connection cannot be reused, so it is closed
+    /// when dropped.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.conn.mark(DiscardReason::Explicit);
+        Pin::new(this.conn.stream_mut()).poll_shutdown(cx)
+    }
+}

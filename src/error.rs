@@ -1,0 +1,81 @@
+//! The crate's one error type.
+
+use std::io;
+
+/// Everything that can go wrong when configuring a pool, checking a connection out of it,
+/// or talking to the backend over it.
+///
+/// The variants are meant to be matched on; the type is `#[non_exhaustive]` so that new
+/// failure kinds can be added without a breaking change.
+///
+/// `Display` carries detail for logs (it may contain an address or an OS error text). The
+/// HTTP response made by [`IntoResponse`](axum_core::response::IntoResponse) never does: the
+/// body is a short generic sentence and the detail goes to `tracing`. See the
+/// [crate docs](crate#errors-and-http-responses) for the status of each variant.
+///
+/// # Example
+///
+/// ```
+/// use axum_tcp_pool::TcpPoolError;
+///
+/// fn describe(err: &TcpPoolError) -> &'static str {
+///     match err {
+///         TcpPoolError::CheckoutTimeout => "pool exhausted, retry later",
+///         TcpPoolError::BackendUnreachable(_) => "backend down",
+///         TcpPoolError::Config(_) => "fix the configuration",
+///         TcpPoolError::Io(_) => "backend I/O failed",
+///         _ => "other",
+///     }
+/// }
+/// assert_eq!(describe(&TcpPoolError::CheckoutTimeout), "pool exhausted, retry later");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TcpPoolError {
+    /// No connection became free within the pool's `checkout_timeout` (the pool is exhausted).
+    ///
+    /// Answered with `503 Service Unavailable` and a `Retry-After` header.
+    #[error("timed out waiting for a free connection from the pool")]
+    CheckoutTimeout,
+
+    /// A connection to the backend could not be opened: the connection was refused, the name
+    /// did not resolve, the connect attempt timed out, or a fresh connection failed its health
+    /// check. The inner error says which (for logs).
+    ///
+    /// Answered with `502 Bad Gateway`.
+    #[error("backend unreachable: {0}")]
+    BackendUnreachable(#[source] io::Error),
+
+    /// The pool configuration is invalid; the message says what to fix.
+    ///
+    /// Returned by [`TcpPoolBuilder::build`](crate::TcpPoolBuilder::build) and
+    /// [`TcpPoolBuilder::connect`](crate::TcpPoolBuilder::connect). Answered with
+    /// `500 Internal Server Error`.
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+
+    /// An I/O error on a checked-out connection (typically raised by a handler with `?`).
+    ///
+    /// Answered with `502 Bad Gateway`.
+    #[error("backend I/O error: {0}")]
+    Io(#[from] io::Error),
+
+    /// [`TcpConnection`](crate::TcpConnection) was extracted in a request that did not go
+    /// through [`TcpPoolLayer`](crate::TcpPoolLayer).
+    ///
+    /// Answered with `500 Internal Server Error` and a body that names the missing layer.
+    #[error("TcpConnection extracted without TcpPoolLayer: add `.layer(TcpPoolLayer::new(pool))` to the router")]
+    MissingLayer,
+
+    /// [`TcpConnection`](crate::TcpConnection) was extracted twice in the same request.
+    ///
+    /// Answered with `500 Internal Server Error`.
+    #[error("TcpConnection was already extracted for this request; extract it once")]
+    AlreadyExtracted,
+}
+
+impl TcpPoolError {
+    pub(crate) fn config(msg: impl Into<String>) -> Self {
+        TcpPoolError::Config(msg.into())
+    }
+}

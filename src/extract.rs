@@ -1,0 +1,79 @@
+//! The [`TcpConnection`] extractor: takes the connection (or checks one out, lazily) from the
+//! slot the layer put into the request.
+
+use std::convert::Infallible;
+
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use http::request::Parts;
+
+use crate::slot::Slot;
+use crate::{TcpConnection, TcpPoolError};
+
+/// Extracts the request's connection.
+///
+/// Rejections ([`TcpPoolError`], whose response says what happened):
+/// - no [`TcpPoolLayer`](crate::TcpPoolLayer) on the route: `500` naming the missing layer;
+/// - extracted a second time in the same request: `500`;
+/// - lazy mode only, the checkout failed: `503` (pool exhausted) or `502` (backend down).
+///
+/// Take `Result<TcpConnection, TcpPoolError>` to handle these yourself, or
+/// `Option<TcpConnection>` to get `None` for all of them.
+///
+/// ```
+/// use axum_tcp_pool::{TcpConnection, TcpPoolError};
+///
+/// async fn strict(conn: TcpConnection) {}
+/// async fn explicit(conn: Result<TcpConnection, TcpPoolError>) -> String {
+///     match conn {
+///         Ok(_) => "connected".into(),
+///         Err(e) => format!("no connection: {e}"),
+///     }
+/// }
+/// async fn degraded(conn: Option<TcpConnection>) -> &'static str {
+///     if conn.is_some() { "fresh" } else { "served without the cache" }
+/// }
+/// # let _ = axum::Router::<()>::new()
+/// #     .route("/a", axum::routing::get(strict))
+/// #     .route("/b", axum::routing::get(explicit))
+/// #     .route("/c", axum::routing::get(degraded));
+/// ```
+impl<S> FromRequestParts<S> for TcpConnection
+where
+    S: Send + Sync,
+{
+    type Rejection = TcpPoolError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let slot = parts
+            .extensions
+            .get_mut::<Slot>()
+            .ok_or(TcpPoolError::MissingLayer)?;
+        match std::mem::replace(slot, Slot::Taken) {
+            Slot::Ready(conn) => Ok(conn),
+            Slot::Lazy(pool) => pool.get().await,
+            Slot::Taken => Err(TcpPoolError::AlreadyExtracted),
+        }
+    }
+}
+
+/// `Option<TcpConnection>`: `None` whenever no connection can be had (layer missing, already
+/// extracted, backend unreachable, pool exhausted); the reason is logged at `debug`.
+impl<S> OptionalFromRequestParts<S> for TcpConnection
+where
+    S: Send + Sync,
+{
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match <Self as FromRequestParts<S>>::from_request_parts(parts, state).await {
+            Ok(conn) => Ok(Some(conn)),
+            Err(err) => {
+                tracing::debug!(error = %err, "no TcpConnection for this request");
+                Ok(None)
+            }
+        }
+    }
+}

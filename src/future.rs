@@ -1,0 +1,123 @@
+//! [`ResponseFuture`]: checks out (eager mode), then runs the inner service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use axum_core::response::{IntoResponse, Response};
+use http::Request;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::slot::Slot;
+use crate::{TcpConnection, TcpPool, TcpPoolError};
+
+/// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust.
+type Checkout = Pin<Box<dyn Future<Output = Result<TcpConnection, TcpPoolError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`TcpPoolService`](crate::TcpPoolService).
+    ///
+    /// In eager mode it first checks a connection out (answering `503`/`502` itself if that
+    /// fails), then calls the inner service with the connection in the request's extensions.
+    /// In lazy mode it is the inner service's future.
+    ///
+    /// ```
+    /// use axum_tcp_pool::{ResponseFuture, TcpPoolService};
+    /// use tower::Service;
+    ///
+    /// fn assert_future<S, B>(_: &ResponseFuture<S, B>)
+    /// where
+    ///     S: Service<http::Request<B>>,
+    ///     S::Response: axum::response::IntoResponse,
+    /// {}
+    /// ```
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Checkout {
+            checkout: Checkout,
+            inner: S,
+            req: Request<ReqBody>,
+        },
+        Inner {
+            #[pin]
+            future: S::Future,
+        },
+        Done,
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn checkout(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
+        let checkout = Box::pin(async move { pool.get().await });
+        ResponseFuture {
+            state: State::Checkout {
+                checkout,
+                inner,
+                req,
+            },
+        }
+    }
+
+    pub(crate) fn inner(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Inner { future },
+        }
+    }
+}
+
+impl<S, ReqBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    S::Response: IntoResponse,
+{
+    type Output = Result<Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Checkout { checkout, .. } => {
+                    let result = ready!(checkout.as_mut().poll(cx));
+                    let StateReplace::Checkout {
+                        mut inner, mut req, ..
+                    } = state.as_mut().project_replace(State::Done)
+                    else {
+                        unreachable!("matched Checkout above");
+                    };
+                    match result {
+                        Ok(conn) => {
+                            req.extensions_mut().insert(Slot::Ready(conn));
+                            let future = inner.call(req);
+                            state.set(State::Inner { future });
+                        }
+                        Err(err) => return Poll::Ready(Ok(err.into_response())),
+                    }
+                }
+                StateProj::Inner { future } => {
+                    let result = ready!(future.poll(cx));
+                    state.set(State::Done);
+                    return Poll::Ready(result.map(IntoResponse::into_response));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}

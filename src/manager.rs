@@ -1,0 +1,293 @@
+//! The bb8 connection manager: connect (with timeout and socket options), the checkout health
+//! check, and the return-time cleanliness check. Nothing here knows about HTTP.
+//!
+//! Most users never touch this module: [`TcpPool`](crate::TcpPool) wraps it. It is public so
+//! that the underlying [`bb8::Pool`] (reachable with [`TcpPool::bb8`](crate::TcpPool::bb8))
+//! has nameable types.
+
+use std::fmt;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::Shutdown;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::state::Counters;
+use crate::{DiscardReason, TcpPoolError};
+
+/// What the manager and every pool handle share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) counters: Counters,
+    /// Woken (`notify_waiters`) each time a connect attempt fails, so that checkouts waiting
+    /// for a connection fail promptly instead of waiting out the checkout timeout.
+    pub(crate) connect_failed: Notify,
+    /// The kind of the last connect failure, for the error handed to those waiters.
+    last_failure: Mutex<io::ErrorKind>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        Shared {
+            config,
+            counters: Counters::default(),
+            connect_failed: Notify::new(),
+            last_failure: Mutex::new(io::ErrorKind::Other),
+        }
+    }
+
+    fn record_connect_failure(&self, err: &io::Error, what: &str) {
+        self.counters
+            .connect_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(addr = %self.config.addr, error = %err, "{what}");
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = err.kind();
+        }
+        self.connect_failed.notify_waiters();
+    }
+
+    /// The error for a checkout that was woken by someone's failed connect attempt.
+    pub(crate) fn last_connect_failure(&self) -> TcpPoolError {
+        let kind = self
+            .last_failure
+            .lock()
+            .map(|k| *k)
+            .unwrap_or(io::ErrorKind::Other);
+        TcpPoolError::BackendUnreachable(io::Error::new(
+            kind,
+            "a connect attempt to the backend failed while waiting for a connection",
+        ))
+    }
+}
+
+/// The [`bb8::ManageConnection`] behind [`TcpPool`](crate::TcpPool).
+///
+/// - `connect` resolves the address again, connects within `connect_timeout`, and sets
+///   `TCP_NODELAY` and keepalive as configured;
+/// - `is_valid` (run on every checkout) does a non-blocking peek, which fails if the backend
+///   closed the connection or sent bytes nobody asked for, then runs the configured probe;
+/// - `has_broken` (run on every return) fails a connection that was marked dirty or has
+///   unread bytes waiting, and shuts it down at once.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use axum_tcp_pool::{manager::TcpManager, TcpPool};
+///
+/// let pool = TcpPool::builder("127.0.0.1:6379").build()?;
+/// let raw: &axum_tcp_pool::bb8::Pool<TcpManager> = pool.bb8();
+/// assert_eq!(raw.state().connections, 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TcpManager {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TcpManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpManager")
+            .field("addr", &self.shared.config.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection type the bb8 pool holds: a [`TcpStream`] plus the state that decides
+/// whether it may be reused.
+///
+/// [`TcpConnection`](crate::TcpConnection) is the tracked wrapper handlers use. Code that checks
+/// out through [`TcpPool::bb8`](crate::TcpPool::bb8) directly gets this type, whose I/O is
+/// *not* tracked: call [`PooledStream::discard`] if the exchange did not end cleanly.
+///
+/// ```no_run
+/// # async fn f(pool: axum_tcp_pool::TcpPool) {
+/// let mut conn = pool.bb8().get().await.unwrap();
+/// println!("peer: {:?}", conn.stream().peer_addr());
+/// conn.discard(); // closed instead of reused
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PooledStream {
+    stream: TcpStream,
+    dirty: Option<DiscardReason>,
+    /// Not yet handed out by a successful checkout: a health check failure on it means the
+    /// backend is failing, not that an old connection went stale.
+    fresh: bool,
+}
+
+impl PooledStream {
+    /// The socket.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: axum_tcp_pool::TcpPool) {
+    /// let conn = pool.bb8().get().await.unwrap();
+    /// let _ = conn.stream().nodelay();
+    /// # }
+    /// ```
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket, mutably. I/O done through it is not tracked: call
+    /// [`discard`](Self::discard) unless the exchange ended cleanly.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: axum_tcp_pool::TcpPool) {
+    /// use tokio::io::AsyncWriteExt;
+    /// let mut conn = pool.bb8().get().await.unwrap();
+    /// if conn.stream_mut().write_all(b"QUIT\r\n").await.is_ok() {
+    ///     conn.discard();
+    /// }
+    /// # }
+    /// ```
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Marks the connection so that it is closed, not reused, when it goes back to the pool.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: axum_tcp_pool::TcpPool) {
+    /// pool.bb8().get().await.unwrap().discard();
+    /// # }
+    /// ```
+    pub fn discard(&mut self) {
+        self.mark(DiscardReason::Explicit);
+    }
+
+    pub(crate) fn dirty(&self) -> Option<DiscardReason> {
+        self.dirty
+    }
+
+    /// Records why the connection must not be reused; the first reason wins.
+    pub(crate) fn mark(&mut self, reason: DiscardReason) {
+        self.dirty.get_or_insert(reason);
+    }
+
+    /// A non-blocking look at the receive queue: `None` if nothing is waiting (the state a
+    /// clean, idle connection is in), otherwise why the connection must not be used.
+    fn peek_state(&self) -> Option<(DiscardReason, io::Error)> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.stream).peek(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => Some((DiscardReason::IoError, e)),
+            Ok(0) => Some((
+                DiscardReason::Eof,
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "backend closed the connection",
+                ),
+            )),
+            Ok(_) => Some((
+                DiscardReason::UnreadBytes,
+                io::Error::new(io::ErrorKind::InvalidData, "unexpected bytes waiting"),
+            )),
+        }
+    }
+}
+
+impl TcpManager {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        TcpManager { shared }
+    }
+
+    async fn open(&self) -> io::Result<TcpStream> {
+        let cfg = &self.shared.config;
+        let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&*cfg.addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(cfg.nodelay)?;
+        if let Some(time) = cfg.keepalive {
+            let ka = socket2::TcpKeepalive::new().with_time(time);
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+        }
+        Ok(stream)
+    }
+
+    /// A failed check: count it as a connect failure if the connection was fresh (the backend
+    /// accepts but does not work), and leave the connection marked for closing.
+    fn check_failed(&self, conn: &mut PooledStream, err: io::Error) -> TcpPoolError {
+        conn.mark(DiscardReason::HealthCheck);
+        if conn.fresh {
+            self.shared
+                .record_connect_failure(&err, "new backend connection failed its health check");
+        } else {
+            tracing::debug!(addr = %self.shared.config.addr, error = %err, "idle connection failed its health check");
+        }
+        TcpPoolError::BackendUnreachable(err)
+    }
+}
+
+impl bb8::ManageConnection for TcpManager {
+    type Connection = PooledStream;
+    type Error = TcpPoolError;
+
+    async fn connect(&self) -> Result<PooledStream, TcpPoolError> {
+        match self.open().await {
+            Ok(stream) => {
+                tracing::debug!(addr = %self.shared.config.addr, "opened backend connection");
+                Ok(PooledStream {
+                    stream,
+                    dirty: None,
+                    fresh: true,
+                })
+            }
+            Err(e) => {
+                self.shared
+                    .record_connect_failure(&e, "connect to backend failed");
+                Err(TcpPoolError::BackendUnreachable(e))
+            }
+        }
+    }
+
+    async fn is_valid(&self, conn: &mut PooledStream) -> Result<(), TcpPoolError> {
+        if let Some((_, err)) = conn.peek_state() {
+            return Err(self.check_failed(conn, err));
+        }
+        if let Some(probe) = &self.shared.config.probe {
+            // Marked dirty while the probe runs: if this checkout is cancelled mid-probe, the
+            // connection is closed, not returned half-way through an exchange.
+            conn.mark(DiscardReason::HealthCheck);
+            let timeout = self.shared.config.connect_timeout;
+            let result = match tokio::time::timeout(timeout, probe(&mut conn.stream)).await {
+                Ok(Ok(())) => match conn.peek_state() {
+                    None => Ok(()),
+                    Some((_, err)) => Err(err),
+                },
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "health check probe timed out",
+                )),
+            };
+            if let Err(err) = result {
+                return Err(self.check_failed(conn, err));
+            }
+            conn.dirty = None;
+        }
+        conn.fresh = false;
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PooledStream) -> bool {
+        let reason = match conn.dirty {
+            Some(reason) => reason,
+            None => match conn.peek_state() {
+                None => return false,
+                Some((reason, _)) => reason,
+            },
+        };
+        self.shared.counters.record_discard(reason);
+        tracing::debug!(addr = %self.shared.config.addr, reason = reason.as_str(), "closing connection instead of reusing it");
+        // Send FIN now, before bb8 decides whether to open a replacement.
+        let _ = socket2::SockRef::from(&conn.stream).shutdown(Shutdown::Both);
+        true
+    }
+}

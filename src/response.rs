@@ -1,0 +1,74 @@
+//! How a [`TcpPoolError`] becomes an HTTP response: a status, a short generic body, and the
+//! detail in `tracing` only.
+
+use axum_core::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+use crate::TcpPoolError;
+
+/// Seconds a client is asked to wait before retrying after `503`.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl TcpPoolError {
+    /// The HTTP status this error is answered with.
+    ///
+    /// ```
+    /// use axum_tcp_pool::TcpPoolError;
+    /// use http::StatusCode;
+    /// assert_eq!(TcpPoolError::CheckoutTimeout.status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(TcpPoolError::MissingLayer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// ```
+    pub fn status(&self) -> StatusCode {
+        match self {
+            TcpPoolError::CheckoutTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            TcpPoolError::BackendUnreachable(_) | TcpPoolError::Io(_) => StatusCode::BAD_GATEWAY,
+            TcpPoolError::Config(_)
+            | TcpPoolError::MissingLayer
+            | TcpPoolError::AlreadyExtracted => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response body: short, generic, and free of addresses and OS error text.
+    fn body(&self) -> &'static str {
+        match self {
+            TcpPoolError::CheckoutTimeout => "Service unavailable: no backend connection is free, try again later",
+            TcpPoolError::BackendUnreachable(_) => "Bad gateway: the backend is unreachable",
+            TcpPoolError::Io(_) => "Bad gateway: the backend connection failed",
+            TcpPoolError::Config(_) => "Internal server error",
+            TcpPoolError::MissingLayer => "Missing TcpPoolLayer? The TcpConnection extractor needs `.layer(TcpPoolLayer::new(pool))` on the router",
+            TcpPoolError::AlreadyExtracted => "TcpConnection was already extracted for this request; extract it once",
+        }
+    }
+}
+
+/// `503` with `Retry-After` for [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout), `502`
+/// for [`BackendUnreachable`](TcpPoolError::BackendUnreachable) and
+/// [`Io`](TcpPoolError::Io), `500` for the rest. The body is a short plain-text sentence; the
+/// error itself is logged (`warn` for 502/503, `error` for 500).
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use axum_tcp_pool::TcpPoolError;
+///
+/// let res = TcpPoolError::CheckoutTimeout.into_response();
+/// assert_eq!(res.status(), 503);
+/// assert_eq!(res.headers()["retry-after"], "1");
+/// ```
+impl IntoResponse for TcpPoolError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::warn!(error = %self, status = status.as_u16(), "backend connection error");
+        } else {
+            tracing::error!(error = %self, status = status.as_u16(), "connection pool misuse");
+        }
+        let mut res = (status, self.body()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        res
+    }
+}

@@ -1,0 +1,89 @@
+//! [`TcpPoolService`]: puts a connection (eager) or the pool (lazy) into each request.
+
+use std::task::{Context, Poll};
+
+use axum_core::response::{IntoResponse, Response};
+use http::Request;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::slot::Slot;
+use crate::TcpPool;
+
+/// The service made by [`TcpPoolLayer`](crate::TcpPoolLayer); see there for eager and lazy.
+///
+/// `poll_ready` is the inner service's. Checkout failures become responses (`503`, `502`),
+/// so the error type stays the inner service's.
+///
+/// # Cancellation
+///
+/// Dropping the response future while it checks out never loses a connection; dropping it
+/// while the inner service runs drops the request's connection, which is closed if an
+/// exchange was in flight (see the [clean-connection rule](crate::TcpConnection#the-clean-connection-rule)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use axum_tcp_pool::{TcpPool, TcpPoolLayer, TcpPoolService};
+/// use tower::{service_fn, Layer};
+///
+/// let pool = TcpPool::builder("127.0.0.1:6379").build()?;
+/// let inner = service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>("hello")
+/// });
+/// let svc: TcpPoolService<_> = TcpPoolLayer::new(pool).lazy().layer(inner);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TcpPoolService<S> {
+    inner: S,
+    pool: TcpPool,
+    lazy: bool,
+}
+
+impl<S> TcpPoolService<S> {
+    pub(crate) fn new(inner: S, pool: TcpPool, lazy: bool) -> Self {
+        TcpPoolService { inner, pool, lazy }
+    }
+
+    /// The wrapped service.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// # use tower::Layer;
+    /// # let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").build()?;
+    /// let svc = axum_tcp_pool::TcpPoolLayer::new(pool).layer(42u8);
+    /// assert_eq!(*svc.get_ref(), 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody> Service<Request<ReqBody>> for TcpPoolService<S>
+where
+    S: Service<Request<ReqBody>> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if self.lazy {
+            req.extensions_mut().insert(Slot::Lazy(self.pool.clone()));
+            return ResponseFuture::inner(self.inner.call(req));
+        }
+        // The inner service is called only after the checkout: keep the instance that
+        // `poll_ready` readied, leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::checkout(self.pool.clone(), inner, req)
+    }
+}

@@ -1,0 +1,221 @@
+//! Pool state snapshots, and the counters this crate keeps beside bb8's own statistics.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Why a connection was closed instead of being returned to the pool.
+///
+/// Every discard is counted by reason in [`PoolState::discards`] and logged with `tracing`
+/// at `debug` level.
+///
+/// # Example
+///
+/// ```
+/// use axum_tcp_pool::DiscardReason;
+///
+/// assert_eq!(DiscardReason::ReplyNotRead.as_str(), "reply_not_read");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DiscardReason {
+    /// A read or write on the connection returned an I/O error.
+    IoError,
+    /// A read saw end-of-file: the backend closed its side.
+    Eof,
+    /// A read or write was still in flight when the connection was dropped (the handler
+    /// future was cancelled: client went away, a timeout fired, a `select!` branch lost).
+    Cancelled,
+    /// The backend had sent bytes that the handler never read.
+    UnreadBytes,
+    /// Bytes were written after the last read: a request whose reply was never read.
+    ReplyNotRead,
+    /// The connection was dropped while its thread was panicking.
+    Panic,
+    /// The handler called [`TcpConnection::discard`](crate::TcpConnection::discard), or shut
+    /// the write half down.
+    Explicit,
+    /// The checkout health check failed: the backend closed the idle connection, bytes were
+    /// waiting on it, or the configured probe failed.
+    HealthCheck,
+}
+
+impl DiscardReason {
+    /// A short `snake_case` name, for logs and metrics labels.
+    ///
+    /// ```
+    /// assert_eq!(axum_tcp_pool::DiscardReason::Cancelled.as_str(), "cancelled");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscardReason::IoError => "io_error",
+            DiscardReason::Eof => "eof",
+            DiscardReason::Cancelled => "cancelled",
+            DiscardReason::UnreadBytes => "unread_bytes",
+            DiscardReason::ReplyNotRead => "reply_not_read",
+            DiscardReason::Panic => "panic",
+            DiscardReason::Explicit => "explicit",
+            DiscardReason::HealthCheck => "health_check",
+        }
+    }
+}
+
+/// Discarded connections, counted by [`DiscardReason`].
+///
+/// Connections closed by bb8 itself because they were idle too long or too old are counted in
+/// [`PoolState::closed_idle_timeout`] and [`PoolState::closed_max_lifetime`].
+///
+/// ```
+/// let d = axum_tcp_pool::Discards::default();
+/// assert_eq!(d.total(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Discards {
+    /// See [`DiscardReason::IoError`].
+    pub io_error: u64,
+    /// See [`DiscardReason::Eof`].
+    pub eof: u64,
+    /// See [`DiscardReason::Cancelled`].
+    pub cancelled: u64,
+    /// See [`DiscardReason::UnreadBytes`].
+    pub unread_bytes: u64,
+    /// See [`DiscardReason::ReplyNotRead`].
+    pub reply_not_read: u64,
+    /// See [`DiscardReason::Panic`].
+    pub panic: u64,
+    /// See [`DiscardReason::Explicit`].
+    pub explicit: u64,
+    /// See [`DiscardReason::HealthCheck`].
+    pub health_check: u64,
+}
+
+impl Discards {
+    /// The count for one reason.
+    ///
+    /// ```
+    /// use axum_tcp_pool::{DiscardReason, Discards};
+    /// assert_eq!(Discards::default().get(DiscardReason::Panic), 0);
+    /// ```
+    pub fn get(&self, reason: DiscardReason) -> u64 {
+        match reason {
+            DiscardReason::IoError => self.io_error,
+            DiscardReason::Eof => self.eof,
+            DiscardReason::Cancelled => self.cancelled,
+            DiscardReason::UnreadBytes => self.unread_bytes,
+            DiscardReason::ReplyNotRead => self.reply_not_read,
+            DiscardReason::Panic => self.panic,
+            DiscardReason::Explicit => self.explicit,
+            DiscardReason::HealthCheck => self.health_check,
+        }
+    }
+
+    /// All discards, whatever the reason.
+    ///
+    /// ```
+    /// assert_eq!(axum_tcp_pool::Discards::default().total(), 0);
+    /// ```
+    pub fn total(&self) -> u64 {
+        self.io_error
+            + self.eof
+            + self.cancelled
+            + self.unread_bytes
+            + self.reply_not_read
+            + self.panic
+            + self.explicit
+            + self.health_check
+    }
+}
+
+/// A snapshot of a pool: sizes, bb8's statistics, and this crate's own counters.
+///
+/// Returned by [`TcpPool::state`](crate::TcpPool::state). Counters are totals since the pool
+/// was built.
+///
+/// ```no_run
+/// # async fn f(pool: axum_tcp_pool::TcpPool) {
+/// let s = pool.state();
+/// println!("{} open, {} idle, {} in use, {} timeouts", s.connections, s.idle, s.in_use, s.gets_timed_out);
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolState {
+    /// Open connections (idle and in use).
+    pub connections: u32,
+    /// Idle connections, ready to be checked out.
+    pub idle: u32,
+    /// Connections checked out right now.
+    pub in_use: u32,
+    /// Checkouts started.
+    pub gets: u64,
+    /// Checkouts that had to wait for a connection.
+    pub gets_waited: u64,
+    /// Checkouts that timed out (answered `503`).
+    pub gets_timed_out: u64,
+    /// Total time checkouts spent waiting.
+    pub wait_time: Duration,
+    /// Connections opened.
+    pub connections_created: u64,
+    /// Connect attempts that failed (refused, name not resolved, timed out, or a fresh
+    /// connection that failed its health check).
+    pub connect_failures: u64,
+    /// Connections closed when returned because they were not known clean (bb8's count).
+    pub closed_broken: u64,
+    /// Connections closed at checkout because they failed the health check (bb8's count).
+    pub closed_invalid: u64,
+    /// Connections closed because they sat idle longer than `idle_timeout`.
+    pub closed_idle_timeout: u64,
+    /// Connections closed because they were older than `max_lifetime`.
+    pub closed_max_lifetime: u64,
+    /// Connections closed instead of being reused, by reason.
+    pub discards: Discards,
+}
+
+impl PoolState {
+    pub(crate) fn new(s: bb8::State, c: &Counters) -> Self {
+        let st = s.statistics;
+        PoolState {
+            connections: s.connections,
+            idle: s.idle_connections,
+            in_use: s.connections.saturating_sub(s.idle_connections),
+            gets: st.get_started,
+            gets_waited: st.get_waited,
+            gets_timed_out: st.get_timed_out,
+            wait_time: st.get_wait_time,
+            connections_created: st.connections_created,
+            connect_failures: c.connect_failures.load(Relaxed),
+            closed_broken: st.connections_closed_broken,
+            closed_invalid: st.connections_closed_invalid,
+            closed_idle_timeout: st.connections_closed_idle_timeout,
+            closed_max_lifetime: st.connections_closed_max_lifetime,
+            discards: c.discards(),
+        }
+    }
+}
+
+/// Counters for what bb8 cannot know.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connect_failures: AtomicU64,
+    discards: [AtomicU64; 8],
+}
+
+impl Counters {
+    pub(crate) fn record_discard(&self, reason: DiscardReason) {
+        self.discards[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    fn discards(&self) -> Discards {
+        let n = |r: DiscardReason| self.discards[r as usize].load(Relaxed);
+        Discards {
+            io_error: n(DiscardReason::IoError),
+            eof: n(DiscardReason::Eof),
+            cancelled: n(DiscardReason::Cancelled),
+            unread_bytes: n(DiscardReason::UnreadBytes),
+            reply_not_read: n(DiscardReason::ReplyNotRead),
+            panic: n(DiscardReason::Panic),
+            explicit: n(DiscardReason::Explicit),
+            health_check: n(DiscardReason::HealthCheck),
+        }
+    }
+}

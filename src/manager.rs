@@ -9,6 +9,7 @@ use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) connect_failed: Notify,
     /// The kind of the last connect failure, for the error handed to those waiters.
     last_failure: Mutex<io::ErrorKind>,
+    /// Brand-new connections that failed their health check in a row.
+    fresh_failures: AtomicU32,
 }
 
 impl Shared {
@@ -37,13 +40,12 @@ impl Shared {
             counters: Counters::default(),
             connect_failed: Notify::new(),
             last_failure: Mutex::new(io::ErrorKind::Other),
+            fresh_failures: AtomicU32::new(0),
         }
     }
 
     fn record_connect_failure(&self, err: &io::Error, what: &str) {
-        self.counters
-            .connect_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.connect_failures.fetch_add(1, Relaxed);
         tracing::warn!(addr = %self.config.addr, error = %err, "{what}");
         if let Ok(mut last) = self.last_failure.lock() {
             *last = err.kind();
@@ -116,8 +118,7 @@ impl fmt::Debug for TcpManager {
 pub struct PooledStream {
     stream: TcpStream,
     dirty: Option<DiscardReason>,
-    /// Not yet handed out by a successful checkout: a health check failure on it means the
-    /// backend is failing, not that an old connection went stale.
+    /// Not yet handed out by a successful checkout.
     fresh: bool,
 }
 
@@ -211,15 +212,25 @@ impl TcpManager {
         Ok(stream)
     }
 
-    /// A failed check: count it as a connect failure if the connection was fresh (the backend
-    /// accepts but does not work), and leave the connection marked for closing.
+    /// A failed check leaves the connection marked for closing. A stale idle connection is
+    /// routine; but when more brand-new connections fail in a row than the pool can hold idle,
+    /// the backend accepts connections without serving them: that is reported as a connect
+    /// failure, so waiting checkouts fail fast instead of reconnecting in a loop.
     fn check_failed(&self, conn: &mut PooledStream, err: io::Error) -> TcpPoolError {
         conn.mark(DiscardReason::HealthCheck);
-        if conn.fresh {
-            self.shared
-                .record_connect_failure(&err, "new backend connection failed its health check");
+        let in_a_row = if conn.fresh {
+            self.shared.fresh_failures.fetch_add(1, Relaxed) + 1
         } else {
-            tracing::debug!(addr = %self.shared.config.addr, error = %err, "idle connection failed its health check");
+            0
+        };
+        if in_a_row > self.shared.config.max_size {
+            self.shared.fresh_failures.store(0, Relaxed);
+            self.shared.record_connect_failure(
+                &err,
+                "new backend connections keep failing their health check",
+            );
+        } else {
+            tracing::debug!(addr = %self.shared.config.addr, error = %err, "connection failed its health check");
         }
         TcpPoolError::BackendUnreachable(err)
     }
@@ -273,6 +284,10 @@ impl bb8::ManageConnection for TcpManager {
             conn.dirty = None;
         }
         conn.fresh = false;
+        // Read first: no shared write on the hot path while nothing fails.
+        if self.shared.fresh_failures.load(Relaxed) != 0 {
+            self.shared.fresh_failures.store(0, Relaxed);
+        }
         Ok(())
     }
 

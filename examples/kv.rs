@@ -1,0 +1,304 @@
+//! A key-value HTTP API in front of a line-protocol TCP backend, with one pooled connection
+//! per request.
+//!
+//! What it shows:
+//!
+//! - a [`TcpPool`] built with `connect()`, so the server does not start without its backend;
+//! - [`TcpPoolLayer::new`] (eager checkout) on the `/kv` routes only, so `/stats` and
+//!   unknown paths never take a connection;
+//! - handlers that take the [`TcpConnection`] extractor, return `Result<_, TcpPoolError>` and
+//!   use `?` on I/O: a dead backend becomes `502`, an exhausted pool `503`;
+//! - reading every reply to its end (`BufReader` + `read_line`), and
+//!   [`TcpConnection::discard`] when a reply makes no sense, so only clean connections go
+//!   back to the pool;
+//! - [`TcpPool::state`] as a `/stats` page.
+//!
+//! To be runnable with nothing else installed, the example starts its own tiny key-value
+//! backend in the same process, on a free loopback port. Its protocol is one line per
+//! command and one line per reply:
+//!
+//! ```text
+//! GET key          ->  VALUE <value>  |  NOT_FOUND
+//! SET key value    ->  OK
+//! anything else    ->  ERROR <why>
+//! ```
+//!
+//! Run it (the HTTP port is 3000, or `PORT`):
+//!
+//! ```text
+//! cargo run --example kv
+//! ```
+//!
+//! and try it:
+//!
+//! ```text
+//! curl -X PUT localhost:3000/kv/hello -d world
+//! curl localhost:3000/kv/hello
+//! curl localhost:3000/stats
+//! ```
+//!
+//! Stop it with Ctrl-C: requests in flight finish, then it exits.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The longest line, command or reply, either side accepts (newline included).
+const MAX_LINE: u64 = 64 * 1024;
+/// The longest key the HTTP API accepts, in bytes.
+const MAX_KEY: usize = 250;
+/// The longest value the HTTP API accepts, in bytes (so that `SET key value\n` fits a line).
+const MAX_VALUE: usize = 60 * 1024;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt::init();
+
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
+        Err(_) => 3000,
+    };
+
+    // The backend: in a real service, the address of your cache or legacy system.
+    let backend = spawn_backend().await?;
+
+    // `connect()` waits for `min_idle` connections, so a dead backend stops us here.
+    let pool = TcpPool::builder(backend.to_string())
+        .max_size(8)
+        .min_idle(2)
+        .checkout_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+
+    let app = Router::new()
+        .route("/kv/{key}", get(get_value).put(put_value))
+        // `route_layer`: only the routes above check out a connection.
+        .route_layer(TcpPoolLayer::new(pool.clone()))
+        .route("/stats", get(stats))
+        .with_state(pool);
+
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+    let addr = listener.local_addr()?;
+    println!("key-value backend on {backend}");
+    println!("listening on http://{addr}");
+    println!("try:");
+    println!("  curl -X PUT localhost:{}/kv/hello -d world", addr.port());
+    println!("  curl localhost:{}/kv/hello", addr.port());
+    println!("  curl localhost:{}/stats", addr.port());
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    println!("shut down");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C. If the signal handler cannot be installed, it never resolves (rather
+/// than shutting the server down at once).
+async fn shutdown_signal() {
+    if let Err(err) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
+        std::future::pending::<()>().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTP API
+// ---------------------------------------------------------------------------------------
+
+/// `GET /kv/{key}`: `200` with the value, or `404`.
+async fn get_value(
+    Path(key): Path<String>,
+    mut conn: TcpConnection,
+) -> Result<Response, TcpPoolError> {
+    if let Err(why) = check_key(&key) {
+        // Nothing was written: the connection goes back to the pool untouched.
+        return Ok((StatusCode::BAD_REQUEST, why).into_response());
+    }
+    conn.write_all(format!("GET {key}\n").as_bytes()).await?;
+    let reply = read_reply(&mut conn).await?;
+    if let Some(value) = reply.strip_prefix("VALUE ") {
+        Ok(value.to_owned().into_response())
+    } else if reply == "NOT_FOUND" {
+        Ok((StatusCode::NOT_FOUND, "not found\n").into_response())
+    } else {
+        Err(unexpected_reply(&mut conn, &reply))
+    }
+}
+
+/// `PUT /kv/{key}`, body = the value (UTF-8, one line): `200 OK`.
+async fn put_value(
+    Path(key): Path<String>,
+    mut conn: TcpConnection,
+    value: String,
+) -> Result<Response, TcpPoolError> {
+    if let Err(why) = check_key(&key).and_then(|()| check_value(&value)) {
+        return Ok((StatusCode::BAD_REQUEST, why).into_response());
+    }
+    conn.write_all(format!("SET {key} {value}\n").as_bytes())
+        .await?;
+    let reply = read_reply(&mut conn).await?;
+    if reply == "OK" {
+        Ok("OK\n".into_response())
+    } else {
+        Err(unexpected_reply(&mut conn, &reply))
+    }
+}
+
+/// `GET /stats`: the pool's sizes and counters. This route has no `TcpPoolLayer`.
+async fn stats(State(pool): State<TcpPool>) -> String {
+    format!("{:#?}\n", pool.state())
+}
+
+/// Reads one reply line, without its newline.
+///
+/// The `BufReader` is dropped when this returns, with whatever it buffered beyond the line.
+/// That is safe here because the backend sends exactly one line per command; with a
+/// protocol that can send more, keep one reader for the whole exchange.
+async fn read_reply(conn: &mut TcpConnection) -> Result<String, TcpPoolError> {
+    let mut line = String::new();
+    let read = BufReader::new(&mut *conn)
+        .take(MAX_LINE)
+        .read_line(&mut line)
+        .await;
+    match read {
+        // End of file: `TcpConnection` has already marked the connection to be closed.
+        Ok(0) => Err(TcpPoolError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the backend closed the connection",
+        ))),
+        Ok(_) => match line.strip_suffix('\n') {
+            Some(reply) => Ok(reply.to_owned()),
+            None => {
+                // Too long: the rest of the line is still on the wire.
+                conn.discard();
+                Err(TcpPoolError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "backend reply longer than MAX_LINE",
+                )))
+            }
+        },
+        Err(err) => {
+            // A socket error is tracked already; a UTF-8 error is not, so say it here.
+            conn.discard();
+            Err(err.into())
+        }
+    }
+}
+
+/// A reply this client does not understand: we no longer trust where the connection
+/// stands in the protocol, so it is closed rather than reused, and the client gets `502`.
+fn unexpected_reply(conn: &mut TcpConnection, reply: &str) -> TcpPoolError {
+    conn.discard();
+    tracing::warn!(reply, "unexpected reply from the key-value backend");
+    TcpPoolError::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "unexpected reply from the key-value backend",
+    ))
+}
+
+/// Keys go into a space-separated line: no whitespace or control characters.
+fn check_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err("the key must be 1 to 250 bytes long\n");
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the key must not contain whitespace or control characters\n");
+    }
+    Ok(())
+}
+
+/// Values end the line: no line breaks.
+fn check_value(value: &str) -> Result<(), &'static str> {
+    if value.len() > MAX_VALUE {
+        return Err("the value must be at most 60 KiB\n");
+    }
+    if value.contains(['\n', '\r']) {
+        return Err("the value must not contain line breaks\n");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The in-process key-value backend (stands in for a real server)
+// ---------------------------------------------------------------------------------------
+
+type Store = Arc<Mutex<HashMap<String, String>>>;
+
+/// Starts the backend on a free loopback port and returns its address.
+async fn spawn_backend() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let store = Store::default();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = serve_backend_connection(stream, store).await {
+                            tracing::debug!(error = %err, "backend connection ended");
+                        }
+                    });
+                }
+                Err(err) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %err, "backend accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// One backend connection: a line in, a line out, until the client hangs up.
+async fn serve_backend_connection(stream: TcpStream, store: Store) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if (&mut reader).take(MAX_LINE).read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let Some(command) = line.strip_suffix('\n') else {
+            writer.write_all(b"ERROR line too long\n").await?;
+            return Ok(());
+        };
+        writer
+            .write_all(execute(command, &store).as_bytes())
+            .await?;
+    }
+}
+
+fn execute(command: &str, store: &Store) -> String {
+    let mut map = store.lock().unwrap_or_else(PoisonError::into_inner);
+    match command.split_once(' ') {
+        Some(("GET", key)) => match map.get(key) {
+            Some(value) => format!("VALUE {value}\n"),
+            None => "NOT_FOUND\n".to_owned(),
+        },
+        Some(("SET", rest)) => match rest.split_once(' ') {
+            Some((key, value)) => {
+                map.insert(key.to_owned(), value.to_owned());
+                "OK\n".to_owned()
+            }
+            None => "ERROR usage: SET key value\n".to_owned(),
+        },
+        _ => "ERROR unknown command\n".to_owned(),
+    }
+}

@@ -1,0 +1,456 @@
+//! Test instruments: a scriptable line-protocol backend that counts what it sees, an axum
+//! server on a free loopback port, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Upper bound for any single wait in a test: a generous safety net, not a timing assertion.
+pub const BOUND: Duration = Duration::from_secs(20);
+
+/// Runs `fut`, failing the test if it does not finish within [`BOUND`].
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(BOUND, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {BOUND:?} waiting for: {what}"),
+    }
+}
+
+/// What the backend has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Connections accepted.
+    pub accepts: usize,
+    /// Connections open right now.
+    pub open: usize,
+    /// Most connections open at once.
+    pub max_open: usize,
+    /// `HOLD` commands received and not yet answered.
+    pub holding: usize,
+    /// Lines received.
+    pub lines: usize,
+}
+
+struct Inner {
+    accepts: AtomicUsize,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    holding: AtomicUsize,
+    lines: AtomicUsize,
+    changed: watch::Sender<()>,
+    release: Notify,
+    /// Bumped to close every open connection.
+    kill: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn seen(&self) -> Seen {
+        Seen {
+            accepts: self.accepts.load(SeqCst),
+            open: self.open.load(SeqCst),
+            max_open: self.max_open.load(SeqCst),
+            holding: self.holding.load(SeqCst),
+            lines: self.lines.load(SeqCst),
+        }
+    }
+    fn bump(&self) {
+        self.changed.send_replace(());
+    }
+}
+
+/// A line-protocol backend on 127.0.0.1. Commands, one per line:
+///
+/// - `ECHO <text>`: replies `<text>`;
+/// - `HOLD <text>`: replies `<text>` once the test calls [`Backend::release`];
+/// - `TWICE <text>`: replies `<text>` twice (the second copy is left unread by a normal client);
+/// - `CLOSE`: closes the connection without replying;
+/// - `PING`: replies `PONG`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let inner = Arc::new(Inner {
+            accepts: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            max_open: AtomicUsize::new(0),
+            holding: AtomicUsize::new(0),
+            lines: AtomicUsize::new(0),
+            changed: watch::channel(()).0,
+            release: Notify::new(),
+            kill: watch::channel(0).0,
+        });
+        let backend = Backend {
+            addr,
+            inner,
+            accept_task: Mutex::new(None),
+        };
+        backend.spawn_accept(listener);
+        backend
+    }
+
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn spawn_accept(&self, listener: TcpListener) {
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                inner.accepts.fetch_add(1, SeqCst);
+                let open = inner.open.fetch_add(1, SeqCst) + 1;
+                inner.max_open.fetch_max(open, SeqCst);
+                inner.bump();
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let kill = inner.kill.subscribe();
+                    serve_conn(stream, &inner, kill).await;
+                    inner.open.fetch_sub(1, SeqCst);
+                    inner.bump();
+                });
+            }
+        });
+        *self.accept_task.lock().expect("lock") = Some(task);
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.inner.seen()
+    }
+
+    /// Waits until `cond` holds for what the backend has seen.
+    pub async fn wait_for(&self, what: &str, cond: impl Fn(&Seen) -> bool) -> Seen {
+        let mut rx = self.inner.changed.subscribe();
+        bounded(what, async {
+            loop {
+                let seen = self.seen();
+                if cond(&seen) {
+                    return seen;
+                }
+                if rx.changed().await.is_err() {
+                    panic!("backend gone while waiting for: {what}");
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers every `HOLD` received so far (and any received before the next wait).
+    pub fn release(&self) {
+        self.inner.release.notify_waiters();
+    }
+
+    /// Closes every open connection from the server side.
+    pub async fn close_all(&self) {
+        self.inner.kill.send_modify(|g| *g += 1);
+        self.wait_for("backend connections closed", |s| s.open == 0)
+            .await;
+    }
+
+    /// Stops listening and closes every connection: the backend is down.
+    pub async fn stop(&self) {
+        let task = self.accept_task.lock().expect("lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        self.close_all().await;
+    }
+
+    /// Listens again on the same port after [`stop`](Self::stop).
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind backend port");
+        self.spawn_accept(listener);
+    }
+}
+
+async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<u64>) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            _ = kill.changed() => return,
+        };
+        let Ok(Some(line)) = line else { return };
+        inner.lines.fetch_add(1, SeqCst);
+        inner.bump();
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let reply = match cmd {
+            "ECHO" => format!("{arg}\n"),
+            "PING" => "PONG\n".to_string(),
+            "TWICE" => format!("{arg}\n{arg}\n"),
+            "CLOSE" => return,
+            "HOLD" => {
+                let released = inner.release.notified();
+                inner.holding.fetch_add(1, SeqCst);
+                inner.bump();
+                tokio::select! {
+                    _ = released => {}
+                    _ = kill.changed() => return,
+                }
+                inner.holding.fetch_sub(1, SeqCst);
+                inner.bump();
+                format!("{arg}\n")
+            }
+            _ => "ERR unknown command\n".to_string(),
+        };
+        if w.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `app` on a free loopback port.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = listener.local_addr().expect("app addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// A real HTTP/1 client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+/// A response, read to its end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr) -> HttpClient {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        bounded(&format!("GET {path}"), self.try_get(path))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}"))
+    }
+
+    pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
+        let req = http::Request::get(format!("{}{path}", self.base))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// Reads one reply line from `conn` (byte by byte, so nothing beyond the line is consumed).
+pub async fn read_line<R: tokio::io::AsyncRead + Unpin>(conn: &mut R) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    loop {
+        let b = conn.read_u8().await?;
+        if b == b'\n' {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.push(b);
+    }
+}
+
+/// Asserts that an error body leaks nothing internal.
+pub fn assert_no_leak(body: &str, backend: &Backend) {
+    let lower = body.to_lowercase();
+    for needle in [
+        backend.addr.to_string(),
+        backend.addr.port().to_string(),
+        "127.0.0.1".to_string(),
+        "refused".into(),
+        "os error".into(),
+        "os {".into(),
+        "kind:".into(),
+        "io error".into(),
+    ] {
+        assert!(
+            !lower.contains(&needle.to_lowercase()),
+            "error body leaks {needle:?}: {body:?}"
+        );
+    }
+}
+
+pub mod app {
+    //! The handlers the tests drive, one per behaviour.
+    use super::read_line;
+    use axum::extract::Path;
+    use axum::routing::get;
+    use axum::Router;
+    use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+    use http::StatusCode;
+    use tokio::io::AsyncWriteExt;
+
+    async fn exchange(conn: &mut TcpConnection, cmd: &str) -> Result<String, TcpPoolError> {
+        conn.write_all(format!("{cmd}\n").as_bytes()).await?;
+        Ok(read_line(conn).await?)
+    }
+
+    async fn echo(
+        Path(text): Path<String>,
+        mut conn: TcpConnection,
+    ) -> Result<String, TcpPoolError> {
+        exchange(&mut conn, &format!("ECHO {text}")).await
+    }
+
+    async fn hold(
+        Path(text): Path<String>,
+        mut conn: TcpConnection,
+    ) -> Result<String, TcpPoolError> {
+        exchange(&mut conn, &format!("HOLD {text}")).await
+    }
+
+    /// Reads one of two reply lines: leaves bytes unread.
+    async fn twice(
+        Path(text): Path<String>,
+        mut conn: TcpConnection,
+    ) -> Result<String, TcpPoolError> {
+        exchange(&mut conn, &format!("TWICE {text}")).await
+    }
+
+    /// Sends a request and never reads the reply.
+    async fn noread(
+        Path(text): Path<String>,
+        mut conn: TcpConnection,
+    ) -> Result<String, TcpPoolError> {
+        conn.write_all(format!("ECHO {text}\n").as_bytes()).await?;
+        Ok("sent".into())
+    }
+
+    /// A clean exchange, then a panic.
+    async fn panics(mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+        exchange(&mut conn, "ECHO before-panic").await?;
+        panic!("handler panic (expected by the test)");
+    }
+
+    async fn discard(mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+        let reply = exchange(&mut conn, "ECHO x").await?;
+        conn.discard();
+        Ok(reply)
+    }
+
+    /// The backend closes the connection: the read sees EOF.
+    async fn close(mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+        exchange(&mut conn, "CLOSE").await
+    }
+
+    /// A handler-level timeout fires while the read is in flight.
+    async fn timeout(mut conn: TcpConnection) -> Result<String, (StatusCode, &'static str)> {
+        conn.write_all(b"HOLD late\n")
+            .await
+            .map_err(|_| (StatusCode::BAD_GATEWAY, "write failed"))?;
+        match tokio::time::timeout(std::time::Duration::from_millis(50), read_line(&mut conn)).await
+        {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(_)) => Err((StatusCode::BAD_GATEWAY, "read failed")),
+            Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, "backend too slow")),
+        }
+    }
+
+    async fn nodelay(conn: TcpConnection) -> Result<String, TcpPoolError> {
+        Ok(conn.get_ref().nodelay()?.to_string())
+    }
+
+    async fn none() -> &'static str {
+        "no connection needed"
+    }
+
+    async fn option(conn: Option<TcpConnection>) -> &'static str {
+        if conn.is_some() {
+            "some"
+        } else {
+            "none"
+        }
+    }
+
+    async fn result(conn: Result<TcpConnection, TcpPoolError>) -> String {
+        match conn {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("err {}", e.status().as_u16()),
+        }
+    }
+
+    async fn two(_a: TcpConnection, _b: TcpConnection) -> &'static str {
+        "unreachable: the second extraction is rejected"
+    }
+
+    /// Every test route, without the layer.
+    pub fn routes() -> Router {
+        Router::new()
+            .route("/echo/{text}", get(echo))
+            .route("/hold/{text}", get(hold))
+            .route("/twice/{text}", get(twice))
+            .route("/noread/{text}", get(noread))
+            .route("/panic", get(panics))
+            .route("/discard", get(discard))
+            .route("/close", get(close))
+            .route("/timeout", get(timeout))
+            .route("/nodelay", get(nodelay))
+            .route("/none", get(none))
+            .route("/option", get(option))
+            .route("/result", get(result))
+            .route("/two", get(two))
+    }
+
+    /// Every test route behind an eager layer.
+    pub fn eager(pool: &TcpPool) -> Router {
+        routes().layer(TcpPoolLayer::new(pool.clone()))
+    }
+
+    /// Every test route behind a lazy layer.
+    pub fn lazy(pool: &TcpPool) -> Router {
+        routes().layer(TcpPoolLayer::new(pool.clone()).lazy())
+    }
+}
+
+/// A backend, a pool over it (configured by `f`), and an app served with `router`.
+pub async fn setup(
+    f: impl FnOnce(axum_tcp_pool::TcpPoolBuilder) -> axum_tcp_pool::TcpPoolBuilder,
+    router: fn(&axum_tcp_pool::TcpPool) -> Router,
+) -> (Backend, axum_tcp_pool::TcpPool, HttpClient) {
+    let backend = Backend::start().await;
+    let pool = f(axum_tcp_pool::TcpPool::builder(backend.addr_string()))
+        .build()
+        .expect("valid pool config");
+    let addr = serve(router(&pool)).await;
+    (backend, pool, HttpClient::new(addr))
+}

@@ -207,11 +207,17 @@ async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<
                 let released = inner.release.notified();
                 inner.holding.fetch_add(1, SeqCst);
                 inner.bump();
-                tokio::select! {
-                    _ = released => {}
-                    _ = kill.changed() => return,
-                }
+                let go_on = tokio::select! {
+                    _ = released => true,
+                    _ = kill.changed() => false,
+                    // The client closed (or, unexpectedly, pipelined): stop holding.
+                    _ = lines.next_line() => false,
+                };
                 inner.holding.fetch_sub(1, SeqCst);
+                if !go_on {
+                    inner.bump();
+                    return;
+                }
                 inner.bump();
                 format!("{arg}\n")
             }

@@ -10,15 +10,34 @@ use common::{app, setup, Backend, HttpClient};
 
 /// After a dirty request: exactly one discard of `reason`, the backend saw the connection
 /// close, nothing is in use, and the next request gets its own reply on a new connection.
-async fn assert_discarded(backend: &Backend, pool: &TcpPool, client: &HttpClient, reason: DiscardReason) {
-    backend.wait_for("discarded connection closed", |s| s.open == 0).await;
+async fn assert_discarded(
+    backend: &Backend,
+    pool: &TcpPool,
+    client: &HttpClient,
+    reason: DiscardReason,
+) {
+    backend
+        .wait_for("discarded connection closed", |s| s.open == 0)
+        .await;
     let s = pool.state();
-    assert_eq!(s.discards.get(reason), 1, "expected one {reason:?} discard: {s:?}");
+    assert_eq!(
+        s.discards.get(reason),
+        1,
+        "expected one {reason:?} discard: {s:?}"
+    );
     assert_eq!(s.discards.total(), 1, "{s:?}");
     assert_eq!((s.in_use, s.idle, s.connections), (0, 0, 0), "{s:?}");
     let r = client.get("/echo/next").await;
-    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "next"), "next request got a foreign reply");
-    assert_eq!(backend.seen().accepts, 2, "the next request must use a new connection");
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "next"),
+        "next request got a foreign reply"
+    );
+    assert_eq!(
+        backend.seen().accepts,
+        2,
+        "the next request must use a new connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +58,11 @@ async fn unread_bytes_close_the_connection() {
     // next checkout's peek catches it instead. Either way, it is closed and never read.
     backend.wait_for("connection closed", |s| s.open == 0).await;
     let s = pool.state();
-    assert_eq!(s.discards.unread_bytes + s.discards.health_check, 1, "{s:?}");
+    assert_eq!(
+        s.discards.unread_bytes + s.discards.health_check,
+        1,
+        "{s:?}"
+    );
     let r = client.get("/echo/next").await;
     assert_eq!(r.body, "next");
 }
@@ -94,7 +117,9 @@ async fn client_disconnect_mid_exchange_discards_the_connection() {
         let client = client.clone();
         async move { client.try_get("/hold/abandoned").await }
     });
-    backend.wait_for("handler waiting for its reply", |s| s.holding == 1).await;
+    backend
+        .wait_for("handler waiting for its reply", |s| s.holding == 1)
+        .await;
     // The client goes away: hyper drops the handler future mid-read.
     request.abort();
     let _ = request.await;
@@ -119,18 +144,27 @@ async fn keepalive_is_applied_when_configured() {
     let conn = pool.get().await.expect("connection");
     let sock = socket2::SockRef::from(conn.get_ref());
     assert!(sock.keepalive().expect("SO_KEEPALIVE"));
-    assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), Duration::from_secs(42));
+    assert_eq!(
+        sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+        Duration::from_secs(42)
+    );
     drop(conn);
-    let pool = TcpPool::builder(backend.addr_string()).build().expect("pool");
+    let pool = TcpPool::builder(backend.addr_string())
+        .build()
+        .expect("pool");
     let conn = pool.get().await.expect("connection");
-    assert!(!socket2::SockRef::from(conn.get_ref()).keepalive().expect("SO_KEEPALIVE"));
+    assert!(!socket2::SockRef::from(conn.get_ref())
+        .keepalive()
+        .expect("SO_KEEPALIVE"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outside_a_request_the_same_rule_holds() {
     use tokio::io::AsyncWriteExt;
     let backend = Backend::start().await;
-    let pool = TcpPool::builder(backend.addr_string()).build().expect("pool");
+    let pool = TcpPool::builder(backend.addr_string())
+        .build()
+        .expect("pool");
     let mut conn = pool.get().await.expect("connection");
     conn.write_all(b"ECHO hi\n").await.expect("write");
     assert_eq!(conn.discard_reason(), Some(DiscardReason::ReplyNotRead));

@@ -43,6 +43,8 @@ pub struct Seen {
     pub holding: usize,
     /// Lines received.
     pub lines: usize,
+    /// Replies fully written (on loopback, they are then in the client's receive queue).
+    pub replies: usize,
 }
 
 struct Inner {
@@ -51,6 +53,7 @@ struct Inner {
     max_open: AtomicUsize,
     holding: AtomicUsize,
     lines: AtomicUsize,
+    replies: AtomicUsize,
     changed: watch::Sender<()>,
     release: Notify,
     /// Bumped to close every open connection.
@@ -65,6 +68,7 @@ impl Inner {
             max_open: self.max_open.load(SeqCst),
             holding: self.holding.load(SeqCst),
             lines: self.lines.load(SeqCst),
+            replies: self.replies.load(SeqCst),
         }
     }
     fn bump(&self) {
@@ -97,6 +101,7 @@ impl Backend {
             max_open: AtomicUsize::new(0),
             holding: AtomicUsize::new(0),
             lines: AtomicUsize::new(0),
+            replies: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             release: Notify::new(),
             kill: watch::channel(0).0,
@@ -226,6 +231,8 @@ async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<
         if w.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
+        inner.replies.fetch_add(1, SeqCst);
+        inner.bump();
     }
 }
 

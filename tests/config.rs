@@ -1,0 +1,98 @@
+//! Rule 5: bad configuration is an error with a message that says what to fix, never a panic.
+//! And `connect()`, the fail-fast way to build.
+
+mod common;
+
+use std::time::Duration;
+
+use axum_tcp_pool::{TcpPool, TcpPoolBuilder, TcpPoolError};
+use common::Backend;
+
+fn config_error(b: TcpPoolBuilder) -> String {
+    match b.build() {
+        Err(TcpPoolError::Config(msg)) => msg,
+        Err(other) => panic!("expected a Config error, got {other:?}"),
+        Ok(_) => panic!("expected a Config error, got a pool"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_settings_are_errors_that_say_what_to_fix() {
+    let b = || TcpPool::builder("127.0.0.1:6379");
+    let cases: Vec<(TcpPoolBuilder, &str)> = vec![
+        (b().max_size(0), "max_size"),
+        (b().max_size(2).min_idle(3), "min_idle"),
+        (b().checkout_timeout(Duration::ZERO), "checkout_timeout"),
+        (b().connect_timeout(Duration::ZERO), "connect_timeout"),
+        (b().idle_timeout(Some(Duration::ZERO)), "idle_timeout(None)"),
+        (b().max_lifetime(Some(Duration::ZERO)), "max_lifetime(None)"),
+        (b().keepalive(Some(Duration::ZERO)), "keepalive(None)"),
+        (TcpPool::builder("127.0.0.1"), "no port"),
+        (TcpPool::builder("localhost"), "host:port"),
+        (TcpPool::builder("localhost:0"), "port 0"),
+        (TcpPool::builder("localhost:http"), "no valid port"),
+        (TcpPool::builder(""), "host:port"),
+    ];
+    for (builder, hint) in cases {
+        let msg = config_error(builder);
+        assert!(
+            msg.contains(hint),
+            "message {msg:?} should mention {hint:?}"
+        );
+    }
+    // None turns the timeouts off; that is valid.
+    assert!(b().idle_timeout(None).max_lifetime(None).build().is_ok());
+    assert!(b().max_size(1).min_idle(1).build().is_ok());
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    let msg = config_error(TcpPool::builder("127.0.0.1:6379"));
+    assert!(msg.contains("Tokio runtime"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_opens_min_idle_connections_before_returning() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(5)
+        .min_idle(3)
+        .connect()
+        .await
+        .expect("backend is up");
+    let s = pool.state();
+    assert_eq!((s.connections, s.idle), (3, 3), "{s:?}");
+    assert_eq!(backend.seen().accepts, 3);
+
+    let pool = TcpPool::builder(format!("localhost:{}", backend.addr.port()))
+        .connect()
+        .await
+        .expect("a host name is resolved on connect");
+    assert_eq!(
+        pool.state().idle,
+        1,
+        "with min_idle 0, connect() opens one connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_fails_fast_when_the_backend_is_down() {
+    let backend = Backend::start().await;
+    backend.stop().await;
+    let result = common::bounded(
+        "connect() to a down backend",
+        TcpPool::builder(backend.addr_string())
+            .min_idle(2)
+            .checkout_timeout(Duration::from_secs(3600))
+            .connect(),
+    )
+    .await;
+    match result {
+        Err(TcpPoolError::BackendUnreachable(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}")
+        }
+        other => panic!("expected BackendUnreachable, got {other:?}"),
+    }
+    let err = TcpPool::builder("127.0.0.1:1").max_size(0).connect().await;
+    assert!(matches!(err, Err(TcpPoolError::Config(_))));
+}

@@ -203,6 +203,13 @@ impl TcpPoolBuilder {
     /// # }
     /// ```
     pub fn build(self) -> Result<TcpPool, TcpPoolError> {
+        let (builder, shared) = self.prepare()?;
+        let pool = builder.build_unchecked(TcpManager::new(shared.clone()));
+        Ok(TcpPool { pool, shared })
+    }
+
+    /// Validates the settings and makes the bb8 builder and the shared state.
+    fn prepare(self) -> Result<(bb8::Builder<TcpManager>, Arc<Shared>), TcpPoolError> {
         let config = self.config;
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -222,9 +229,7 @@ impl TcpPoolBuilder {
             .reaper_rate(config.reaper_rate())
             // Reuse the most recently returned connection, so surplus ones go idle and expire.
             .queue_strategy(bb8::QueueStrategy::Lifo);
-        let shared = Arc::new(Shared::new(config));
-        let pool = builder.build_unchecked(TcpManager::new(shared.clone()));
-        Ok(TcpPool { pool, shared })
+        Ok((builder, Arc::new(Shared::new(config))))
     }
 
     /// Builds the pool and waits until `min_idle` connections (at least one) are open: the
@@ -249,13 +254,20 @@ impl TcpPoolBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self) -> Result<TcpPool, TcpPoolError> {
-        let pool = self.build()?;
-        let wanted = pool.shared.config.min_idle.max(1) as usize;
-        let mut held = Vec::with_capacity(wanted);
-        for _ in 0..wanted {
-            held.push(pool.get().await?);
+        let (builder, shared) = self.prepare()?;
+        let manager = TcpManager::new(shared.clone());
+        if shared.config.min_idle > 0 {
+            // bb8 opens the min_idle connections concurrently and, with retries off, returns
+            // the first connect error at once. (Checking them out one by one instead would
+            // make bb8 open more to keep min_idle of them idle.)
+            let pool = builder.build(manager).await?;
+            return Ok(TcpPool { pool, shared });
         }
-        drop(held);
+        let pool = TcpPool {
+            pool: builder.build_unchecked(manager),
+            shared,
+        };
+        drop(pool.get().await?);
         Ok(pool)
     }
 }

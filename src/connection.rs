@@ -14,7 +14,7 @@ use crate::DiscardReason;
 
 /// A pooled TCP connection, owned by one request (or one task) until it is dropped.
 ///
-/// Get one with the axum extractor (a handler argument, under [`TcpPoolLayer`]) or with
+/// Get one with the axum extractor (a handler argument, under [`TcpPoolLayer`](crate::TcpPoolLayer)) or with
 /// [`TcpPool::get`](crate::TcpPool::get). Use it as [`AsyncRead`] + [`AsyncWrite`]: the
 /// `tokio::io` helpers and `tokio_util::codec::Framed` work on `&mut conn`.
 ///

@@ -64,7 +64,7 @@ impl<S> TcpPoolService<S> {
 
 impl<S, ReqBody> Service<Request<ReqBody>> for TcpPoolService<S>
 where
-    S: Service<Request<ReqBody>> + Clone + Send + 'static,
+    S: Service<Request<ReqBody>> + Clone,
     S::Response: IntoResponse,
 {
     type Response = Response;

@@ -19,7 +19,7 @@ async fn assert_discarded(
     backend
         .wait_for("discarded connection closed", |s| s.open == 0)
         .await;
-    let s = pool.state();
+    let s = common::wait_pool(pool, "connection released", |s| s.connections == 0).await;
     assert_eq!(
         s.discards.get(reason),
         1,

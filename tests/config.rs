@@ -62,6 +62,7 @@ async fn connect_opens_min_idle_connections_before_returning() {
         .expect("backend is up");
     let s = pool.state();
     assert_eq!((s.connections, s.idle), (3, 3), "{s:?}");
+    backend.wait_for("3 accepted", |s| s.accepts >= 3).await;
     assert_eq!(backend.seen().accepts, 3);
 
     let pool = TcpPool::builder(format!("localhost:{}", backend.addr.port()))

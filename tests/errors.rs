@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use axum_tcp_pool::{TcpPool, TcpPoolError};
-use common::{app, assert_no_leak, bounded, serve, setup, HttpClient};
+use common::{app, assert_no_leak, serve, setup, HttpClient};
 use futures_util::future::join_all;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,12 +246,7 @@ async fn after_a_mix_of_failures_the_pool_serves_max_size_at_once() {
     backend
         .wait_for("dirty connections closed", |s| s.holding == 0)
         .await;
-    bounded("in_use back to 0", async {
-        while pool.state().in_use != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    common::wait_pool(&pool, "in_use back to 0", |s| s.in_use == 0).await;
     // max_size requests at once, all holding a connection together.
     let before = backend.seen().open;
     let holders: Vec<_> = (0..4)

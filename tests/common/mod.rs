@@ -127,9 +127,10 @@ impl Backend {
                 let open = inner.open.fetch_add(1, SeqCst) + 1;
                 inner.max_open.fetch_max(open, SeqCst);
                 inner.bump();
+                // Subscribed before the task starts, so a kill sent meanwhile is not missed.
+                let kill = inner.kill.subscribe();
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    let kill = inner.kill.subscribe();
                     serve_conn(stream, &inner, kill).await;
                     inner.open.fetch_sub(1, SeqCst);
                     inner.bump();
@@ -466,4 +467,23 @@ pub async fn setup(
         .expect("valid pool config");
     let addr = serve(router(&pool)).await;
     (backend, pool, HttpClient::new(addr))
+}
+
+/// Waits until the pool's state satisfies `cond`. The pool has no change events; its
+/// bookkeeping trails the socket close the backend sees by a few instructions.
+pub async fn wait_pool(
+    pool: &axum_tcp_pool::TcpPool,
+    what: &str,
+    cond: impl Fn(&axum_tcp_pool::PoolState) -> bool,
+) -> axum_tcp_pool::PoolState {
+    bounded(what, async {
+        loop {
+            let s = pool.state();
+            if cond(&s) {
+                return s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
 }

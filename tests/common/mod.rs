@@ -123,12 +123,13 @@ impl Backend {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                // Subscribed before the connection is counted as open, so a kill sent by a test
+                // that saw it open is not missed.
+                let kill = inner.kill.subscribe();
                 inner.accepts.fetch_add(1, SeqCst);
                 let open = inner.open.fetch_add(1, SeqCst) + 1;
                 inner.max_open.fetch_max(open, SeqCst);
                 inner.bump();
-                // Subscribed before the task starts, so a kill sent meanwhile is not missed.
-                let kill = inner.kill.subscribe();
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     serve_conn(stream, &inner, kill).await;
@@ -159,6 +160,13 @@ impl Backend {
             }
         })
         .await
+    }
+
+    /// Starts counting `max_open` afresh from the connections open now.
+    pub fn reset_max_open(&self) {
+        self.inner
+            .max_open
+            .store(self.inner.open.load(SeqCst), SeqCst);
     }
 
     /// Answers every `HOLD` received so far (and any received before the next wait).

@@ -178,3 +178,25 @@ async fn outside_a_request_the_same_rule_holds() {
     backend.wait_for("closed", |s| s.open == 0).await;
     assert_eq!(pool.state().discards.reply_not_read, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_codecs_work_on_a_borrowed_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_util::codec::{Framed, LinesCodec};
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .build()
+        .expect("pool");
+    for i in 0..3 {
+        let mut conn = pool.get().await.expect("connection");
+        let mut framed = Framed::new(&mut conn, LinesCodec::new());
+        framed.send(format!("ECHO framed{i}")).await.expect("send");
+        let reply = framed.next().await.expect("a reply").expect("a line");
+        assert_eq!(reply, format!("framed{i}"));
+        assert!(framed.read_buffer().is_empty());
+        drop(framed);
+        assert_eq!(conn.discard_reason(), None);
+    }
+    assert_eq!(backend.seen().accepts, 1, "the connection was reused");
+    assert_eq!(pool.state().discards.total(), 0);
+}

@@ -144,14 +144,22 @@ impl TcpConnection {
         }
     }
 
-    fn track_write(&mut self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    /// Records a write's outcome. Writing nothing from a non-empty buffer means the socket
+    /// can take no more (`write_all` turns it into `WriteZero`): not reusable.
+    fn track_write(
+        &mut self,
+        poll: Poll<io::Result<usize>>,
+        empty: bool,
+    ) -> Poll<io::Result<usize>> {
         match &poll {
             Poll::Pending => self.write_pending = true,
             Poll::Ready(result) => {
                 self.write_pending = false;
                 self.io_result(result);
-                if matches!(result, Ok(n) if *n > 0) {
-                    self.written_since_read = true;
+                match result {
+                    Ok(0) if !empty => self.conn.mark(DiscardReason::IoError),
+                    Ok(0) | Err(_) => {}
+                    Ok(_) => self.written_since_read = true,
                 }
             }
         }
@@ -220,7 +228,7 @@ impl AsyncWrite for TcpConnection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(this.conn.stream_mut()).poll_write(cx, buf);
-        this.track_write(poll)
+        this.track_write(poll, buf.is_empty())
     }
 
     fn poll_write_vectored(
@@ -230,7 +238,7 @@ impl AsyncWrite for TcpConnection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(this.conn.stream_mut()).poll_write_vectored(cx, bufs);
-        this.track_write(poll)
+        this.track_write(poll, bufs.iter().all(|b| b.is_empty()))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -90,7 +90,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/stats", get(stats))
         .with_state(pool);
 
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .map_err(|e| {
+            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
+        })?;
     let addr = listener.local_addr()?;
     println!("key-value backend on {backend}");
     println!("listening on http://{addr}");

@@ -39,8 +39,10 @@ pub enum TcpPoolError {
     CheckoutTimeout,
 
     /// A connection to the backend could not be opened: the connection was refused, the name
-    /// did not resolve, the connect attempt timed out, or a fresh connection failed its health
-    /// check. The inner error says which (for logs).
+    /// did not resolve, or the connect attempt timed out; or the backend accepts connections
+    /// but more than `max_size` new ones in a row failed their health check. The inner error
+    /// says which (for logs). Checkouts waiting for a connection get it as soon as an attempt
+    /// fails, not after the checkout timeout.
     ///
     /// Answered with `502 Bad Gateway`.
     #[error("backend unreachable: {0}")]

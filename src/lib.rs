@@ -80,7 +80,7 @@
 //! | error | when | status |
 //! |---|---|---|
 //! | [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout) | no connection free within `checkout_timeout` | `503`, `Retry-After: 1` |
-//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, connect timed out, new connection failed its health check; reported as soon as the attempt fails | `502` |
+//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, connect timed out, or new connections keep failing the health check (more than `max_size` in a row); reported to waiting checkouts as soon as the attempt fails | `502` |
 //! | [`Io`](TcpPoolError::Io) | I/O error during the handler's exchange | `502` |
 //! | [`MissingLayer`](TcpPoolError::MissingLayer) | `TcpConnection` used without [`TcpPoolLayer`] | `500`, body names the layer |
 //! | [`AlreadyExtracted`](TcpPoolError::AlreadyExtracted) | `TcpConnection` extracted twice in one request | `500` |
@@ -95,6 +95,10 @@
 //! request without calling the handler. [`TcpPoolLayer::lazy`] checks out when the handler
 //! extracts [`TcpConnection`]: routes that don't use it open nothing, and a handler taking
 //! `Option<TcpConnection>` can answer without its backend when the backend is down.
+//!
+//! Eager mode checks out for every request the layer wraps, whether or not its handler uses
+//! the connection (a `405`, a route without the extractor): put the layer on the routes that
+//! talk to the backend (`route_layer`, or a nested router), or use lazy mode.
 //!
 //! # Limits
 //!

@@ -156,12 +156,15 @@ pub struct PoolState {
     pub wait_time: Duration,
     /// Connections opened.
     pub connections_created: u64,
-    /// Connect attempts that failed (refused, name not resolved, timed out, or a fresh
-    /// connection that failed its health check).
+    /// Connect attempts that failed (refused, name not resolved, timed out), plus each time
+    /// more than `max_size` new connections in a row failed their health check.
     pub connect_failures: u64,
     /// Connections closed when returned because they were not known clean (bb8's count).
+    /// bb8 also counts here each connection that failed the checkout health check, so use
+    /// [`discards`](Self::discards) for a count by reason.
     pub closed_broken: u64,
-    /// Connections closed at checkout because they failed the health check (bb8's count).
+    /// Connections closed at checkout because they failed the health check (bb8's count;
+    /// equal to `discards.health_check` unless a checkout was cancelled mid-probe).
     pub closed_invalid: u64,
     /// Connections closed because they sat idle longer than `idle_timeout`.
     pub closed_idle_timeout: u64,

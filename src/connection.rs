@@ -1,5 +1,6 @@
 //! [`TcpConnection`]: a checked-out connection that tracks whether it is still clean.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -11,6 +12,25 @@ use tokio::net::TcpStream;
 
 use crate::manager::TcpManager;
 use crate::DiscardReason;
+
+thread_local! {
+    /// Set while an unfinished request is being dropped (see [`abandon`]).
+    static ABANDONING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `drop_request`, which drops a request that did not finish (its future was cancelled),
+/// so that every connection used in it and dropped with it is closed: its exchange may be
+/// half-done even if no read or write was in flight at that moment.
+pub(crate) fn abandon(drop_request: impl FnOnce()) {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ABANDONING.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ABANDONING.with(|a| a.replace(true)));
+    drop_request();
+}
 
 /// A pooled TCP connection, owned by one request (or one task) until it is dropped.
 ///
@@ -26,14 +46,19 @@ use crate::DiscardReason;
 /// - a read or write returned an I/O error, or a read saw end-of-file;
 /// - a read or write was still in flight (returned `Pending`, then was never completed): the
 ///   request future was cancelled, a timeout fired, a `select!` branch lost;
+/// - it had been used and the request it belongs to was cancelled (under
+///   [`TcpPoolLayer`](crate::TcpPoolLayer): the client went away, a timeout layer fired) even
+///   if no read or write was in flight at that moment, e.g. between two reads of one reply;
 /// - bytes were written after the last read: a request whose reply was never read (a late
 ///   reply must never reach the next request);
 /// - the backend sent bytes that were not read (checked without blocking when it comes back);
 /// - it was dropped while the thread was panicking;
 /// - [`discard`](Self::discard) was called, or the write half was shut down.
 ///
-/// Bytes that arrive *after* the connection went back are caught at the next checkout, which
-/// peeks at every idle connection before handing it out.
+/// Unread bytes are caught if they have arrived when the connection is returned or, later,
+/// when it is next checked out (every checkout peeks at it). A handler that stops reading in
+/// the middle of a reply whose rest is still on the wire must call [`discard`](Self::discard):
+/// the socket cannot tell that more is coming.
 ///
 /// The tracking sees only I/O done through this type. If you wrap it in a buffering reader
 /// (`BufReader`, `Framed`), bytes the wrapper buffered but you did not consume are invisible
@@ -61,6 +86,8 @@ pub struct TcpConnection {
     write_pending: bool,
     /// Bytes were written after the last successful read.
     written_since_read: bool,
+    /// Any read or write was attempted.
+    used: bool,
 }
 
 impl TcpConnection {
@@ -70,6 +97,7 @@ impl TcpConnection {
             read_pending: false,
             write_pending: false,
             written_since_read: false,
+            used: false,
         }
     }
 
@@ -151,6 +179,7 @@ impl TcpConnection {
         poll: Poll<io::Result<usize>>,
         empty: bool,
     ) -> Poll<io::Result<usize>> {
+        self.used = true;
         match &poll {
             Poll::Pending => self.write_pending = true,
             Poll::Ready(result) => {
@@ -171,8 +200,12 @@ impl Drop for TcpConnection {
     fn drop(&mut self) {
         let reason = if std::thread::panicking() {
             Some(DiscardReason::Panic)
+        } else if let Some(reason) = self.discard_reason() {
+            Some(reason)
+        } else if self.used && ABANDONING.with(Cell::get) {
+            Some(DiscardReason::Cancelled)
         } else {
-            self.discard_reason()
+            None
         };
         if let Some(reason) = reason {
             self.conn.mark(reason);
@@ -197,6 +230,7 @@ impl AsyncRead for TcpConnection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.used = true;
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
         match Pin::new(this.conn.stream_mut()).poll_read(cx, buf) {

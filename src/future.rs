@@ -39,6 +39,20 @@ pin_project! {
         #[pin]
         state: State<S, ReqBody>,
     }
+
+    impl<S, ReqBody> PinnedDrop for ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let mut state = this.project().state;
+            // Dropped before the inner service answered: the request was cancelled, and any
+            // connection it used may be in the middle of an exchange.
+            if let StateProj::Inner { .. } = state.as_mut().project() {
+                crate::connection::abandon(|| state.set(State::Done));
+            }
+        }
+    }
 }
 
 pin_project! {

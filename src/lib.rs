@@ -60,6 +60,7 @@
 //! | a read or write returned an I/O error | `IoError` |
 //! | a read saw end-of-file | `Eof` |
 //! | a read or write was cancelled mid-flight (client went away, a timeout fired, a `select!` lost) | `Cancelled` |
+//! | the request was cancelled after using the connection, even between two reads (client went away, a timeout layer fired) | `Cancelled` |
 //! | bytes were written after the last read (a reply never read: it must not reach the next request) | `ReplyNotRead` |
 //! | the backend sent bytes the handler did not read | `UnreadBytes` |
 //! | the handler panicked | `Panic` |
@@ -69,6 +70,10 @@
 //! sent bytes nobody asked for: every checkout peeks at it without blocking (no round trip)
 //! and replaces it (`HealthCheck`). Protocols with a ping can add an async probe with
 //! [`TcpPoolBuilder::health_check`].
+//!
+//! What the socket cannot see, it cannot enforce: bytes still on the wire when the
+//! connection is returned and when it is next checked out. A handler that stops reading in
+//! the middle of a reply must call [`TcpConnection::discard`].
 //!
 //! Every discard is counted by reason in [`TcpPool::state`] and logged at `debug`.
 //!

@@ -200,3 +200,22 @@ async fn framed_codecs_work_on_a_borrowed_connection() {
     assert_eq!(backend.seen().accepts, 1, "the connection was reused");
     assert_eq!(pool.state().discards.total(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_between_reads_discards_its_connection() {
+    for router in [app::eager, app::lazy] {
+        let (backend, pool, client) = setup(|b| b, router).await;
+        let request = tokio::spawn({
+            let client = client.clone();
+            async move { client.try_get("/partial").await }
+        });
+        // The handler has read the head of the reply; the tail is still to come.
+        backend
+            .wait_for("reply half sent", |s| s.holding == 1)
+            .await;
+        request.abort();
+        let _ = request.await;
+        // No read was in flight when the request was dropped, but the exchange was.
+        assert_discarded(&backend, &pool, &client, DiscardReason::Cancelled).await;
+    }
+}

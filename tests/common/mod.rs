@@ -82,6 +82,7 @@ impl Inner {
 /// - `HOLD <text>`: replies `<text>` once the test calls [`Backend::release`];
 /// - `TWICE <text>`: replies `<text>` twice (the second copy is left unread by a normal client);
 /// - `CLOSE`: closes the connection without replying;
+/// - `PARTIAL <head> <tail>`: replies `<head>` at once and `<tail>` once released;
 /// - `PING`: replies `PONG`.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -217,6 +218,27 @@ async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<
             "PING" => "PONG\n".to_string(),
             "TWICE" => format!("{arg}\n{arg}\n"),
             "CLOSE" => return,
+            "PARTIAL" => {
+                // The head now, the tail once released: a reply that arrives in two parts.
+                let (head, tail) = arg.split_once(' ').unwrap_or((arg, ""));
+                if w.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let released = inner.release.notified();
+                inner.holding.fetch_add(1, SeqCst);
+                inner.bump();
+                let go_on = tokio::select! {
+                    _ = released => true,
+                    _ = kill.changed() => false,
+                    _ = lines.next_line() => false,
+                };
+                inner.holding.fetch_sub(1, SeqCst);
+                inner.bump();
+                if !go_on {
+                    return;
+                }
+                format!("{tail}\n")
+            }
             "HOLD" => {
                 let released = inner.release.notified();
                 inner.holding.fetch_add(1, SeqCst);
@@ -408,6 +430,17 @@ pub mod app {
         }
     }
 
+    /// Reads the first part of a reply, then waits on something that is not the socket (a
+    /// database call, say) until the request is cancelled.
+    async fn partial(mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+        use tokio::io::AsyncReadExt;
+        conn.write_all(b"PARTIAL head tail\n").await?;
+        let mut head = [0u8; 4];
+        conn.read_exact(&mut head).await?;
+        std::future::pending::<()>().await;
+        Ok("unreachable".into())
+    }
+
     async fn nodelay(conn: TcpConnection) -> Result<String, TcpPoolError> {
         Ok(conn.get_ref().nodelay()?.to_string())
     }
@@ -447,6 +480,7 @@ pub mod app {
             .route("/close", get(close))
             .route("/timeout", get(timeout))
             .route("/nodelay", get(nodelay))
+            .route("/partial", get(partial))
             .route("/none", get(none))
             .route("/option", get(option))
             .route("/result", get(result))

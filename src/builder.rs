@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::config::{Config, ProbeFuture};
-use crate::manager::{Shared, TcpManager};
+use crate::manager::{FailureSink, Shared, TcpManager};
 use crate::{TcpPool, TcpPoolError};
 
 /// Configures and builds a [`TcpPool`]. Created by [`TcpPool::builder`].
@@ -230,7 +230,9 @@ impl TcpPoolBuilder {
             .reaper_rate(config.reaper_rate())
             // Reuse the most recently returned connection, so surplus ones go idle and expire.
             .queue_strategy(bb8::QueueStrategy::Lifo);
-        Ok((builder, Arc::new(Shared::new(config))))
+        let shared = Arc::new(Shared::new(config));
+        let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
+        Ok((builder, shared))
     }
 
     /// Builds the pool and waits until `min_idle` connections (at least one) are open: the

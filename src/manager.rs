@@ -25,7 +25,9 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     /// Woken (`notify_waiters`) each time a connect attempt fails, so that checkouts waiting
-    /// for a connection fail promptly instead of waiting out the checkout timeout.
+    /// for a connection fail promptly instead of waiting out the checkout timeout. Notified by
+    /// [`FailureSink`], i.e. only after bb8 has booked the failure: a checkout that starts
+    /// after the notification gets a connect attempt of its own.
     pub(crate) connect_failed: Notify,
     /// The kind of the last connect failure, for the error handed to those waiters.
     last_failure: Mutex<io::ErrorKind>,
@@ -50,7 +52,6 @@ impl Shared {
         if let Ok(mut last) = self.last_failure.lock() {
             *last = err.kind();
         }
-        self.connect_failed.notify_waiters();
     }
 
     /// The error for a checkout that was woken by someone's failed connect attempt.
@@ -64,6 +65,24 @@ impl Shared {
             kind,
             "a connect attempt to the backend failed while waiting for a connection",
         ))
+    }
+}
+
+/// bb8's error sink: it gets each error bb8 does not return to a caller (failed background
+/// connects, failed health checks) after bb8 has updated its own counts.
+#[derive(Debug, Clone)]
+pub(crate) struct FailureSink(pub(crate) Arc<Shared>);
+
+impl bb8::ErrorSink<TcpPoolError> for FailureSink {
+    fn sink(&self, error: TcpPoolError) {
+        // Routine health-check failures come as `Io`; only a backend failure wakes waiters.
+        if let TcpPoolError::BackendUnreachable(_) = error {
+            self.0.connect_failed.notify_waiters();
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<TcpPoolError>> {
+        Box::new(self.clone())
     }
 }
 
@@ -229,10 +248,10 @@ impl TcpManager {
                 &err,
                 "new backend connections keep failing their health check",
             );
-        } else {
-            tracing::debug!(addr = %self.shared.config.addr, error = %err, "connection failed its health check");
+            return TcpPoolError::BackendUnreachable(err);
         }
-        TcpPoolError::BackendUnreachable(err)
+        tracing::debug!(addr = %self.shared.config.addr, error = %err, "connection failed its health check");
+        TcpPoolError::Io(err)
     }
 }
 

@@ -64,7 +64,8 @@ impl TcpPool {
     /// - [`TcpPoolError::CheckoutTimeout`] if no connection became free within the
     ///   `checkout_timeout`;
     /// - [`TcpPoolError::BackendUnreachable`] as soon as a connect attempt fails while this
-    ///   call waits (it does not wait out the checkout timeout).
+    ///   call waits and the pool has no open connection that could be returned to it (it does
+    ///   not wait out the checkout timeout).
     ///
     /// # Cancellation
     ///
@@ -82,7 +83,7 @@ impl TcpPool {
         // Registered before the checkout starts, so no failure in between is missed.
         let mut failed = pin!(self.shared.connect_failed.notified());
         let mut checkout = pin!(self.pool.get_owned());
-        poll_fn(|cx| {
+        poll_fn(|cx| loop {
             if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
                 return Poll::Ready(match result {
                     Ok(conn) => Ok(TcpConnection::new(conn)),
@@ -90,10 +91,15 @@ impl TcpPool {
                     Err(bb8::RunError::TimedOut) => Err(TcpPoolError::CheckoutTimeout),
                 });
             }
-            if failed.as_mut().poll(cx).is_ready() {
+            if failed.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // A connect attempt failed. With no connection open, none can come back to us:
+            // the backend is unreachable. Otherwise one may be returned: keep waiting.
+            if self.pool.state().connections == 0 {
                 return Poll::Ready(Err(self.shared.last_connect_failure()));
             }
-            Poll::Pending
+            failed.set(self.shared.connect_failed.notified());
         })
         .await
     }

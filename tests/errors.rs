@@ -270,3 +270,57 @@ async fn after_a_mix_of_failures_the_pool_serves_max_size_at_once() {
     assert_eq!(s.in_use, 0, "{s:?}");
     assert!(backend.seen().max_open <= 4, "{:?}", backend.seen());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_checkout_misses_the_failure_of_a_connect_it_waited_for() {
+    // Many checkouts against a down backend, a pool of one: each must be told of a failed
+    // connect, including those that start while bb8 is still booking the previous failure.
+    let backend = common::Backend::start().await;
+    backend.stop().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .checkout_timeout(Duration::from_secs(3600))
+        .build()
+        .expect("pool");
+    for wave in 0..200 {
+        let results = common::bounded(
+            &format!("wave {wave} of checkouts against a down backend"),
+            join_all((0..50).map(|_| pool.get())),
+        )
+        .await;
+        for r in results {
+            assert!(
+                matches!(r, Err(TcpPoolError::BackendUnreachable(_))),
+                "wave {wave}: {r:?}"
+            );
+        }
+    }
+    assert_eq!(pool.state().in_use, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_does_not_fail_a_request_that_a_busy_connection_can_serve() {
+    let (backend, pool, client) = setup(
+        |b| b.max_size(2).checkout_timeout(Duration::from_secs(3600)),
+        app::eager,
+    )
+    .await;
+    let holder = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/hold/first").await }
+    });
+    backend.wait_for("first request holding", |s| s.holding == 1).await;
+    // New connections are refused from now on; the one in use stays healthy.
+    backend.stop_listening().await;
+    let waiter = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/echo/second").await }
+    });
+    // The waiter's own connect attempt fails...
+    common::wait_pool(&pool, "the waiter's connect failed", |s| s.connect_failures >= 1).await;
+    // ...but the busy connection comes back to it.
+    backend.release();
+    assert_eq!(holder.await.expect("holder").body, "first");
+    let r = waiter.await.expect("waiter");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "second"), "{r:?}");
+}

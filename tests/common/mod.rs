@@ -184,12 +184,17 @@ impl Backend {
 
     /// Stops listening and closes every connection: the backend is down.
     pub async fn stop(&self) {
+        self.stop_listening().await;
+        self.close_all().await;
+    }
+
+    /// Stops accepting new connections; open ones keep being served.
+    pub async fn stop_listening(&self) {
         let task = self.accept_task.lock().expect("lock").take();
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
         }
-        self.close_all().await;
     }
 
     /// Listens again on the same port after [`stop`](Self::stop).

@@ -136,7 +136,8 @@ impl TcpPoolBuilder {
         self
     }
 
-    /// Turns TCP keepalive on, with this idle time before the first probe (default off).
+    /// Turns TCP keepalive on, with this idle time before the first probe (default off). The
+    /// time is whole seconds, between 1 s and 32767 s.
     ///
     /// ```
     /// use std::time::Duration;
@@ -190,8 +191,8 @@ impl TcpPoolBuilder {
     ///
     /// [`TcpPoolError::Config`], with a message that says what to fix, for: `max_size(0)`,
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
-    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`, `keepalive(Some(ZERO))`), an
-    /// address without a port, or no Tokio runtime.
+    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`), a keepalive outside 1 s to
+    /// 32767 s, an address without a port, or no Tokio runtime.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

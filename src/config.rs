@@ -106,10 +106,14 @@ impl Config {
                 "max_lifetime must be greater than zero; use max_lifetime(None) to let connections live forever",
             ));
         }
-        if self.keepalive == Some(Duration::ZERO) {
-            return Err(TcpPoolError::config(
-                "keepalive must be greater than zero; use keepalive(None) to turn it off",
-            ));
+        if let Some(idle) = self.keepalive {
+            // TCP_KEEPIDLE is whole seconds, 1 to 32767 on Linux: anything else would make
+            // every connect fail on setsockopt.
+            if idle < Duration::from_secs(1) || idle > Duration::from_secs(32767) {
+                return Err(TcpPoolError::config(format!(
+                    "keepalive must be between 1 s and 32767 s (got {idle:?}); use keepalive(None) to turn it off"
+                )));
+            }
         }
         Ok(())
     }

@@ -57,7 +57,8 @@ where
 }
 
 /// `Option<TcpConnection>`: `None` whenever no connection can be had (layer missing, already
-/// extracted, backend unreachable, pool exhausted); the reason is logged at `debug`.
+/// extracted, backend unreachable, pool exhausted); the reason is logged, at `warn` for a
+/// missing layer or a second extraction, at `debug` otherwise.
 impl<S> OptionalFromRequestParts<S> for TcpConnection
 where
     S: Send + Sync,
@@ -70,6 +71,11 @@ where
     ) -> Result<Option<Self>, Self::Rejection> {
         match <Self as FromRequestParts<S>>::from_request_parts(parts, state).await {
             Ok(conn) => Ok(Some(conn)),
+            Err(err @ (TcpPoolError::MissingLayer | TcpPoolError::AlreadyExtracted)) => {
+                // A mistake in the router, not a bad day at the backend: make it visible.
+                tracing::warn!(error = %err, "no TcpConnection for this request");
+                Ok(None)
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "no TcpConnection for this request");
                 Ok(None)

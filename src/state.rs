@@ -200,16 +200,36 @@ impl PoolState {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) connect_failures: AtomicU64,
-    discards: [AtomicU64; 8],
+    io_error: AtomicU64,
+    eof: AtomicU64,
+    cancelled: AtomicU64,
+    unread_bytes: AtomicU64,
+    reply_not_read: AtomicU64,
+    panic: AtomicU64,
+    explicit: AtomicU64,
+    health_check: AtomicU64,
 }
 
 impl Counters {
+    fn discard(&self, reason: DiscardReason) -> &AtomicU64 {
+        match reason {
+            DiscardReason::IoError => &self.io_error,
+            DiscardReason::Eof => &self.eof,
+            DiscardReason::Cancelled => &self.cancelled,
+            DiscardReason::UnreadBytes => &self.unread_bytes,
+            DiscardReason::ReplyNotRead => &self.reply_not_read,
+            DiscardReason::Panic => &self.panic,
+            DiscardReason::Explicit => &self.explicit,
+            DiscardReason::HealthCheck => &self.health_check,
+        }
+    }
+
     pub(crate) fn record_discard(&self, reason: DiscardReason) {
-        self.discards[reason as usize].fetch_add(1, Relaxed);
+        self.discard(reason).fetch_add(1, Relaxed);
     }
 
     fn discards(&self) -> Discards {
-        let n = |r: DiscardReason| self.discards[r as usize].load(Relaxed);
+        let n = |r: DiscardReason| self.discard(r).load(Relaxed);
         Discards {
             io_error: n(DiscardReason::IoError),
             eof: n(DiscardReason::Eof),

@@ -27,6 +27,14 @@ async fn invalid_settings_are_errors_that_say_what_to_fix() {
         (b().idle_timeout(Some(Duration::ZERO)), "idle_timeout(None)"),
         (b().max_lifetime(Some(Duration::ZERO)), "max_lifetime(None)"),
         (b().keepalive(Some(Duration::ZERO)), "keepalive(None)"),
+        (
+            b().keepalive(Some(Duration::from_millis(500))),
+            "between 1 s and 32767 s",
+        ),
+        (
+            b().keepalive(Some(Duration::from_secs(40_000))),
+            "between 1 s and 32767 s",
+        ),
         (TcpPool::builder("127.0.0.1"), "no port"),
         (TcpPool::builder("localhost"), "host:port"),
         (TcpPool::builder("localhost:0"), "port 0"),

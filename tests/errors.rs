@@ -309,7 +309,9 @@ async fn a_failed_connect_does_not_fail_a_request_that_a_busy_connection_can_ser
         let client = client.clone();
         async move { client.get("/hold/first").await }
     });
-    backend.wait_for("first request holding", |s| s.holding == 1).await;
+    backend
+        .wait_for("first request holding", |s| s.holding == 1)
+        .await;
     // New connections are refused from now on; the one in use stays healthy.
     backend.stop_listening().await;
     let waiter = tokio::spawn({
@@ -317,10 +319,17 @@ async fn a_failed_connect_does_not_fail_a_request_that_a_busy_connection_can_ser
         async move { client.get("/echo/second").await }
     });
     // The waiter's own connect attempt fails...
-    common::wait_pool(&pool, "the waiter's connect failed", |s| s.connect_failures >= 1).await;
+    common::wait_pool(&pool, "the waiter's connect failed", |s| {
+        s.connect_failures >= 1
+    })
+    .await;
     // ...but the busy connection comes back to it.
     backend.release();
     assert_eq!(holder.await.expect("holder").body, "first");
     let r = waiter.await.expect("waiter");
-    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "second"), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "second"),
+        "{r:?}"
+    );
 }

@@ -10,7 +10,7 @@ use bb8::PooledConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::manager::TcpManager;
+use crate::manager::{PooledStream, TcpManager};
 use crate::DiscardReason;
 
 thread_local! {
@@ -79,7 +79,8 @@ pub(crate) fn abandon(drop_request: impl FnOnce()) {
 /// }
 /// ```
 pub struct TcpConnection {
-    conn: PooledConnection<'static, TcpManager>,
+    /// `Some` until dropped (taken in `drop` to give it back inside a runtime context).
+    conn: Option<PooledConnection<'static, TcpManager>>,
     /// A read returned `Pending` and has not completed since.
     read_pending: bool,
     /// A write returned `Pending` and has not completed since.
@@ -93,7 +94,7 @@ pub struct TcpConnection {
 impl TcpConnection {
     pub(crate) fn new(conn: PooledConnection<'static, TcpManager>) -> Self {
         TcpConnection {
-            conn,
+            conn: Some(conn),
             read_pending: false,
             write_pending: false,
             written_since_read: false,
@@ -113,7 +114,7 @@ impl TcpConnection {
     /// # Ok(()) }
     /// ```
     pub fn get_ref(&self) -> &TcpStream {
-        self.conn.stream()
+        self.pooled().stream()
     }
 
     /// Closes this connection instead of returning it to the pool when it is dropped.
@@ -129,7 +130,7 @@ impl TcpConnection {
     /// # }
     /// ```
     pub fn discard(&mut self) {
-        self.conn.mark(DiscardReason::Explicit);
+        self.pooled_mut().mark(DiscardReason::Explicit);
     }
 
     /// Whether the connection would be closed if it were dropped now, and why; `None` means
@@ -143,7 +144,7 @@ impl TcpConnection {
     /// # Ok(()) }
     /// ```
     pub fn discard_reason(&self) -> Option<DiscardReason> {
-        if let Some(reason) = self.conn.dirty() {
+        if let Some(reason) = self.pooled().dirty() {
             return Some(reason);
         }
         if self.read_pending || self.write_pending {
@@ -166,9 +167,23 @@ impl TcpConnection {
         self.discard_reason().is_some()
     }
 
+    fn pooled(&self) -> &PooledStream {
+        match &self.conn {
+            Some(conn) => conn,
+            None => unreachable!("TcpConnection used after drop"),
+        }
+    }
+
+    fn pooled_mut(&mut self) -> &mut PooledStream {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => unreachable!("TcpConnection used after drop"),
+        }
+    }
+
     fn io_result<T>(&mut self, result: &io::Result<T>) {
         if result.is_err() {
-            self.conn.mark(DiscardReason::IoError);
+            self.pooled_mut().mark(DiscardReason::IoError);
         }
     }
 
@@ -186,7 +201,7 @@ impl TcpConnection {
                 self.write_pending = false;
                 self.io_result(result);
                 match result {
-                    Ok(0) if !empty => self.conn.mark(DiscardReason::IoError),
+                    Ok(0) if !empty => self.pooled_mut().mark(DiscardReason::IoError),
                     Ok(0) | Err(_) => {}
                     Ok(_) => self.written_since_read = true,
                 }
@@ -208,9 +223,20 @@ impl Drop for TcpConnection {
             None
         };
         if let Some(reason) = reason {
-            self.conn.mark(reason);
+            self.pooled_mut().mark(reason);
         }
-        // `self.conn` drops next and goes back to bb8, whose `has_broken` closes it if marked.
+        // Back to bb8, whose `has_broken` closes it if marked. bb8 may spawn a refill task
+        // then, which needs a runtime context: lend the pool's if this thread has none.
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        match (tokio::runtime::Handle::try_current(), conn.runtime()) {
+            (Err(_), Some(runtime)) => {
+                let _context = runtime.enter();
+                drop(conn);
+            }
+            _ => drop(conn),
+        }
     }
 }
 
@@ -233,7 +259,7 @@ impl AsyncRead for TcpConnection {
         this.used = true;
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
-        match Pin::new(this.conn.stream_mut()).poll_read(cx, buf) {
+        match Pin::new(this.pooled_mut().stream_mut()).poll_read(cx, buf) {
             Poll::Pending => {
                 this.read_pending = true;
                 Poll::Pending
@@ -245,7 +271,7 @@ impl AsyncRead for TcpConnection {
                     if buf.filled().len() > before {
                         this.written_since_read = false;
                     } else if wanted {
-                        this.conn.mark(DiscardReason::Eof);
+                        this.pooled_mut().mark(DiscardReason::Eof);
                     }
                 }
                 Poll::Ready(result)
@@ -261,7 +287,7 @@ impl AsyncWrite for TcpConnection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(this.conn.stream_mut()).poll_write(cx, buf);
+        let poll = Pin::new(this.pooled_mut().stream_mut()).poll_write(cx, buf);
         this.track_write(poll, buf.is_empty())
     }
 
@@ -271,7 +297,7 @@ impl AsyncWrite for TcpConnection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(this.conn.stream_mut()).poll_write_vectored(cx, bufs);
+        let poll = Pin::new(this.pooled_mut().stream_mut()).poll_write_vectored(cx, bufs);
         this.track_write(poll, bufs.iter().all(|b| b.is_empty()))
     }
 
@@ -281,7 +307,7 @@ impl AsyncWrite for TcpConnection {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let result = std::task::ready!(Pin::new(this.conn.stream_mut()).poll_flush(cx));
+        let result = std::task::ready!(Pin::new(this.pooled_mut().stream_mut()).poll_flush(cx));
         this.io_result(&result);
         Poll::Ready(result)
     }
@@ -290,7 +316,7 @@ impl AsyncWrite for TcpConnection {
     /// when dropped.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.conn.mark(DiscardReason::Explicit);
-        Pin::new(this.conn.stream_mut()).poll_shutdown(cx)
+        this.pooled_mut().mark(DiscardReason::Explicit);
+        Pin::new(this.pooled_mut().stream_mut()).poll_shutdown(cx)
     }
 }

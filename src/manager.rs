@@ -139,6 +139,8 @@ pub struct PooledStream {
     dirty: Option<DiscardReason>,
     /// Not yet handed out by a successful checkout.
     fresh: bool,
+    /// The runtime that opened it, lent to a drop on a thread without one.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl PooledStream {
@@ -179,6 +181,10 @@ impl PooledStream {
     /// ```
     pub fn discard(&mut self) {
         self.mark(DiscardReason::Explicit);
+    }
+
+    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref()
     }
 
     pub(crate) fn dirty(&self) -> Option<DiscardReason> {
@@ -267,6 +273,7 @@ impl bb8::ManageConnection for TcpManager {
                     stream,
                     dirty: None,
                     fresh: true,
+                    runtime: tokio::runtime::Handle::try_current().ok(),
                 })
             }
             Err(e) => {

@@ -219,3 +219,28 @@ async fn a_request_cancelled_between_reads_discards_its_connection() {
         assert_discarded(&backend, &pool, &client, DiscardReason::Cancelled).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_outside_the_runtime_releases_its_slot() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(2)
+        .min_idle(2)
+        .build()
+        .expect("pool");
+    let mut conn = pool.get().await.expect("connection");
+    conn.discard(); // going back makes bb8 spawn a refill: needs a runtime
+    let dropped = std::thread::spawn(move || drop(conn)).join();
+    assert!(
+        dropped.is_ok(),
+        "dropping a connection on a plain thread panicked"
+    );
+    let s = common::wait_pool(&pool, "discard booked", |s| s.discards.explicit == 1).await;
+    assert_eq!(s.in_use, 0, "{s:?}");
+    // Both slots are usable again.
+    let a = pool.get().await.expect("first");
+    let b = common::bounded("second connection", pool.get())
+        .await
+        .expect("second");
+    drop((a, b));
+}

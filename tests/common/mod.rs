@@ -163,13 +163,6 @@ impl Backend {
         .await
     }
 
-    /// Starts counting `max_open` afresh from the connections open now.
-    pub fn reset_max_open(&self) {
-        self.inner
-            .max_open
-            .store(self.inner.open.load(SeqCst), SeqCst);
-    }
-
     /// Answers every `HOLD` received so far (and any received before the next wait).
     pub fn release(&self) {
         self.inner.release.notify_waiters();

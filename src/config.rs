@@ -12,7 +12,19 @@ use tokio::net::TcpStream;
 
 use crate::TcpPoolError;
 
-/// The future returned by a [health check](crate::TcpPoolBuilder::health_check) probe.
+/// The future returned by a [health check](crate::TcpPoolBuilder::health_check) probe: boxed,
+/// because it borrows the stream it probes.
+///
+/// ```
+/// use axum_tcp_pool::ProbeFuture;
+/// use tokio::io::AsyncWriteExt;
+/// use tokio::net::TcpStream;
+///
+/// fn probe(stream: &mut TcpStream) -> ProbeFuture<'_> {
+///     Box::pin(async move { stream.write_all(b"").await })
+/// }
+/// let builder = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").health_check(probe);
+/// ```
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
 /// A user-supplied async health check, run on every checkout.

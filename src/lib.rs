@@ -135,6 +135,25 @@ mod service;
 mod slot;
 mod state;
 
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// The bb8 crate this pool is built on, re-exported so that [`TcpPool::bb8`] can be used
+/// without a direct dependency on a matching version.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use axum_tcp_pool::{bb8, manager::TcpManager, TcpPool};
+///
+/// let pool = TcpPool::builder("127.0.0.1:6379").build()?;
+/// let raw: &bb8::Pool<TcpManager> = pool.bb8();
+/// let state: bb8::State = raw.state();
+/// assert_eq!(state.connections, 0);
+/// # Ok(()) }
+/// ```
 pub use bb8;
 
 pub use builder::TcpPoolBuilder;

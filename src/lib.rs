@@ -110,6 +110,10 @@
 //! - A connection leaked with `std::mem::forget` holds its pool slot forever.
 //! - A [health check](TcpPoolBuilder::health_check) probe must not panic.
 //! - [`TcpPoolBuilder::build`] must run inside a Tokio runtime; it returns an error otherwise.
+//! - bb8's reaper closes every connection idle longer than `idle_timeout`, `min_idle` ones
+//!   included, then reopens up to `min_idle`: use `idle_timeout(None)` to keep them open.
+//! - A request that writes and never reads always closes its connection (`ReplyNotRead`).
+//! - One [`TcpPoolLayer`] per router: two layers share the request slot.
 //!
 //! # Feature flags
 //!

@@ -230,8 +230,9 @@ impl Drop for TcpConnection {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        match (tokio::runtime::Handle::try_current(), conn.runtime()) {
-            (Err(_), Some(runtime)) => {
+        // (Inside a task there is always one; checking that is cheaper than cloning a handle.)
+        match (tokio::task::try_id(), conn.runtime()) {
+            (None, Some(runtime)) => {
                 let _context = runtime.enter();
                 drop(conn);
             }

@@ -222,37 +222,15 @@ async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<
                 if w.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
-                let released = inner.release.notified();
-                inner.holding.fetch_add(1, SeqCst);
-                inner.bump();
-                let go_on = tokio::select! {
-                    _ = released => true,
-                    _ = kill.changed() => false,
-                    _ = lines.next_line() => false,
-                };
-                inner.holding.fetch_sub(1, SeqCst);
-                inner.bump();
-                if !go_on {
+                if !hold(inner, &mut kill, &mut lines).await {
                     return;
                 }
                 format!("{tail}\n")
             }
             "HOLD" => {
-                let released = inner.release.notified();
-                inner.holding.fetch_add(1, SeqCst);
-                inner.bump();
-                let go_on = tokio::select! {
-                    _ = released => true,
-                    _ = kill.changed() => false,
-                    // The client closed (or, unexpectedly, pipelined): stop holding.
-                    _ = lines.next_line() => false,
-                };
-                inner.holding.fetch_sub(1, SeqCst);
-                if !go_on {
-                    inner.bump();
+                if !hold(inner, &mut kill, &mut lines).await {
                     return;
                 }
-                inner.bump();
                 format!("{arg}\n")
             }
             _ => "ERR unknown command\n".to_string(),
@@ -263,6 +241,26 @@ async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<
         inner.replies.fetch_add(1, SeqCst);
         inner.bump();
     }
+}
+
+/// Waits for [`Backend::release`]: `false` if the connection is to close instead (killed,
+/// or the client closed or, unexpectedly, pipelined a command meanwhile).
+async fn hold(
+    inner: &Inner,
+    kill: &mut watch::Receiver<u64>,
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+) -> bool {
+    let released = inner.release.notified();
+    inner.holding.fetch_add(1, SeqCst);
+    inner.bump();
+    let go_on = tokio::select! {
+        _ = released => true,
+        _ = kill.changed() => false,
+        _ = lines.next_line() => false,
+    };
+    inner.holding.fetch_sub(1, SeqCst);
+    inner.bump();
+    go_on
 }
 
 /// Serves `app` on a free loopback port.

@@ -1,5 +1,6 @@
 //! [`ResponseFuture`]: checks out (eager mode), then runs the inner service.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -7,13 +8,36 @@ use std::task::{ready, Context, Poll};
 use axum_core::response::{IntoResponse, Response};
 use http::Request;
 use pin_project_lite::pin_project;
+use tokio_util::sync::ReusableBoxFuture;
 use tower_service::Service;
 
 use crate::slot::Slot;
 use crate::{TcpConnection, TcpPool, TcpPoolError};
 
-/// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust.
-type Checkout = Pin<Box<dyn Future<Output = Result<TcpConnection, TcpPoolError>> + Send>>;
+/// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust, so it
+/// is boxed; the box is recycled (one spare per thread), so a steady stream of requests
+/// allocates none.
+type Checkout = ReusableBoxFuture<'static, Result<TcpConnection, TcpPoolError>>;
+
+thread_local! {
+    static SPARE_CHECKOUT: Cell<Option<Checkout>> = const { Cell::new(None) };
+}
+
+fn start_checkout(pool: TcpPool) -> Checkout {
+    let future = async move { pool.get().await };
+    match SPARE_CHECKOUT.with(Cell::take) {
+        Some(mut spare) => {
+            spare.set(future);
+            spare
+        }
+        None => ReusableBoxFuture::new(future),
+    }
+}
+
+/// Keeps a finished checkout's box for the next request on this thread.
+fn recycle(checkout: Checkout) {
+    SPARE_CHECKOUT.with(|spare| spare.set(Some(checkout)));
+}
 
 pin_project! {
     /// The response future of [`TcpPoolService`](crate::TcpPoolService).
@@ -80,7 +104,7 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn checkout(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
-        let checkout = Box::pin(async move { pool.get().await });
+        let checkout = start_checkout(pool);
         ResponseFuture {
             state: State::Checkout {
                 checkout,
@@ -109,13 +133,16 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Checkout { checkout, .. } => {
-                    let result = ready!(checkout.as_mut().poll(cx));
+                    let result = ready!(checkout.poll(cx));
                     let StateReplace::Checkout {
-                        mut inner, mut req, ..
+                        checkout,
+                        mut inner,
+                        mut req,
                     } = state.as_mut().project_replace(State::Done)
                     else {
                         unreachable!("matched Checkout above");
                     };
+                    recycle(checkout);
                     match result {
                         Ok(conn) => {
                             req.extensions_mut().insert(Slot::Ready(conn));

@@ -38,12 +38,18 @@ async fn allocations_per_request(layer: TcpPoolLayer) -> f64 {
     for _ in 0..100 {
         let _ = svc.clone().oneshot(http::Request::new(())).await;
     }
-    let before = ALLOCATIONS.load(Relaxed);
-    for _ in 0..N {
-        let res = svc.clone().oneshot(http::Request::new(())).await;
-        assert!(res.is_ok());
+    // The counter sees every thread of the test process: keep the quietest of a few rounds.
+    let mut quietest = f64::MAX;
+    for _ in 0..5 {
+        let before = ALLOCATIONS.load(Relaxed);
+        for _ in 0..N {
+            let res = svc.clone().oneshot(http::Request::new(())).await;
+            assert!(res.is_ok());
+        }
+        let per_request = (ALLOCATIONS.load(Relaxed) - before) as f64 / N as f64;
+        quietest = quietest.min(per_request);
     }
-    (ALLOCATIONS.load(Relaxed) - before) as f64 / N as f64
+    quietest
 }
 
 #[tokio::test(flavor = "current_thread")]

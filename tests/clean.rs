@@ -113,10 +113,7 @@ async fn a_handler_timeout_mid_read_discards_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_exchange_discards_the_connection() {
     let (backend, pool, client) = setup(|b| b, app::eager).await;
-    let request = tokio::spawn({
-        let client = client.clone();
-        async move { client.try_get("/hold/abandoned").await }
-    });
+    let request = client.spawn_try_get("/hold/abandoned");
     backend
         .wait_for("handler waiting for its reply", |s| s.holding == 1)
         .await;
@@ -205,10 +202,7 @@ async fn framed_codecs_work_on_a_borrowed_connection() {
 async fn a_request_cancelled_between_reads_discards_its_connection() {
     for router in [app::eager, app::lazy] {
         let (backend, pool, client) = setup(|b| b, router).await;
-        let request = tokio::spawn({
-            let client = client.clone();
-            async move { client.try_get("/partial").await }
-        });
+        let request = client.spawn_try_get("/partial");
         // The handler has read the head of the reply; the tail is still to come.
         backend
             .wait_for("reply half sent", |s| s.holding == 1)

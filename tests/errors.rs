@@ -17,10 +17,7 @@ async fn exhausted_pool_answers_503_with_retry_after_then_recovers() {
     )
     .await;
     let holders: Vec<_> = (0..2)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get(&format!("/hold/h{i}")).await })
-        })
+        .map(|i| client.spawn_get(&format!("/hold/h{i}")))
         .collect();
     backend.wait_for("pool exhausted", |s| s.holding == 2).await;
     let r = client.get("/echo/starved").await;
@@ -173,10 +170,7 @@ async fn lazy_option_is_none_when_the_pool_is_exhausted() {
         app::lazy,
     )
     .await;
-    let holder = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/hold/h").await }
-    });
+    let holder = client.spawn_get("/hold/h");
     backend.wait_for("holder", |s| s.holding == 1).await;
     assert_eq!(client.get("/option").await.body, "none");
     assert_eq!(client.get("/result").await.body, "err 503");
@@ -240,10 +234,7 @@ async fn after_a_mix_of_failures_the_pool_serves_max_size_at_once() {
     ] {
         let _ = client.try_get(path).await;
     }
-    let cancelled = tokio::spawn({
-        let client = client.clone();
-        async move { client.try_get("/hold/gone").await }
-    });
+    let cancelled = client.spawn_try_get("/hold/gone");
     backend.wait_for("holder", |s| s.holding == 1).await;
     cancelled.abort();
     let _ = cancelled.await;
@@ -255,10 +246,7 @@ async fn after_a_mix_of_failures_the_pool_serves_max_size_at_once() {
     // late bytes from the mix are discarded at checkout and replaced; the backend may count
     // a replacement before it notices the old one's EOF, so the pool's own count is checked.)
     let holders: Vec<_> = (0..4)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get(&format!("/hold/m{i}")).await })
-        })
+        .map(|i| client.spawn_get(&format!("/hold/m{i}")))
         .collect();
     backend
         .wait_for("4 concurrent holders", |s| s.holding == 4)
@@ -308,19 +296,13 @@ async fn a_failed_connect_does_not_fail_a_request_that_a_busy_connection_can_ser
         app::eager,
     )
     .await;
-    let holder = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/hold/first").await }
-    });
+    let holder = client.spawn_get("/hold/first");
     backend
         .wait_for("first request holding", |s| s.holding == 1)
         .await;
     // New connections are refused from now on; the one in use stays healthy.
     backend.stop_listening().await;
-    let waiter = tokio::spawn({
-        let client = client.clone();
-        async move { client.get("/echo/second").await }
-    });
+    let waiter = client.spawn_get("/echo/second");
     // The waiter's own connect attempt fails...
     common::wait_pool(&pool, "the waiter's connect failed", |s| {
         s.connect_failures >= 1

@@ -70,10 +70,7 @@ async fn requests_over_max_size_wait_for_a_free_connection() {
     )
     .await;
     let requests: Vec<_> = (0..9)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get(&format!("/hold/h{i}")).await })
-        })
+        .map(|i| client.spawn_get(&format!("/hold/h{i}")))
         .collect();
     // Three requests hold the three connections; six wait in the pool.
     backend

@@ -302,6 +302,18 @@ impl HttpClient {
             .unwrap_or_else(|e| panic!("GET {path} failed: {e}"))
     }
 
+    /// Starts `GET path` on its own task (to hold it, or to drop it mid-request).
+    pub fn spawn_get(&self, path: &str) -> JoinHandle<Reply> {
+        let (client, path) = (self.clone(), path.to_string());
+        tokio::spawn(async move { client.get(&path).await })
+    }
+
+    /// Like [`spawn_get`](Self::spawn_get), for requests that may fail at the HTTP level.
+    pub fn spawn_try_get(&self, path: &str) -> JoinHandle<Result<Reply, String>> {
+        let (client, path) = (self.clone(), path.to_string());
+        tokio::spawn(async move { client.try_get(&path).await })
+    }
+
     pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
         let req = http::Request::get(format!("{}{path}", self.base))
             .body(Full::new(Bytes::new()))

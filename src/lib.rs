@@ -121,6 +121,7 @@
 //!
 //! [bb8]: https://docs.rs/bb8
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
@@ -133,6 +134,9 @@ mod extract;
 mod future;
 mod layer;
 pub mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod pool;
 mod response;
 mod service;

@@ -41,6 +41,23 @@
 //! A discard reason that never happened is still exported, as `0`, so that every series
 //! exists from the first scrape.
 //!
+//! For an exporter that pushes instead of being scraped, record on an interval (the task
+//! holds a pool handle, so the pool stays open until the task is aborted):
+//!
+//! ```no_run
+//! # async fn f(pool: axum_tcp_pool::TcpPool) {
+//! let recorded = pool.clone();
+//! let task = tokio::spawn(async move {
+//!     let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+//!     loop {
+//!         every.tick().await;
+//!         recorded.record_metrics();
+//!     }
+//! });
+//! // at shutdown: task.abort();
+//! # }
+//! ```
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -131,6 +148,7 @@ impl<M> TcpPool<M> {
     ///     .with_state((pool, prometheus));
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record_metrics(&self) {
         record(self.name(), self.shared.config.max_size, &self.state());
     }

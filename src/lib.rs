@@ -162,8 +162,8 @@
 //! # Tracing and metrics
 //!
 //! - Every checkout ([`TcpPool::get`], which the layer uses) runs in a `debug` span
-//!   `tcp_pool.checkout` with the fields `pool`, `wait_us` and `outcome`. A disabled span
-//!   costs nothing measurable: nothing is formatted, allocated or timed.
+//!   `tcp_pool.checkout` with the fields `pool`, `addr`, `wait_us` and `outcome`. When no
+//!   subscriber wants it, none is made: nothing is formatted, allocated or timed.
 //! - Events share the fields `pool` (the [name](TcpPoolBuilder::name), the address by
 //!   default), `addr` and `reason`: a failed connect is a `warn` (`reason` is the I/O error
 //!   kind, `error` the error), a discarded connection a `debug` (`reason` is

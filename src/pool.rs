@@ -136,7 +136,7 @@ impl<M> TcpPool<M> {
     /// # Tracing
     ///
     /// Each call runs in a `debug` span named `tcp_pool.checkout` with the fields `pool` (the
-    /// [name](Self::name)), and, recorded when it ends, `wait_us` (microseconds from the call
+    /// [name](Self::name)), `addr`, and, recorded when it ends, `wait_us` (microseconds from the call
     /// to its outcome) and `outcome` (`ok`, `timeout` or `unreachable`; a cancelled checkout
     /// records neither). When no subscriber wants it (none installed, or none at `debug` for
     /// this crate), no span is made: nothing is formatted or allocated and the clock is not
@@ -158,6 +158,7 @@ impl<M> TcpPool<M> {
             let span = tracing::debug_span!(
                 "tcp_pool.checkout",
                 pool = %self.name(),
+                addr = %self.addr(),
                 wait_us = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             );

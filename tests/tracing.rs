@@ -149,6 +149,7 @@ async fn each_checkout_has_a_span_with_wait_time_and_outcome() {
     for span in &spans {
         assert_eq!(span.level, Level::DEBUG);
         assert_eq!(field(span, "pool"), "spanned");
+        assert_eq!(field(span, "addr"), backend.addr_string());
         field(span, "wait_us")
             .parse::<u64>()
             .unwrap_or_else(|_| panic!("wait_us is a number: {span:?}"));

@@ -22,6 +22,7 @@ use crate::{TcpPool, TcpPoolError};
 /// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` |
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
+/// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
 ///
 /// Nothing is validated until [`build`](Self::build) or [`connect`](Self::connect), which
 /// return [`TcpPoolError::Config`] (never panic) for an invalid value.
@@ -182,6 +183,22 @@ impl TcpPoolBuilder {
         self
     }
 
+    /// Names the pool in its tracing spans and events (the `pool` field) and in its metrics
+    /// (the `pool` label). Defaults to the address. Give each pool of an app a distinct
+    /// name: two pools with one name share their metrics series.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:11211").name("cache").build()?;
+    /// assert_eq!(pool.name(), "cache");
+    /// # Ok(()) }
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = Some(name.into());
+        self
+    }
+
     /// Validates the settings and builds the pool. No I/O: connections are opened on demand
     /// (and `min_idle` of them in the background).
     ///
@@ -192,7 +209,7 @@ impl TcpPoolBuilder {
     /// [`TcpPoolError::Config`], with a message that says what to fix, for: `max_size(0)`,
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
     /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`), a keepalive outside 1 s to
-    /// 32767 s, an address without a port, or no Tokio runtime.
+    /// 32767 s, an address without a port, an empty [`name`](Self::name), or no Tokio runtime.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -207,7 +224,7 @@ impl TcpPoolBuilder {
     pub fn build(self) -> Result<TcpPool, TcpPoolError> {
         let (builder, shared) = self.prepare()?;
         let pool = builder.build_unchecked(TcpManager::new(shared.clone()));
-        Ok(TcpPool { pool, shared })
+        Ok(TcpPool::new(pool, shared))
     }
 
     /// Validates the settings and makes the bb8 builder and the shared state.
@@ -265,12 +282,9 @@ impl TcpPoolBuilder {
             // the first connect error at once. (Checking them out one by one instead would
             // make bb8 open more to keep min_idle of them idle.)
             let pool = builder.build(manager).await?;
-            return Ok(TcpPool { pool, shared });
+            return Ok(TcpPool::new(pool, shared));
         }
-        let pool = TcpPool {
-            pool: builder.build_unchecked(manager),
-            shared,
-        };
+        let pool = TcpPool::new(builder.build_unchecked(manager), shared);
         drop(pool.get().await?);
         Ok(pool)
     }

@@ -34,6 +34,8 @@ pub(crate) type Probe = Arc<dyn for<'a> Fn(&'a mut TcpStream) -> ProbeFuture<'a>
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) addr: String,
+    /// The `pool` label of logs and metrics; the address if not set.
+    pub(crate) name: Option<String>,
     pub(crate) max_size: u32,
     pub(crate) min_idle: u32,
     pub(crate) checkout_timeout: Duration,
@@ -49,6 +51,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("addr", &self.addr)
+            .field("name", &self.name)
             .field("max_size", &self.max_size)
             .field("min_idle", &self.min_idle)
             .field("checkout_timeout", &self.checkout_timeout)
@@ -72,6 +75,7 @@ impl Config {
     pub(crate) fn new(addr: String) -> Self {
         Config {
             addr,
+            name: None,
             max_size: Self::DEFAULT_MAX_SIZE,
             min_idle: 0,
             checkout_timeout: Self::DEFAULT_CHECKOUT_TIMEOUT,
@@ -84,9 +88,19 @@ impl Config {
         }
     }
 
+    /// The pool's name for logs and metrics: as configured, or else the address.
+    pub(crate) fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.addr)
+    }
+
     /// Checks every value bb8 would panic on, and a few it would accept but that cannot work.
     pub(crate) fn validate(&self) -> Result<(), TcpPoolError> {
         validate_addr(&self.addr)?;
+        if self.name.as_deref() == Some("") {
+            return Err(TcpPoolError::config(
+                "name must not be empty (it labels the pool's logs and metrics); leave it unset to use the address",
+            ));
+        }
         if self.max_size == 0 {
             return Err(TcpPoolError::config(
                 "max_size must be at least 1 (it is the most connections the pool may open)",

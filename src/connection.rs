@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -37,6 +38,10 @@ pub(crate) fn abandon(drop_request: impl FnOnce()) {
 /// Get one with the axum extractor (a handler argument, under [`TcpPoolLayer`](crate::TcpPoolLayer)) or with
 /// [`TcpPool::get`](crate::TcpPool::get). Use it as [`AsyncRead`] + [`AsyncWrite`]: the
 /// `tokio::io` helpers and `tokio_util::codec::Framed` work on `&mut conn`.
+///
+/// `M` is the marker of the [`TcpPool<M>`](crate::TcpPool) it came from (default `()`): with
+/// [several pools in one router](crate#several-pools-in-one-router), a handler taking
+/// `TcpConnection<Cache>` gets a connection from the cache's pool and no other.
 ///
 /// # The clean-connection rule
 ///
@@ -78,7 +83,7 @@ pub(crate) fn abandon(drop_request: impl FnOnce()) {
 ///     Ok(line)
 /// }
 /// ```
-pub struct TcpConnection {
+pub struct TcpConnection<M = ()> {
     /// `Some` until dropped (taken in `drop` to give it back inside a runtime context).
     conn: Option<PooledConnection<'static, TcpManager>>,
     /// A read returned `Pending` and has not completed since.
@@ -89,9 +94,10 @@ pub struct TcpConnection {
     written_since_read: bool,
     /// Any read or write was attempted.
     used: bool,
+    marker: PhantomData<fn() -> M>,
 }
 
-impl TcpConnection {
+impl<M> TcpConnection<M> {
     pub(crate) fn new(conn: PooledConnection<'static, TcpManager>) -> Self {
         TcpConnection {
             conn: Some(conn),
@@ -99,7 +105,24 @@ impl TcpConnection {
             write_pending: false,
             written_since_read: false,
             used: false,
+            marker: PhantomData,
         }
+    }
+
+    /// The same connection, state and all, with another marker (no I/O, no allocation).
+    pub(crate) fn with_marker<N>(mut self) -> TcpConnection<N> {
+        let conn = TcpConnection {
+            conn: self.conn.take(),
+            read_pending: self.read_pending,
+            write_pending: self.write_pending,
+            written_since_read: self.written_since_read,
+            used: self.used,
+            marker: PhantomData,
+        };
+        // Its drop would return the connection, which now belongs to `conn`: skip it (what is
+        // left holds nothing).
+        std::mem::forget(self);
+        conn
     }
 
     /// The underlying socket, for its peer address and socket options.
@@ -211,7 +234,7 @@ impl TcpConnection {
     }
 }
 
-impl Drop for TcpConnection {
+impl<M> Drop for TcpConnection<M> {
     fn drop(&mut self) {
         let reason = if std::thread::panicking() {
             Some(DiscardReason::Panic)
@@ -241,16 +264,17 @@ impl Drop for TcpConnection {
     }
 }
 
-impl fmt::Debug for TcpConnection {
+impl<M> fmt::Debug for TcpConnection<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpConnection")
+            .field("marker", &std::any::type_name::<M>())
             .field("stream", self.get_ref())
             .field("discard_reason", &self.discard_reason())
             .finish()
     }
 }
 
-impl AsyncRead for TcpConnection {
+impl<M> AsyncRead for TcpConnection<M> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -281,7 +305,7 @@ impl AsyncRead for TcpConnection {
     }
 }
 
-impl AsyncWrite for TcpConnection {
+impl<M> AsyncWrite for TcpConnection<M> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,6 +1,7 @@
 //! The [`TcpConnection`] extractor: takes the connection (or checks one out, lazily) from the
 //! slot the layer put into the request.
 
+use std::any::type_name;
 use std::convert::Infallible;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
@@ -9,10 +10,13 @@ use http::request::Parts;
 use crate::slot::Slot;
 use crate::{TcpConnection, TcpPoolError};
 
-/// Extracts the request's connection.
+/// Extracts the request's connection: `TcpConnection<M>` from the layer over the pool of
+/// marker `M` (`()` unless [several pools](crate#several-pools-in-one-router) are in use).
 ///
 /// Rejections ([`TcpPoolError`], whose response says what happened):
-/// - no [`TcpPoolLayer`](crate::TcpPoolLayer) on the route: `500` naming the missing layer;
+/// - no [`TcpPoolLayer`](crate::TcpPoolLayer) of marker `M` on the route: `500` naming the
+///   missing layer (a run-time error: the compiler checks which pool a handler talks to, not
+///   that the router has that pool's layer); the log names the marker type, the body does not;
 /// - extracted a second time in the same request: `500`;
 /// - lazy mode only, the checkout failed: `503` (pool exhausted) or `502` (backend down).
 ///
@@ -37,47 +41,63 @@ use crate::{TcpConnection, TcpPoolError};
 /// #     .route("/b", axum::routing::get(explicit))
 /// #     .route("/c", axum::routing::get(degraded));
 /// ```
-impl<S> FromRequestParts<S> for TcpConnection
+impl<S, M> FromRequestParts<S> for TcpConnection<M>
 where
     S: Send + Sync,
+    M: 'static,
 {
     type Rejection = TcpPoolError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let slot = parts
-            .extensions
-            .get_mut::<Slot>()
-            .ok_or(TcpPoolError::MissingLayer)?;
-        match std::mem::replace(slot, Slot::Taken) {
-            Slot::Ready(conn) => Ok(conn),
-            Slot::Lazy(pool) => pool.get().await,
-            Slot::Taken => Err(TcpPoolError::AlreadyExtracted),
+        let result = take(parts).await;
+        if let Err(TcpPoolError::MissingLayer) = result {
+            // Say which layer is missing: the error (and so the response's log) cannot.
+            tracing::error!(
+                marker = type_name::<M>(),
+                "TcpConnection<{0}> extracted on a route without a TcpPoolLayer over a TcpPool<{0}>",
+                type_name::<M>(),
+            );
         }
+        result
+    }
+}
+
+/// Takes the connection out of the request's slot for marker `M`, or checks one out (lazy).
+async fn take<M: 'static>(parts: &mut Parts) -> Result<TcpConnection<M>, TcpPoolError> {
+    let slot = parts
+        .extensions
+        .get_mut::<Slot<M>>()
+        .ok_or(TcpPoolError::MissingLayer)?;
+    match std::mem::replace(slot, Slot::Taken) {
+        Slot::Ready(conn) => Ok(conn),
+        Slot::Lazy(pool) => pool.get().await,
+        Slot::Taken => Err(TcpPoolError::AlreadyExtracted),
     }
 }
 
 /// `Option<TcpConnection>`: `None` whenever no connection can be had (layer missing, already
-/// extracted, backend unreachable, pool exhausted); the reason is logged, at `warn` for a
-/// missing layer or a second extraction, at `debug` otherwise.
-impl<S> OptionalFromRequestParts<S> for TcpConnection
+/// extracted, backend unreachable, pool exhausted); the reason is logged with the marker type,
+/// at `warn` for a missing layer or a second extraction, at `debug` otherwise.
+impl<S, M> OptionalFromRequestParts<S> for TcpConnection<M>
 where
     S: Send + Sync,
+    M: 'static,
 {
     type Rejection = Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &S,
+        _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        match <Self as FromRequestParts<S>>::from_request_parts(parts, state).await {
+        match take::<M>(parts).await {
             Ok(conn) => Ok(Some(conn)),
             Err(err @ (TcpPoolError::MissingLayer | TcpPoolError::AlreadyExtracted)) => {
                 // A mistake in the router, not a bad day at the backend: make it visible.
-                tracing::warn!(error = %err, "no TcpConnection for this request");
+                tracing::warn!(error = %err, marker = type_name::<M>(), "no TcpConnection for this request");
                 Ok(None)
             }
             Err(err) => {
-                tracing::debug!(error = %err, "no TcpConnection for this request");
+                tracing::debug!(error = %err, marker = type_name::<M>(), "no TcpConnection for this request");
                 Ok(None)
             }
         }

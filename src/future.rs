@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum_core::response::{IntoResponse, Response};
-use http::Request;
+use http::{Extensions, Request};
 use pin_project_lite::pin_project;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_service::Service;
@@ -16,7 +16,8 @@ use crate::{TcpConnection, TcpPool, TcpPoolError};
 
 /// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust, so it
 /// is boxed; the box is recycled (one spare per thread), so a steady stream of requests
-/// allocates none.
+/// allocates none. A thread-local cannot be generic: the checkout yields an unmarked
+/// connection, given its pool's marker when it goes into the request ([`insert_slot`]).
 type Checkout = ReusableBoxFuture<'static, Result<TcpConnection, TcpPoolError>>;
 
 thread_local! {
@@ -32,6 +33,11 @@ fn start_checkout(pool: TcpPool) -> Checkout {
         }
         None => ReusableBoxFuture::new(future),
     }
+}
+
+/// Puts a connection checked out for a pool of marker `M` into its slot.
+fn insert_slot<M: 'static>(extensions: &mut Extensions, conn: TcpConnection) {
+    extensions.insert(Slot::<M>::Ready(conn.with_marker()));
 }
 
 /// Keeps a finished checkout's box for the next request on this thread.
@@ -88,6 +94,8 @@ pin_project! {
     {
         Checkout {
             checkout: Checkout,
+            // `insert_slot::<M>` for the layer's marker (keeps `M` out of this type).
+            insert: fn(&mut Extensions, TcpConnection),
             inner: S,
             req: Request<ReqBody>,
         },
@@ -103,11 +111,13 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn checkout(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
+    /// Checks out from `pool` (unmarked), for a layer of marker `M`.
+    pub(crate) fn checkout<M: 'static>(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
         let checkout = start_checkout(pool);
         ResponseFuture {
             state: State::Checkout {
                 checkout,
+                insert: insert_slot::<M>,
                 inner,
                 req,
             },
@@ -136,6 +146,7 @@ where
                     let result = ready!(checkout.poll(cx));
                     let StateReplace::Checkout {
                         checkout,
+                        insert,
                         mut inner,
                         mut req,
                     } = state.as_mut().project_replace(State::Done)
@@ -145,7 +156,7 @@ where
                     recycle(checkout);
                     match result {
                         Ok(conn) => {
-                            req.extensions_mut().insert(Slot::Ready(conn));
+                            insert(req.extensions_mut(), conn);
                             let future = inner.call(req);
                             state.set(State::Inner { future });
                         }

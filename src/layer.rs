@@ -1,5 +1,7 @@
 //! [`TcpPoolLayer`]: the tower layer, configuration only.
 
+use std::fmt;
+
 use tower_layer::Layer;
 
 use crate::{TcpPool, TcpPoolService};
@@ -29,13 +31,34 @@ use crate::{TcpPool, TcpPoolService};
 /// let lazy: Router = Router::new().route("/", get(handler)).layer(TcpPoolLayer::new(pool).lazy());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
-pub struct TcpPoolLayer {
-    pool: TcpPool,
+///
+/// The layer's marker `M` is its pool's: a layer over a `TcpPool<Cache>` serves handlers that
+/// take `TcpConnection<Cache>`, and layers of different markers stack on one router (see
+/// [several pools in one router](crate#several-pools-in-one-router)).
+pub struct TcpPoolLayer<M = ()> {
+    pool: TcpPool<M>,
     lazy: bool,
 }
 
-impl TcpPoolLayer {
+impl<M> Clone for TcpPoolLayer<M> {
+    fn clone(&self) -> Self {
+        TcpPoolLayer {
+            pool: self.pool.clone(),
+            lazy: self.lazy,
+        }
+    }
+}
+
+impl<M> fmt::Debug for TcpPoolLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpPoolLayer")
+            .field("pool", &self.pool)
+            .field("lazy", &self.lazy)
+            .finish()
+    }
+}
+
+impl<M> TcpPoolLayer<M> {
     /// An eager layer over `pool`: each request checks a connection out before the inner
     /// service is called.
     ///
@@ -47,7 +70,7 @@ impl TcpPoolLayer {
     /// assert!(!layer.is_lazy());
     /// # Ok(()) }
     /// ```
-    pub fn new(pool: TcpPool) -> Self {
+    pub fn new(pool: TcpPool<M>) -> Self {
         TcpPoolLayer { pool, lazy: false }
     }
 
@@ -89,13 +112,13 @@ impl TcpPoolLayer {
     /// assert_eq!(layer.pool().state().in_use, 0);
     /// # Ok(()) }
     /// ```
-    pub fn pool(&self) -> &TcpPool {
+    pub fn pool(&self) -> &TcpPool<M> {
         &self.pool
     }
 }
 
-impl<S> Layer<S> for TcpPoolLayer {
-    type Service = TcpPoolService<S>;
+impl<S, M> Layer<S> for TcpPoolLayer<M> {
+    type Service = TcpPoolService<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         TcpPoolService::new(inner, self.pool.clone(), self.lazy)

@@ -87,7 +87,7 @@
 //! | [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout) | no connection free within `checkout_timeout` | `503`, `Retry-After: 1` |
 //! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, connect timed out, or new connections keep failing the health check (more than `max_size` in a row); reported to waiting checkouts as soon as the attempt fails | `502` |
 //! | [`Io`](TcpPoolError::Io) | I/O error during the handler's exchange | `502` |
-//! | [`MissingLayer`](TcpPoolError::MissingLayer) | `TcpConnection` used without [`TcpPoolLayer`] | `500`, body names the layer |
+//! | [`MissingLayer`](TcpPoolError::MissingLayer) | `TcpConnection<M>` used without a [`TcpPoolLayer`] of marker `M` | `500`, body names the layer |
 //! | [`AlreadyExtracted`](TcpPoolError::AlreadyExtracted) | `TcpConnection` extracted twice in one request | `500` |
 //! | [`Config`](TcpPoolError::Config) | invalid builder settings (returned by `build`) | `500` |
 //!
@@ -105,6 +105,74 @@
 //! the connection (a `405`, a route without the extractor): put the layer on the routes that
 //! talk to the backend (`route_layer`, or a nested router), or use lazy mode.
 //!
+//! # Several pools in one router
+//!
+//! An app that talks to two backends (a cache and a legacy service, say) gives each pool a
+//! **marker type** and each handler picks its pool by that type. `TcpPool`, `TcpPoolLayer`,
+//! `TcpPoolService` and `TcpConnection` take the marker as a type parameter that defaults to
+//! `()`, so single-pool code never mentions it. [`TcpPool::with_marker`] sets it, the layer
+//! follows from its pool, and a handler taking `TcpConnection<Cache>` gets a connection from
+//! the layer over the `TcpPool<Cache>`, whatever other layers wrap the route. Each layer may
+//! be eager or lazy on its own.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
+//!
+//! enum Cache {}
+//! enum Legacy {}
+//!
+//! async fn cached(conn: TcpConnection<Cache>) -> &'static str { "from the cache" }
+//! async fn old(conn: TcpConnection<Legacy>) -> &'static str { "from the legacy service" }
+//! async fn both(cache: TcpConnection<Cache>, legacy: TcpConnection<Legacy>) -> &'static str {
+//!     "from both"
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+//! let cache: TcpPool<Cache> = TcpPool::builder("127.0.0.1:11211").name("cache").build()?.with_marker();
+//! let legacy: TcpPool<Legacy> = TcpPool::builder("127.0.0.1:7000").name("legacy").build()?.with_marker();
+//! let app: Router = Router::new()
+//!     .route("/cached", get(cached))
+//!     .route("/legacy", get(old))
+//!     .route("/both", get(both))
+//!     .layer(TcpPoolLayer::new(cache).lazy())
+//!     .layer(TcpPoolLayer::new(legacy).lazy());
+//! # Ok(()) }
+//! ```
+//!
+//! The compiler checks which pool a handler talks to: a connection of one pool cannot be
+//! passed where another's is expected.
+//!
+//! ```compile_fail,E0308
+//! # use axum_tcp_pool::TcpConnection;
+//! enum Cache {}
+//! enum Legacy {}
+//! fn to_legacy(conn: TcpConnection<Cache>) -> TcpConnection<Legacy> {
+//!     conn // error: expected `TcpConnection<Legacy>`, found `TcpConnection<Cache>`
+//! }
+//! ```
+//!
+//! It does not check that the router has the layer of every marker its handlers ask for: a
+//! handler taking `TcpConnection<Legacy>` on a route without a layer over a `TcpPool<Legacy>`
+//! gets [`MissingLayer`](TcpPoolError::MissingLayer) at run time (`500`, with a generic body;
+//! the log names the marker type). Two layers of the **same** marker on one route: the inner
+//! one's connection wins. `examples/two_pools.rs` is a complete app.
+//!
+//! # Tracing and metrics
+//!
+//! - Every checkout ([`TcpPool::get`], which the layer uses) runs in a `debug` span
+//!   `tcp_pool.checkout` with the fields `pool`, `addr`, `wait_us` and `outcome`. When no
+//!   subscriber wants it, none is made: nothing is formatted, allocated or timed.
+//! - Events share the fields `pool` (the [name](TcpPoolBuilder::name), the address by
+//!   default), `addr` and `reason`: a failed connect is a `warn` (`reason` is the I/O error
+//!   kind, `error` the error), a discarded connection a `debug` (`reason` is
+//!   [`DiscardReason::as_str`]), as is a failed checkout health check.
+//! - [`TcpPool::state`] is a snapshot of every count. With the `metrics` feature,
+//!   `TcpPool::record_metrics` exports it as gauges and counters through the
+//!   [`metrics`](https://docs.rs/metrics) crate; see the `metrics` module for the names,
+//!   and `examples/metrics.rs` for a Prometheus `/metrics` route.
+//!
 //! # Limits
 //!
 //! - A connection leaked with `std::mem::forget` holds its pool slot forever.
@@ -113,14 +181,18 @@
 //! - bb8's reaper closes every connection idle longer than `idle_timeout`, `min_idle` ones
 //!   included, then reopens up to `min_idle`: use `idle_timeout(None)` to keep them open.
 //! - A request that writes and never reads always closes its connection (`ReplyNotRead`).
-//! - One [`TcpPoolLayer`] per router: two layers share the request slot.
+//! - A handler whose marker has no layer on its route is a run-time `500`, not a compile
+//!   error (see [several pools](#several-pools-in-one-router)).
 //!
 //! # Feature flags
 //!
-//! None yet.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `metrics` | off | `TcpPool::record_metrics` and the `metrics` module: the pool's gauges and counters (connections, idle, in use, checkouts, waits, wait time, timeouts, connects, connect failures, discards by reason, closes) through the [`metrics`](https://docs.rs/metrics) crate, for any exporter (Prometheus, StatsD, OpenTelemetry) |
 //!
 //! [bb8]: https://docs.rs/bb8
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
@@ -134,6 +206,9 @@ mod extract;
 mod future;
 mod layer;
 pub mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod pool;
 mod response;
 mod service;

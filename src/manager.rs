@@ -48,7 +48,13 @@ impl Shared {
 
     fn record_connect_failure(&self, err: &io::Error, what: &str) {
         self.counters.connect_failures.fetch_add(1, Relaxed);
-        tracing::warn!(addr = %self.config.addr, error = %err, "{what}");
+        tracing::warn!(
+            pool = self.config.name(),
+            addr = %self.config.addr,
+            reason = %err.kind(),
+            error = %err,
+            "{what}"
+        );
         if let Ok(mut last) = self.last_failure.lock() {
             *last = err.kind();
         }
@@ -256,7 +262,13 @@ impl TcpManager {
             );
             return TcpPoolError::BackendUnreachable(err);
         }
-        tracing::debug!(addr = %self.shared.config.addr, error = %err, "connection failed its health check");
+        tracing::debug!(
+            pool = self.shared.config.name(),
+            addr = %self.shared.config.addr,
+            reason = DiscardReason::HealthCheck.as_str(),
+            error = %err,
+            "connection failed its health check"
+        );
         TcpPoolError::Io(err)
     }
 }
@@ -268,7 +280,11 @@ impl bb8::ManageConnection for TcpManager {
     async fn connect(&self) -> Result<PooledStream, TcpPoolError> {
         match self.open().await {
             Ok(stream) => {
-                tracing::debug!(addr = %self.shared.config.addr, "opened backend connection");
+                tracing::debug!(
+                    pool = self.shared.config.name(),
+                    addr = %self.shared.config.addr,
+                    "opened backend connection"
+                );
                 Ok(PooledStream {
                     stream,
                     dirty: None,
@@ -326,7 +342,12 @@ impl bb8::ManageConnection for TcpManager {
             },
         };
         self.shared.counters.record_discard(reason);
-        tracing::debug!(addr = %self.shared.config.addr, reason = reason.as_str(), "closing connection instead of reusing it");
+        tracing::debug!(
+            pool = self.shared.config.name(),
+            addr = %self.shared.config.addr,
+            reason = reason.as_str(),
+            "closing connection instead of reusing it"
+        );
         // Send FIN now, before bb8 decides whether to open a replacement.
         let _ = socket2::SockRef::from(&conn.stream).shutdown(Shutdown::Both);
         true

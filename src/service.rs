@@ -1,5 +1,6 @@
 //! [`TcpPoolService`]: puts a connection (eager) or the pool (lazy) into each request.
 
+use std::fmt;
 use std::task::{Context, Poll};
 
 use axum_core::response::{IntoResponse, Response};
@@ -34,15 +35,34 @@ use crate::TcpPool;
 /// let svc: TcpPoolService<_> = TcpPoolLayer::new(pool).lazy().layer(inner);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
-pub struct TcpPoolService<S> {
+pub struct TcpPoolService<S, M = ()> {
     inner: S,
-    pool: TcpPool,
+    pool: TcpPool<M>,
     lazy: bool,
 }
 
-impl<S> TcpPoolService<S> {
-    pub(crate) fn new(inner: S, pool: TcpPool, lazy: bool) -> Self {
+impl<S: Clone, M> Clone for TcpPoolService<S, M> {
+    fn clone(&self) -> Self {
+        TcpPoolService {
+            inner: self.inner.clone(),
+            pool: self.pool.clone(),
+            lazy: self.lazy,
+        }
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for TcpPoolService<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpPoolService")
+            .field("inner", &self.inner)
+            .field("pool", &self.pool)
+            .field("lazy", &self.lazy)
+            .finish()
+    }
+}
+
+impl<S, M> TcpPoolService<S, M> {
+    pub(crate) fn new(inner: S, pool: TcpPool<M>, lazy: bool) -> Self {
         TcpPoolService { inner, pool, lazy }
     }
 
@@ -62,10 +82,11 @@ impl<S> TcpPoolService<S> {
     }
 }
 
-impl<S, ReqBody> Service<Request<ReqBody>> for TcpPoolService<S>
+impl<S, ReqBody, M> Service<Request<ReqBody>> for TcpPoolService<S, M>
 where
     S: Service<Request<ReqBody>> + Clone,
     S::Response: IntoResponse,
+    M: 'static,
 {
     type Response = Response;
     type Error = S::Error;
@@ -77,13 +98,14 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         if self.lazy {
-            req.extensions_mut().insert(Slot::Lazy(self.pool.clone()));
+            req.extensions_mut()
+                .insert(Slot::<M>::Lazy(self.pool.clone()));
             return ResponseFuture::inner(self.inner.call(req));
         }
         // The inner service is called only after the checkout: keep the instance that
         // `poll_ready` readied, leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::checkout(self.pool.clone(), inner, req)
+        ResponseFuture::checkout::<M>(self.pool.clone().with_marker(), inner, req)
     }
 }

@@ -35,6 +35,7 @@ async fn invalid_settings_are_errors_that_say_what_to_fix() {
             b().keepalive(Some(Duration::from_secs(40_000))),
             "between 1 s and 32767 s",
         ),
+        (b().name(""), "name must not be empty"),
         (TcpPool::builder("127.0.0.1"), "no port"),
         (TcpPool::builder("localhost"), "host:port"),
         (TcpPool::builder("localhost:0"), "port 0"),

@@ -521,8 +521,8 @@ pub async fn setup(
 
 /// Waits until the pool's state satisfies `cond`. The pool has no change events; its
 /// bookkeeping trails the socket close the backend sees by a few instructions.
-pub async fn wait_pool(
-    pool: &axum_tcp_pool::TcpPool,
+pub async fn wait_pool<M>(
+    pool: &axum_tcp_pool::TcpPool<M>,
     what: &str,
     cond: impl Fn(&axum_tcp_pool::PoolState) -> bool,
 ) -> axum_tcp_pool::PoolState {

@@ -1,0 +1,186 @@
+//! Pool metrics in Prometheus text format, with the `metrics` feature and
+//! `metrics-exporter-prometheus`.
+//!
+//! What it shows:
+//!
+//! - `PrometheusBuilder::new().install_recorder()`: the Prometheus recorder, without the
+//!   exporter's own HTTP server; the app serves `/metrics` itself;
+//! - [`TcpPool::record_metrics`] called in the `/metrics` handler, so each scrape sees the
+//!   pool as it is at that moment (nothing is recorded on the request path);
+//! - a route that sends a command and never reads the reply, so the pool closes that
+//!   connection and `tcp_pool_discards_total{reason="reply_not_read"}` goes up.
+//!
+//! The example starts its own line-echo backend on a free loopback port. Run it (the HTTP
+//! port is 3000, or `PORT`):
+//!
+//! ```text
+//! cargo run --example metrics --features metrics
+//! ```
+//!
+//! and try it:
+//!
+//! ```text
+//! curl localhost:3000/echo/hello
+//! curl localhost:3000/forget/hello
+//! curl localhost:3000/metrics
+//! ```
+//!
+//! Stop it with Ctrl-C.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The longest line either side accepts (newline included).
+const MAX_LINE: u64 = 4096;
+
+#[derive(Clone)]
+struct Metrics {
+    pool: TcpPool,
+    prometheus: PrometheusHandle,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt::init();
+
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
+        Err(_) => 3000,
+    };
+
+    // The global recorder: installed once, before anything records.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+
+    let backend = spawn_echo_backend().await?;
+    let pool = TcpPool::builder(backend.to_string())
+        .name("echo")
+        .max_size(8)
+        .min_idle(1)
+        .build()?;
+
+    let app = Router::new()
+        .route("/echo/{text}", get(echo))
+        .route("/forget/{text}", get(forget))
+        .route_layer(TcpPoolLayer::new(pool.clone()))
+        .route("/metrics", get(metrics))
+        .with_state(Metrics { pool, prometheus });
+
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .map_err(|e| {
+            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
+        })?;
+    let addr = listener.local_addr()?;
+    println!("echo backend on {backend}");
+    println!("listening on http://{addr}");
+    println!("try:");
+    for path in ["/echo/hello", "/forget/hello", "/metrics"] {
+        println!("  curl localhost:{}{path}", addr.port());
+    }
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    println!("shut down");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (never, if the signal handler cannot be installed).
+async fn shutdown_signal() {
+    if let Err(err) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `GET /metrics`: the pool's gauges and counters, as of now, in Prometheus text format.
+async fn metrics(State(m): State<Metrics>) -> Response {
+    m.pool.record_metrics();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.prometheus.render(),
+    )
+        .into_response()
+}
+
+/// `GET /echo/{text}`: one clean exchange; the connection goes back to the pool.
+async fn echo(Path(text): Path<String>, mut conn: TcpConnection) -> Result<Response, TcpPoolError> {
+    if text.contains(['\n', '\r']) {
+        return Ok((StatusCode::BAD_REQUEST, "one line, please\n").into_response());
+    }
+    conn.write_all(format!("{text}\n").as_bytes()).await?;
+    let mut line = String::new();
+    let n = BufReader::new(&mut conn)
+        .take(MAX_LINE)
+        .read_line(&mut line)
+        .await?;
+    if n == 0 || !line.ends_with('\n') {
+        conn.discard();
+        return Err(TcpPoolError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "truncated echo",
+        )));
+    }
+    Ok(line.into_response())
+}
+
+/// `GET /forget/{text}`: sends a line and never reads the echo. The pool closes the
+/// connection (a late reply must not reach the next request): `reason="reply_not_read"`.
+async fn forget(
+    Path(text): Path<String>,
+    mut conn: TcpConnection,
+) -> Result<&'static str, TcpPoolError> {
+    conn.write_all(format!("{}\n", text.replace(['\n', '\r'], " ")).as_bytes())
+        .await?;
+    Ok("sent, reply not read: that connection will be closed\n")
+}
+
+/// A line-echo backend on a free loopback port.
+async fn spawn_echo_backend() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(async move {
+                        if let Err(err) = echo_lines(stream).await {
+                            tracing::debug!(error = %err, "backend connection ended");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "backend accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(addr)
+}
+
+async fn echo_lines(stream: TcpStream) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if (&mut reader).take(MAX_LINE).read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        writer.write_all(line.as_bytes()).await?;
+    }
+}

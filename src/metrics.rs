@@ -1,0 +1,234 @@
+//! Pool metrics through the [`metrics`](https://docs.rs/metrics) crate (feature `metrics`).
+//!
+//! [`TcpPool::record_metrics`] sets every gauge and counter below from a
+//! [`pool.state()`](TcpPool::state) snapshot, into whatever `metrics` recorder is installed
+//! (`metrics-exporter-prometheus`, StatsD, OpenTelemetry, ...). Call it where the numbers are
+//! read: in the handler of a Prometheus `/metrics` route, just before rendering (see
+//! `examples/metrics.rs`), or on an interval for a push-based exporter.
+//!
+//! Nothing is recorded on the request path: the pool already keeps these counts (bb8's
+//! statistics and this crate's discard counters), so a checkout costs the same with the
+//! feature on or off, and the exported values are exactly [`PoolState`]'s. Counters are
+//! set with `absolute`, so calling `record_metrics` often, or from several places, never
+//! double-counts.
+//!
+//! Every series has a `pool` label, the pool's [name](TcpPool::name) (set with
+//! [`TcpPoolBuilder::name`](crate::TcpPoolBuilder::name), the address by default); give each
+//! pool of an app its own name.
+//!
+//! | name | type | labels | value |
+//! |---|---|---|---|
+//! | `tcp_pool_connections` | gauge | `pool` | open connections ([`PoolState::connections`]) |
+//! | `tcp_pool_idle_connections` | gauge | `pool` | idle connections ([`PoolState::idle`]) |
+//! | `tcp_pool_in_use_connections` | gauge | `pool` | checked-out connections ([`PoolState::in_use`]) |
+//! | `tcp_pool_max_connections` | gauge | `pool` | the configured `max_size` |
+//! | `tcp_pool_gets_total` | counter | `pool` | checkouts started ([`PoolState::gets`]) |
+//! | `tcp_pool_gets_waited_total` | counter | `pool` | checkouts that had to wait ([`PoolState::gets_waited`]) |
+//! | `tcp_pool_gets_timed_out_total` | counter | `pool` | checkouts that timed out, answered `503` ([`PoolState::gets_timed_out`]) |
+//! | `tcp_pool_wait_time_microseconds_total` | counter | `pool` | total time checkouts waited, in µs ([`PoolState::wait_time`]) |
+//! | `tcp_pool_connections_created_total` | counter | `pool` | connections opened ([`PoolState::connections_created`]) |
+//! | `tcp_pool_connect_failures_total` | counter | `pool` | failed connect attempts ([`PoolState::connect_failures`]) |
+//! | `tcp_pool_discards_total` | counter | `pool`, `reason` | connections closed instead of reused, one series per [`DiscardReason::as_str`] ([`PoolState::discards`]) |
+//! | `tcp_pool_closed_idle_timeout_total` | counter | `pool` | closed for sitting idle past `idle_timeout` ([`PoolState::closed_idle_timeout`]) |
+//! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
+//!
+//! The total wait is a counter of whole microseconds, the unit bb8 measures it in: `metrics`
+//! counters are integers, and a counter (unlike a gauge) lets Prometheus' `rate()` handle
+//! restarts. `rate(tcp_pool_wait_time_microseconds_total[5m]) /
+//! rate(tcp_pool_gets_waited_total[5m]) / 1e6` is the mean wait, in seconds, of checkouts
+//! that waited.
+//!
+//! A discard reason that never happened is still exported, as `0`, so that every series
+//! exists from the first scrape.
+//!
+//! For an exporter that pushes instead of being scraped, record on an interval (the task
+//! holds a pool handle, so the pool stays open until the task is aborted):
+//!
+//! ```no_run
+//! # async fn f(pool: axum_tcp_pool::TcpPool) {
+//! let recorded = pool.clone();
+//! let task = tokio::spawn(async move {
+//!     let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+//!     loop {
+//!         every.tick().await;
+//!         recorded.record_metrics();
+//!     }
+//! });
+//! // at shutdown: task.abort();
+//! # }
+//! ```
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum_tcp_pool::TcpPool;
+//! use metrics_exporter_prometheus::PrometheusBuilder;
+//!
+//! let recorder = PrometheusBuilder::new().build_recorder();
+//! let handle = recorder.handle();
+//! let pool = TcpPool::builder("127.0.0.1:6379").name("cache").max_size(4).build()?;
+//!
+//! metrics::with_local_recorder(&recorder, || pool.record_metrics());
+//! let text = handle.render();
+//! assert!(text.contains(r#"tcp_pool_max_connections{pool="cache"} 4"#));
+//! assert!(text.contains(r#"tcp_pool_discards_total{pool="cache",reason="eof"} 0"#));
+//! # Ok(()) }
+//! ```
+
+use ::metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+
+use crate::{DiscardReason, PoolState, TcpPool};
+
+/// Gauge: open connections, idle and in use.
+pub const CONNECTIONS: &str = "tcp_pool_connections";
+/// Gauge: idle connections.
+pub const IDLE_CONNECTIONS: &str = "tcp_pool_idle_connections";
+/// Gauge: connections checked out.
+pub const IN_USE_CONNECTIONS: &str = "tcp_pool_in_use_connections";
+/// Gauge: the most connections the pool may open (`max_size`).
+pub const MAX_CONNECTIONS: &str = "tcp_pool_max_connections";
+/// Counter: checkouts started.
+pub const GETS: &str = "tcp_pool_gets_total";
+/// Counter: checkouts that had to wait for a connection.
+pub const GETS_WAITED: &str = "tcp_pool_gets_waited_total";
+/// Counter: checkouts that timed out (answered `503`).
+pub const GETS_TIMED_OUT: &str = "tcp_pool_gets_timed_out_total";
+/// Counter: total time checkouts spent waiting, in microseconds.
+pub const WAIT_TIME_MICROSECONDS: &str = "tcp_pool_wait_time_microseconds_total";
+/// Counter: connections opened.
+pub const CONNECTIONS_CREATED: &str = "tcp_pool_connections_created_total";
+/// Counter: connect attempts that failed.
+pub const CONNECT_FAILURES: &str = "tcp_pool_connect_failures_total";
+/// Counter with a `reason` label ([`DiscardReason::as_str`]): connections closed instead of
+/// being reused.
+pub const DISCARDS: &str = "tcp_pool_discards_total";
+/// Counter: connections closed because they sat idle longer than `idle_timeout`.
+pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
+/// Counter: connections closed because they were older than `max_lifetime`.
+pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
+
+/// Every discard reason, for one `tcp_pool_discards_total` series each.
+const REASONS: [DiscardReason; 8] = [
+    DiscardReason::IoError,
+    DiscardReason::Eof,
+    DiscardReason::Cancelled,
+    DiscardReason::UnreadBytes,
+    DiscardReason::ReplyNotRead,
+    DiscardReason::Panic,
+    DiscardReason::Explicit,
+    DiscardReason::HealthCheck,
+];
+
+impl<M> TcpPool<M> {
+    /// Sets this pool's gauges and counters, listed in the [`metrics`](crate::metrics) module,
+    /// from [`state()`](Self::state), in the current `metrics` recorder. Call it before each
+    /// scrape or export (it costs a few dozen recorder calls and nothing on the request path).
+    /// With no recorder installed it does nothing.
+    ///
+    /// Available with the `metrics` feature.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use axum::{extract::State, routing::get, Router};
+    /// use axum_tcp_pool::TcpPool;
+    /// use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+    ///
+    /// async fn scrape(State((pool, prometheus)): State<(TcpPool, PrometheusHandle)>) -> String {
+    ///     pool.record_metrics();
+    ///     prometheus.render()
+    /// }
+    ///
+    /// # let recorder = PrometheusBuilder::new().build_recorder();
+    /// # let prometheus = recorder.handle();
+    /// // In an app: `let prometheus = PrometheusBuilder::new().install_recorder()?;`
+    /// let pool = TcpPool::builder("127.0.0.1:6379").build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/metrics", get(scrape))
+    ///     .with_state((pool, prometheus));
+    /// # Ok(()) }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn record_metrics(&self) {
+        record(self.name(), self.shared.config.max_size, &self.state());
+    }
+}
+
+/// Describes every metric (help text and unit), then sets each from `s`.
+fn record(pool: &str, max_size: u32, s: &PoolState) {
+    describe();
+    gauge!(CONNECTIONS, "pool" => pool.to_owned()).set(s.connections);
+    gauge!(IDLE_CONNECTIONS, "pool" => pool.to_owned()).set(s.idle);
+    gauge!(IN_USE_CONNECTIONS, "pool" => pool.to_owned()).set(s.in_use);
+    gauge!(MAX_CONNECTIONS, "pool" => pool.to_owned()).set(max_size);
+    counter!(GETS, "pool" => pool.to_owned()).absolute(s.gets);
+    counter!(GETS_WAITED, "pool" => pool.to_owned()).absolute(s.gets_waited);
+    counter!(GETS_TIMED_OUT, "pool" => pool.to_owned()).absolute(s.gets_timed_out);
+    let wait_us = u64::try_from(s.wait_time.as_micros()).unwrap_or(u64::MAX);
+    counter!(WAIT_TIME_MICROSECONDS, "pool" => pool.to_owned()).absolute(wait_us);
+    counter!(CONNECTIONS_CREATED, "pool" => pool.to_owned()).absolute(s.connections_created);
+    counter!(CONNECT_FAILURES, "pool" => pool.to_owned()).absolute(s.connect_failures);
+    counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
+    counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
+    for reason in REASONS {
+        counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
+            .absolute(s.discards.get(reason));
+    }
+}
+
+/// Help texts and units, for exporters that show them (Prometheus' `# HELP`).
+fn describe() {
+    describe_gauge!(
+        CONNECTIONS,
+        Unit::Count,
+        "Open connections, idle and in use."
+    );
+    describe_gauge!(
+        IDLE_CONNECTIONS,
+        Unit::Count,
+        "Idle connections, ready to be checked out."
+    );
+    describe_gauge!(IN_USE_CONNECTIONS, Unit::Count, "Connections checked out.");
+    describe_gauge!(
+        MAX_CONNECTIONS,
+        Unit::Count,
+        "The most connections the pool may open."
+    );
+    describe_counter!(GETS, Unit::Count, "Checkouts started.");
+    describe_counter!(
+        GETS_WAITED,
+        Unit::Count,
+        "Checkouts that had to wait for a connection."
+    );
+    describe_counter!(
+        GETS_TIMED_OUT,
+        Unit::Count,
+        "Checkouts that timed out (answered 503)."
+    );
+    describe_counter!(
+        WAIT_TIME_MICROSECONDS,
+        Unit::Microseconds,
+        "Total time checkouts spent waiting for a connection, in microseconds."
+    );
+    describe_counter!(CONNECTIONS_CREATED, Unit::Count, "Connections opened.");
+    describe_counter!(
+        CONNECT_FAILURES,
+        Unit::Count,
+        "Connect attempts that failed."
+    );
+    describe_counter!(
+        DISCARDS,
+        Unit::Count,
+        "Connections closed instead of being reused, by reason."
+    );
+    describe_counter!(
+        CLOSED_IDLE_TIMEOUT,
+        Unit::Count,
+        "Connections closed because they sat idle longer than idle_timeout."
+    );
+    describe_counter!(
+        CLOSED_MAX_LIFETIME,
+        Unit::Count,
+        "Connections closed because they were older than max_lifetime."
+    );
+}

@@ -196,7 +196,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]
-#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod config;

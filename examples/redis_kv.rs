@@ -303,16 +303,16 @@ async fn command<const N: usize>(
         }
         Ok(Err(err)) => {
             return Err(match err.kind() {
-                RedisProtocolErrorKind::IO(_) => ApiError::Pool(TcpPoolError::Io(io::Error::new(
-                    io::ErrorKind::Other,
-                    err.to_string(),
-                ))),
+                // Already marked on the connection by `TcpConnection`.
+                RedisProtocolErrorKind::IO(io) => {
+                    ApiError::Pool(TcpPoolError::Io(io::Error::new(io.kind(), err.to_string())))
+                }
                 _ => {
                     conn.discard();
                     tracing::warn!(error = %err, "undecodable reply from Redis");
                     ApiError::Protocol
                 }
-            })
+            });
         }
         Err(_elapsed) => return Err(ApiError::Timeout),
     };

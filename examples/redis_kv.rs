@@ -70,7 +70,7 @@ pub const DEFAULT_REDIS_ADDR: &str = "127.0.0.1:6379";
 /// The largest value `PUT` accepts, in bytes; larger bodies get `413`.
 pub const MAX_VALUE: usize = 4 * 1024 * 1024;
 /// How long one command may take, write and reply together, before the request gets `504`.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn StdError>> {

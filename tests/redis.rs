@@ -1,7 +1,8 @@
 //! The `redis_kv` example's router against a real `redis-server` (started by each test on a
 //! free loopback port, without persistence, killed at the end), through a real axum server
 //! and a real HTTP client: values round-trip, concurrent writers, a Redis restart mid-run,
-//! `CLIENT KILL` of pooled connections, and Redis's idle `timeout` dropping them.
+//! `CLIENT KILL` of pooled connections, Redis's idle `timeout` dropping them, and a command
+//! Redis holds past the example's timeout.
 //!
 //! Needs `redis-server` on `PATH` (Debian: `apt-get install redis-server`; `.ci/run` installs
 //! it) or `REDIS_SERVER` set to its path.
@@ -437,4 +438,31 @@ async fn the_first_requests_after_a_restart_succeed_despite_stale_pooled_connect
         "{s:?}"
     );
     assert_eq!(s.connect_failures, 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_redis_does_not_answer_in_time_gets_504_and_its_connection_is_closed() {
+    let (redis, pool, http) = setup(|b| b.max_size(4)).await;
+    assert_eq!(http.put(&kv("k"), "v").await.status, 204);
+    // Redis holds write commands (SET) until unpaused; reads and PING go on.
+    let ok = BytesFrame::SimpleString(Bytes::from_static(b"OK"));
+    assert_eq!(
+        redis.cmd(&[b"CLIENT", b"PAUSE", b"60000", b"WRITE"]).await,
+        ok
+    );
+    let before = pool.state();
+
+    let r = http.put(&kv("k"), "w").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
+    let s = pool.state();
+    // The SET's reply is still to come: that connection is closed, not reused.
+    assert_eq!(s.discards.cancelled - before.discards.cancelled, 1, "{s:?}");
+    assert_eq!(s.discards.total() - before.discards.total(), 1, "{s:?}");
+    assert_eq!(http.get(&kv("k")).await.body, "v");
+
+    assert_eq!(redis.cmd(&[b"CLIENT", b"UNPAUSE"]).await, ok);
+    assert_eq!(http.put(&kv("k"), "x").await.status, 204);
+    assert_eq!(http.get(&kv("k")).await.body, "x");
+    let s = pool.state();
+    assert_eq!(s.discards.total() - before.discards.total(), 1, "{s:?}");
 }

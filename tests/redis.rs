@@ -466,3 +466,46 @@ async fn a_command_redis_does_not_answer_in_time_gets_504_and_its_connection_is_
     let s = pool.state();
     assert_eq!(s.discards.total() - before.discards.total(), 1, "{s:?}");
 }
+
+/// Not Redis: a server that answers `PING` properly and every other command with two
+/// replies in one write, so that `Framed` reads the second one into its buffer together with
+/// the first. Redis never does this; the example must still not reuse such a connection,
+/// since `TcpConnection` cannot see bytes a wrapper buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_framed_buffered_beyond_the_reply_close_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                // Each command arrives in one segment on loopback: one read, one answer.
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    let reply: &[u8] = if buf[..n].ends_with(b"PING\r\n") {
+                        b"+PONG\r\n"
+                    } else {
+                        b"+OK\r\n+OK\r\n"
+                    };
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let pool = redis_kv::pool_builder(&addr.to_string())
+        .build()
+        .expect("pool");
+    let http = Http::new(common::serve(redis_kv::app(pool.clone())).await);
+
+    let r = http.put(&kv("k"), "v").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    let s = pool.state();
+    assert_eq!(s.discards.explicit, 1, "{s:?}");
+    assert_eq!(s.discards.total(), 1, "{s:?}");
+    assert_eq!(s.connections, 0, "{s:?}");
+}

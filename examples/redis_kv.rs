@@ -288,9 +288,10 @@ async fn command<const N: usize>(
         framed.next().await.transpose()
     };
     let reply = tokio::time::timeout(COMMAND_TIMEOUT, exchange).await;
-    // `Framed` reads ahead into its own buffer, where `TcpConnection` cannot see what is left.
-    // Redis sends one reply per command, so after the reply it must be empty; if it is not,
-    // whatever is there would be read by the next request.
+    // `Framed` reads ahead into its own buffer, which `TcpConnection` cannot see and which is
+    // dropped with it. Redis sends one reply per command, so after the reply the buffer must
+    // be empty. If it is not, the server sent more than was asked for (the rest of it may
+    // still be on the wire, for the next request to read): the connection is out of step.
     let leftover = framed.read_buffer().len();
     drop(framed);
     let reply = match reply {

@@ -128,6 +128,7 @@
 mod builder;
 mod config;
 mod connection;
+mod endpoint;
 mod error;
 mod extract;
 mod future;
@@ -138,6 +139,9 @@ mod response;
 mod service;
 mod slot;
 mod state;
+mod stream;
+#[cfg(feature = "tls")]
+mod tls;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
@@ -169,3 +173,29 @@ pub use layer::TcpPoolLayer;
 pub use pool::TcpPool;
 pub use service::TcpPoolService;
 pub use state::{DiscardReason, Discards, PoolState};
+pub use stream::BackendStream;
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
+
+/// The rustls crate the `tls` feature is built on (through tokio-rustls), re-exported for
+/// [`TlsConfig::from_rustls`] and for naming the types of a TLS session. Available with the
+/// `tls` feature.
+///
+/// ```
+/// use axum_tcp_pool::rustls::RootCertStore;
+/// let roots = RootCertStore::empty();
+/// ```
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;
+
+/// The tokio-rustls crate behind the `tls` feature, re-exported so that the type inside
+/// [`BackendStream::Tls`] can be named. Available with the `tls` feature.
+///
+/// ```no_run
+/// use axum_tcp_pool::tokio_rustls::client::TlsStream;
+/// fn version(tls: &TlsStream<tokio::net::TcpStream>) {
+///     println!("{:?}", tls.get_ref().1.protocol_version());
+/// }
+/// ```
+#[cfg(feature = "tls")]
+pub use tokio_rustls;

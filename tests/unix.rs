@@ -54,7 +54,11 @@ async fn a_dirty_connection_is_closed_not_reused() {
     })
     .await;
     assert_eq!(client.get("/echo/z").await.body, "z");
-    assert_eq!(backend.seen().accepts, 3, "a new connection after each dirty one");
+    assert_eq!(
+        backend.seen().accepts,
+        3,
+        "a new connection after each dirty one"
+    );
 }
 
 #[tokio::test]
@@ -115,7 +119,10 @@ async fn connect_fails_fast_when_the_socket_is_missing_and_works_when_it_is_ther
         .connect()
         .await
         .expect_err("no socket");
-    assert!(matches!(err, TcpPoolError::BackendUnreachable(_)), "{err:?}");
+    assert!(
+        matches!(err, TcpPoolError::BackendUnreachable(_)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -474,3 +474,21 @@ async fn a_rustls_config_of_your_own_is_used_as_it_is() {
     let client = HttpClient::new(serve(app::eager(&pool)).await);
     assert_eq!(client.get("/echo/own").await.body, "own");
 }
+
+#[cfg(feature = "tls-native-roots")]
+#[tokio::test]
+async fn native_roots_load_the_system_store_or_say_why_not() {
+    let result = TcpPool::builder("127.0.0.1:6380")
+        .tls(TlsConfig::new().native_roots())
+        .build();
+    // Debian's ca-certificates bundle: where it is, the roots load; where it is not (and no
+    // other store is found), build says so instead of failing every handshake later.
+    if std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        assert!(result.is_ok(), "{result:?}");
+    } else {
+        match result {
+            Err(TcpPoolError::Config(msg)) => assert!(msg.contains("native_roots"), "{msg}"),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+}

@@ -20,7 +20,7 @@ use crate::{BackendStream, TcpPool, TcpPoolError};
 /// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` |
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
-/// | `tls` (feature `tls`) | off | connect over TLS, see [`TlsConfig`](crate::TlsConfig) |
+/// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
 ///
 /// Nothing is validated until [`build`](Self::build) or [`connect`](Self::connect), which
 /// return [`TcpPoolError::Config`] (never panic) for an invalid value.
@@ -215,7 +215,7 @@ impl TcpPoolBuilder {
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
     /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`), a keepalive outside 1 s to
     /// 32767 s, an address without a port, a `unix:` address without a usable path, TLS
-    /// settings that cannot be used (see [`TlsConfig`](crate::TlsConfig)), or no Tokio
+    /// settings that cannot be used (see `TlsConfig`), or no Tokio
     /// runtime.
     ///
     /// ```

@@ -19,7 +19,7 @@ use crate::DiscardReason;
 ///
 /// The variant follows the pool's address and settings: `"host:port"` gives [`Tcp`](Self::Tcp),
 /// `"unix:/path"` gives [`Unix`](Self::Unix), and a pool with
-/// [`TcpPoolBuilder::tls`](crate::TcpPoolBuilder::tls) gives `Tls` (feature `tls`). It is
+/// `TcpPoolBuilder::tls` gives `Tls` (feature `tls`). It is
 /// [`AsyncRead`] + [`AsyncWrite`] whatever the variant. New variants may be added, so a
 /// `match` needs a wildcard arm.
 ///

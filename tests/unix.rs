@@ -148,3 +148,18 @@ async fn socket_files_live_in_a_temporary_directory_removed_on_drop() {
     drop(backend);
     assert!(!dir.exists(), "temporary directory removed");
 }
+
+#[tokio::test]
+async fn tcp_options_are_ignored_for_a_unix_socket() {
+    let backend = Backend::start_unix().await;
+    // TCP_NODELAY and TCP keepalive cannot be set on a Unix socket: applying them would fail
+    // every connect.
+    let pool = TcpPool::builder(backend.addr_string())
+        .nodelay(true)
+        .keepalive(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .expect("valid pool config");
+    let conn = pool.get().await.expect("connects");
+    assert!(conn.get_ref().unix().is_some());
+    assert!(conn.get_ref().tcp().is_none());
+}

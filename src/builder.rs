@@ -151,9 +151,8 @@ impl TcpPoolBuilder {
     /// that rejects connections the backend closed or sent unexpected bytes on).
     ///
     /// The probe gets the stream (over TLS, it reads and writes plaintext); it must leave
-    /// nothing unread. If it fails, times out
-    /// (`connect_timeout`), or leaves bytes behind, the connection is closed and another one
-    /// is tried; if more than `max_size` brand-new connections fail it in a row, the backend
+    /// nothing unread. If it fails, times out (`connect_timeout`), or leaves bytes behind,
+    /// the connection is closed and another one is tried; if more than `max_size` brand-new connections fail it in a row, the backend
     /// is taken as unreachable and waiting requests get `502` (no endless reconnect loop). It
     /// costs one round trip per checkout.
     ///
@@ -215,8 +214,7 @@ impl TcpPoolBuilder {
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
     /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`), a keepalive outside 1 s to
     /// 32767 s, an address without a port, a `unix:` address without a usable path, TLS
-    /// settings that cannot be used (see `TlsConfig`), or no Tokio
-    /// runtime.
+    /// settings that cannot be used (see `TlsConfig`), or no Tokio runtime.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -152,9 +152,9 @@ impl TcpPoolBuilder {
     ///
     /// The probe gets the stream (over TLS, it reads and writes plaintext); it must leave
     /// nothing unread. If it fails, times out (`connect_timeout`), or leaves bytes behind,
-    /// the connection is closed and another one is tried; if more than `max_size` brand-new connections fail it in a row, the backend
-    /// is taken as unreachable and waiting requests get `502` (no endless reconnect loop). It
-    /// costs one round trip per checkout.
+    /// the connection is closed and another one is tried; if more than `max_size` brand-new
+    /// connections fail it in a row, the backend is taken as unreachable and waiting requests
+    /// get `502` (no endless reconnect loop). It costs one round trip per checkout.
     ///
     /// ```
     /// use std::io;

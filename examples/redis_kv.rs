@@ -55,14 +55,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{RequestPartsExt, Router};
 use axum_tcp_pool::{
-    ProbeFuture, TcpConnection, TcpPool, TcpPoolBuilder, TcpPoolError, TcpPoolLayer,
+    BackendStream, ProbeFuture, TcpConnection, TcpPool, TcpPoolBuilder, TcpPoolError, TcpPoolLayer,
 };
 use futures_util::{SinkExt, StreamExt};
 use redis_protocol::codec::Resp2;
 use redis_protocol::error::RedisProtocolErrorKind;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
 /// Where Redis is when `REDIS_ADDR` is not set.
@@ -149,7 +149,7 @@ pub fn pool_builder(addr: &str) -> TcpPoolBuilder {
 /// consume is left in a buffer. Any other reply (`-LOADING ...` while Redis loads its data,
 /// `-NOAUTH ...` when it wants a password) fails the check, and the connection, with whatever
 /// of the reply is left on it, is closed.
-pub fn ping(stream: &mut TcpStream) -> ProbeFuture<'_> {
+pub fn ping(stream: &mut BackendStream) -> ProbeFuture<'_> {
     Box::pin(async move {
         stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
         let mut reply = [0u8; 7];

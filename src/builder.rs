@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use crate::config::{Config, ProbeFuture};
 use crate::manager::{FailureSink, Shared, TcpManager};
-use crate::{TcpPool, TcpPoolError};
+use crate::{BackendStream, TcpPool, TcpPoolError};
 
 /// Configures and builds a [`TcpPool`]. Created by [`TcpPool::builder`].
 ///
@@ -23,6 +21,7 @@ use crate::{TcpPool, TcpPoolError};
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
 /// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
+/// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
 ///
 /// Nothing is validated until [`build`](Self::build) or [`connect`](Self::connect), which
 /// return [`TcpPoolError::Config`] (never panic) for an invalid value.
@@ -127,7 +126,7 @@ impl TcpPoolBuilder {
     }
 
     /// Sets `TCP_NODELAY` on new connections (default `true`: request/response protocols
-    /// should not wait for Nagle's algorithm).
+    /// should not wait for Nagle's algorithm). Ignored for a Unix socket.
     ///
     /// ```
     /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").nodelay(false);
@@ -138,7 +137,7 @@ impl TcpPoolBuilder {
     }
 
     /// Turns TCP keepalive on, with this idle time before the first probe (default off). The
-    /// time is whole seconds, between 1 s and 32767 s.
+    /// time is whole seconds, between 1 s and 32767 s. Ignored for a Unix socket.
     ///
     /// ```
     /// use std::time::Duration;
@@ -152,11 +151,11 @@ impl TcpPoolBuilder {
     /// An async probe run on every checkout, after the built-in check (a non-blocking peek
     /// that rejects connections the backend closed or sent unexpected bytes on).
     ///
-    /// The probe gets the raw stream; it must leave nothing unread. If it fails, times out
-    /// (`connect_timeout`), or leaves bytes behind, the connection is closed and another one
-    /// is tried; if more than `max_size` brand-new connections fail it in a row, the backend
-    /// is taken as unreachable and waiting requests get `502` (no endless reconnect loop). It
-    /// costs one round trip per checkout.
+    /// The probe gets the stream (over TLS, it reads and writes plaintext); it must leave
+    /// nothing unread. If it fails, times out (`connect_timeout`), or leaves bytes behind,
+    /// the connection is closed and another one is tried; if more than `max_size` brand-new
+    /// connections fail it in a row, the backend is taken as unreachable and waiting requests
+    /// get `502` (no endless reconnect loop). It costs one round trip per checkout.
     ///
     /// ```
     /// use std::io;
@@ -177,7 +176,7 @@ impl TcpPoolBuilder {
     /// ```
     pub fn health_check<F>(mut self, probe: F) -> Self
     where
-        F: for<'a> Fn(&'a mut TcpStream) -> ProbeFuture<'a> + Send + Sync + 'static,
+        F: for<'a> Fn(&'a mut BackendStream) -> ProbeFuture<'a> + Send + Sync + 'static,
     {
         self.config.probe = Some(Arc::new(probe));
         self
@@ -199,6 +198,28 @@ impl TcpPoolBuilder {
         self
     }
 
+    /// Connects over TLS, with these settings (server name, root certificates, client
+    /// certificate). TCP addresses only. Available with the `tls` feature.
+    ///
+    /// The settings are parsed by [`build`](Self::build), which returns
+    /// [`TcpPoolError::Config`] if they cannot be used. A failed handshake is a failed
+    /// connect attempt ([`TcpPoolError::BackendUnreachable`], `502`, logged at `warn` with
+    /// the reason); `connect_timeout` bounds the TCP connect and the handshake together.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use axum_tcp_pool::{TcpPool, TlsConfig};
+    ///
+    /// let tls = TlsConfig::new().ca_pem(std::fs::read("/etc/backend/ca.pem")?);
+    /// let builder = TcpPool::builder("cache.internal:6380").tls(tls);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::TlsConfig) -> Self {
+        self.config.tls = Some(config);
+        self
+    }
+
     /// Validates the settings and builds the pool. No I/O: connections are opened on demand
     /// (and `min_idle` of them in the background).
     ///
@@ -209,7 +230,9 @@ impl TcpPoolBuilder {
     /// [`TcpPoolError::Config`], with a message that says what to fix, for: `max_size(0)`,
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
     /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`), a keepalive outside 1 s to
-    /// 32767 s, an address without a port, an empty [`name`](Self::name), or no Tokio runtime.
+    /// 32767 s, an address without a port, a `unix:` address without a usable path, TLS
+    /// settings that cannot be used (see `TlsConfig`), an empty [`name`](Self::name), or no
+    /// Tokio runtime.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -248,7 +271,7 @@ impl TcpPoolBuilder {
             .reaper_rate(config.reaper_rate())
             // Reuse the most recently returned connection, so surplus ones go idle and expire.
             .queue_strategy(bb8::QueueStrategy::Lifo);
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config)?);
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
         Ok((builder, shared))
     }

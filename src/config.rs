@@ -8,19 +8,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use crate::TcpPoolError;
+use crate::endpoint::Endpoint;
+use crate::{BackendStream, TcpPoolError};
 
 /// The future returned by a [health check](crate::TcpPoolBuilder::health_check) probe: boxed,
 /// because it borrows the stream it probes.
 ///
 /// ```
-/// use axum_tcp_pool::ProbeFuture;
+/// use axum_tcp_pool::{BackendStream, ProbeFuture};
 /// use tokio::io::AsyncWriteExt;
-/// use tokio::net::TcpStream;
 ///
-/// fn probe(stream: &mut TcpStream) -> ProbeFuture<'_> {
+/// fn probe(stream: &mut BackendStream) -> ProbeFuture<'_> {
 ///     Box::pin(async move { stream.write_all(b"").await })
 /// }
 /// let builder = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").health_check(probe);
@@ -28,14 +26,16 @@ use crate::TcpPoolError;
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
 /// A user-supplied async health check, run on every checkout.
-pub(crate) type Probe = Arc<dyn for<'a> Fn(&'a mut TcpStream) -> ProbeFuture<'a> + Send + Sync>;
+pub(crate) type Probe = Arc<dyn for<'a> Fn(&'a mut BackendStream) -> ProbeFuture<'a> + Send + Sync>;
 
 /// The validated settings of one pool.
 #[derive(Clone)]
 pub(crate) struct Config {
+    /// The address as given, for logs.
     pub(crate) addr: String,
     /// The `pool` label of logs and metrics; the address if not set.
     pub(crate) name: Option<String>,
+    pub(crate) endpoint: Endpoint,
     pub(crate) max_size: u32,
     pub(crate) min_idle: u32,
     pub(crate) checkout_timeout: Duration,
@@ -45,12 +45,14 @@ pub(crate) struct Config {
     pub(crate) nodelay: bool,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) probe: Option<Probe>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::TlsConfig>,
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("addr", &self.addr)
+        let mut d = f.debug_struct("Config");
+        d.field("addr", &self.addr)
             .field("name", &self.name)
             .field("max_size", &self.max_size)
             .field("min_idle", &self.min_idle)
@@ -60,8 +62,10 @@ impl fmt::Debug for Config {
             .field("max_lifetime", &self.max_lifetime)
             .field("nodelay", &self.nodelay)
             .field("keepalive", &self.keepalive)
-            .field("probe", &self.probe.as_ref().map(|_| "<fn>"))
-            .finish()
+            .field("probe", &self.probe.as_ref().map(|_| "<fn>"));
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish()
     }
 }
 
@@ -74,6 +78,7 @@ impl Config {
 
     pub(crate) fn new(addr: String) -> Self {
         Config {
+            endpoint: Endpoint::parse(&addr),
             addr,
             name: None,
             max_size: Self::DEFAULT_MAX_SIZE,
@@ -85,6 +90,8 @@ impl Config {
             nodelay: true,
             keepalive: None,
             probe: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -95,7 +102,10 @@ impl Config {
 
     /// Checks every value bb8 would panic on, and a few it would accept but that cannot work.
     pub(crate) fn validate(&self) -> Result<(), TcpPoolError> {
-        validate_addr(&self.addr)?;
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => validate_addr(addr)?,
+            Endpoint::Unix(path) => Endpoint::validate_unix(&self.addr, path)?,
+        }
         if self.name.as_deref() == Some("") {
             return Err(TcpPoolError::config(
                 "name must not be empty (it labels the pool's logs and metrics); leave it unset to use the address",

@@ -9,10 +9,9 @@ use std::task::{Context, Poll};
 
 use bb8::PooledConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::manager::{PooledStream, TcpManager};
-use crate::DiscardReason;
+use crate::{BackendStream, DiscardReason};
 
 thread_local! {
     /// Set while an unfinished request is being dropped (see [`abandon`]).
@@ -125,18 +124,21 @@ impl<M> TcpConnection<M> {
         conn
     }
 
-    /// The underlying socket, for its peer address and socket options.
+    /// The underlying stream (TCP, Unix domain socket, or TLS), for its peer address,
+    /// socket options, or TLS session.
     ///
     /// I/O through this reference (`try_read`, `try_write`, `peek`) is not tracked by the
     /// [clean-connection rule](Self#the-clean-connection-rule).
     ///
     /// ```no_run
     /// # async fn f(conn: axum_tcp_pool::TcpConnection) -> std::io::Result<()> {
-    /// println!("talking to {}", conn.get_ref().peer_addr()?);
-    /// assert!(conn.get_ref().nodelay()?);
+    /// if let Some(tcp) = conn.get_ref().tcp() {
+    ///     println!("talking to {}", tcp.peer_addr()?);
+    ///     assert!(tcp.nodelay()?);
+    /// }
     /// # Ok(()) }
     /// ```
-    pub fn get_ref(&self) -> &TcpStream {
+    pub fn get_ref(&self) -> &BackendStream {
         self.pooled().stream()
     }
 

@@ -39,7 +39,9 @@ pub enum TcpPoolError {
     CheckoutTimeout,
 
     /// A connection to the backend could not be opened: the connection was refused, the name
-    /// did not resolve, or the connect attempt timed out; or the backend accepts connections
+    /// did not resolve, the Unix socket file is missing, the connect attempt (TLS handshake
+    /// included) timed out, or the TLS handshake failed (the inner error carries rustls'
+    /// reason, e.g. `UnknownIssuer`); or the backend accepts connections
     /// but more than `max_size` new ones in a row failed their health check. The inner error
     /// says which (for logs). Checkouts waiting for a connection get it as soon as an attempt
     /// fails, not after the checkout timeout.

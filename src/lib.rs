@@ -77,6 +77,35 @@
 //!
 //! Every discard is counted by reason in [`TcpPool::state`] and logged at `debug`.
 //!
+//! # Transports: TCP, Unix domain sockets, TLS
+//!
+//! The address given to [`TcpPool::builder`] says how to connect; everything else (the layer,
+//! the extractor, the clean-connection rule, the errors) is the same:
+//!
+//! | address | connects with | [`TcpConnection::get_ref`] |
+//! |---|---|---|
+//! | `"host:port"` | TCP; the name is resolved on every connect | [`BackendStream::Tcp`] |
+//! | `"unix:/run/app.sock"` | a Unix domain socket (Unix platforms) | [`BackendStream::Unix`] |
+//! | `"host:port"` and `TcpPoolBuilder::tls` (feature `tls`) | TLS over TCP, rustls | `BackendStream::Tls` |
+//!
+//! `nodelay` and `keepalive` apply to TCP only and are ignored for a Unix socket. A `unix:`
+//! address needs a non-empty path short enough for a socket address (`build` checks both).
+//!
+//! With TLS, the idle checks look at what the server sent as TLS records: the session
+//! tickets a TLS 1.3 server sends after the handshake are consumed and leave the connection
+//! clean; decrypted bytes nobody read, a `close_notify`, or an alert close it. The docs of
+//! `TlsConfig` (feature `tls`) list the settings and their errors.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+//! use axum_tcp_pool::TcpPool;
+//!
+//! let local = TcpPool::builder("unix:/run/cache/cache.sock").build()?;
+//! # drop(local);
+//! # Ok(()) }
+//! ```
+//!
 //! # Errors and HTTP responses
 //!
 //! [`TcpPoolError`] implements [`IntoResponse`](axum_core::response::IntoResponse); a handler
@@ -85,7 +114,7 @@
 //! | error | when | status |
 //! |---|---|---|
 //! | [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout) | no connection free within `checkout_timeout` | `503`, `Retry-After: 1` |
-//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, connect timed out, or new connections keep failing the health check (more than `max_size` in a row); reported to waiting checkouts as soon as the attempt fails | `502` |
+//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, socket file missing, connect (TLS handshake included) timed out, TLS handshake failed (certificate not trusted or not valid for the server name), or new connections keep failing the health check (more than `max_size` in a row); reported to waiting checkouts as soon as the attempt fails | `502` |
 //! | [`Io`](TcpPoolError::Io) | I/O error during the handler's exchange | `502` |
 //! | [`MissingLayer`](TcpPoolError::MissingLayer) | `TcpConnection<M>` used without a [`TcpPoolLayer`] of marker `M` | `500`, body names the layer |
 //! | [`AlreadyExtracted`](TcpPoolError::AlreadyExtracted) | `TcpConnection` extracted twice in one request | `500` |
@@ -183,12 +212,28 @@
 //! - A request that writes and never reads always closes its connection (`ReplyNotRead`).
 //! - A handler whose marker has no layer on its route is a run-time `500`, not a compile
 //!   error (see [several pools](#several-pools-in-one-router)).
+//! - TLS: a record that has only partly arrived when a connection is checked is invisible
+//!   (rustls keeps it without saying), as bytes still on the wire are for TCP; it is caught
+//!   at the next check once the rest has arrived. With TLS 1.3, a server that refuses the
+//!   client certificate says so after the client's handshake has completed: the failure
+//!   shows at the first checkout or read (still a `502`), not as a connect error.
+//! - TLS runs over TCP only, not over a Unix socket. A discarded TLS connection is closed
+//!   without a `close_notify`.
 //!
 //! # Feature flags
 //!
-//! | feature | default | what it adds |
-//! |---|---|---|
-//! | `metrics` | off | `TcpPool::record_metrics` and the `metrics` module: the pool's gauges and counters (connections, idle, in use, checkouts, waits, wait time, timeouts, connects, connect failures, discards by reason, closes) through the [`metrics`](https://docs.rs/metrics) crate, for any exporter (Prometheus, StatsD, OpenTelemetry) |
+//! No feature is on by default.
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `tls` | `TcpPoolBuilder::tls` and `TlsConfig`: connect over TLS with rustls (the `ring` crypto provider; no OpenSSL, no C toolchain beyond what `ring` needs), custom CA, server name, client certificate; re-exports `rustls` and `tokio_rustls` |
+//! | `tls-native-roots` | `tls`, plus `TlsConfig::native_roots`: trust the operating system's root certificates (via `rustls-native-certs`) |
+//! | `metrics` | `TcpPool::record_metrics` and the `metrics` module: the pool's gauges and counters (connections, idle, in use, checkouts, waits, wait time, timeouts, connects, connect failures, discards by reason, closes) through the [`metrics`](https://docs.rs/metrics) crate, for any exporter (Prometheus, StatsD, OpenTelemetry) |
+//!
+//! ```toml
+//! [dependencies]
+//! axum-tcp-pool = { version = "0.1", features = ["tls", "metrics"] }
+//! ```
 //!
 //! [bb8]: https://docs.rs/bb8
 
@@ -200,6 +245,7 @@
 mod builder;
 mod config;
 mod connection;
+mod endpoint;
 mod error;
 mod extract;
 mod future;
@@ -213,6 +259,9 @@ mod response;
 mod service;
 mod slot;
 mod state;
+mod stream;
+#[cfg(feature = "tls")]
+mod tls;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
@@ -244,3 +293,29 @@ pub use layer::TcpPoolLayer;
 pub use pool::TcpPool;
 pub use service::TcpPoolService;
 pub use state::{DiscardReason, Discards, PoolState};
+pub use stream::BackendStream;
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
+
+/// The rustls crate the `tls` feature is built on (through tokio-rustls), re-exported for
+/// [`TlsConfig::from_rustls`] and for naming the types of a TLS session. Available with the
+/// `tls` feature.
+///
+/// ```
+/// use axum_tcp_pool::rustls::RootCertStore;
+/// let roots = RootCertStore::empty();
+/// ```
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;
+
+/// The tokio-rustls crate behind the `tls` feature, re-exported so that the type inside
+/// [`BackendStream::Tls`] can be named. Available with the `tls` feature.
+///
+/// ```no_run
+/// use axum_tcp_pool::tokio_rustls::client::TlsStream;
+/// fn version(tls: &TlsStream<tokio::net::TcpStream>) {
+///     println!("{:?}", tls.get_ref().1.protocol_version());
+/// }
+/// ```
+#[cfg(feature = "tls")]
+pub use tokio_rustls;

@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -16,8 +15,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::state::Counters;
-use crate::{DiscardReason, TcpPoolError};
+use crate::{BackendStream, DiscardReason, TcpPoolError};
 
 /// What the manager and every pool handle share.
 #[derive(Debug)]
@@ -33,17 +33,28 @@ pub(crate) struct Shared {
     last_failure: Mutex<io::ErrorKind>,
     /// Brand-new connections that failed their health check in a row.
     fresh_failures: AtomicU32,
+    /// The parsed TLS settings, if the pool connects over TLS.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Connector>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> Self {
-        Shared {
+    /// Fails (with [`TcpPoolError::Config`]) only if the TLS settings cannot be used.
+    pub(crate) fn new(config: Config) -> Result<Self, TcpPoolError> {
+        #[cfg(feature = "tls")]
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.connector(&config.endpoint)?),
+            None => None,
+        };
+        Ok(Shared {
+            #[cfg(feature = "tls")]
+            tls,
             config,
             counters: Counters::default(),
             connect_failed: Notify::new(),
             last_failure: Mutex::new(io::ErrorKind::Other),
             fresh_failures: AtomicU32::new(0),
-        }
+        })
     }
 
     fn record_connect_failure(&self, err: &io::Error, what: &str) {
@@ -94,8 +105,9 @@ impl bb8::ErrorSink<TcpPoolError> for FailureSink {
 
 /// The [`bb8::ManageConnection`] behind [`TcpPool`](crate::TcpPool).
 ///
-/// - `connect` resolves the address again, connects within `connect_timeout`, and sets
-///   `TCP_NODELAY` and keepalive as configured;
+/// - `connect` resolves the address again, connects (and does the TLS handshake, if
+///   configured) within `connect_timeout`, and sets `TCP_NODELAY` and keepalive as
+///   configured (TCP only: a Unix socket has neither);
 /// - `is_valid` (run on every checkout) does a non-blocking peek, which fails if the backend
 ///   closed the connection or sent bytes nobody asked for, then runs the configured probe;
 /// - `has_broken` (run on every return) fails a connection that was marked dirty or has
@@ -125,7 +137,7 @@ impl fmt::Debug for TcpManager {
     }
 }
 
-/// The connection type the bb8 pool holds: a [`TcpStream`] plus the state that decides
+/// The connection type the bb8 pool holds: a [`BackendStream`] plus the state that decides
 /// whether it may be reused.
 ///
 /// [`TcpConnection`](crate::TcpConnection) is the tracked wrapper handlers use. Code that checks
@@ -135,13 +147,13 @@ impl fmt::Debug for TcpManager {
 /// ```no_run
 /// # async fn f(pool: axum_tcp_pool::TcpPool) {
 /// let mut conn = pool.bb8().get().await.unwrap();
-/// println!("peer: {:?}", conn.stream().peer_addr());
+/// println!("peer: {:?}", conn.stream().tcp().map(|s| s.peer_addr()));
 /// conn.discard(); // closed instead of reused
 /// # }
 /// ```
 #[derive(Debug)]
 pub struct PooledStream {
-    stream: TcpStream,
+    stream: BackendStream,
     dirty: Option<DiscardReason>,
     /// Not yet handed out by a successful checkout.
     fresh: bool,
@@ -150,19 +162,19 @@ pub struct PooledStream {
 }
 
 impl PooledStream {
-    /// The socket.
+    /// The stream (TCP, Unix domain socket, or TLS).
     ///
     /// ```no_run
     /// # async fn f(pool: axum_tcp_pool::TcpPool) {
     /// let conn = pool.bb8().get().await.unwrap();
-    /// let _ = conn.stream().nodelay();
+    /// let _ = conn.stream().tcp().map(|tcp| tcp.nodelay());
     /// # }
     /// ```
-    pub fn stream(&self) -> &TcpStream {
+    pub fn stream(&self) -> &BackendStream {
         &self.stream
     }
 
-    /// The socket, mutably. I/O done through it is not tracked: call
+    /// The stream, mutably. I/O done through it is not tracked: call
     /// [`discard`](Self::discard) unless the exchange ended cleanly.
     ///
     /// ```no_run
@@ -174,7 +186,7 @@ impl PooledStream {
     /// }
     /// # }
     /// ```
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
+    pub fn stream_mut(&mut self) -> &mut BackendStream {
         &mut self.stream
     }
 
@@ -202,26 +214,10 @@ impl PooledStream {
         self.dirty.get_or_insert(reason);
     }
 
-    /// A non-blocking look at the receive queue: `None` if nothing is waiting (the state a
+    /// A non-blocking look at the connection: `None` if nothing is waiting (the state a
     /// clean, idle connection is in), otherwise why the connection must not be used.
-    fn peek_state(&self) -> Option<(DiscardReason, io::Error)> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.stream).peek(&mut buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-            Err(e) => Some((DiscardReason::IoError, e)),
-            Ok(0) => Some((
-                DiscardReason::Eof,
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "backend closed the connection",
-                ),
-            )),
-            Ok(_) => Some((
-                DiscardReason::UnreadBytes,
-                io::Error::new(io::ErrorKind::InvalidData, "unexpected bytes waiting"),
-            )),
-        }
+    fn peek_state(&mut self) -> Option<(DiscardReason, io::Error)> {
+        self.stream.idle_state()
     }
 }
 
@@ -230,17 +226,42 @@ impl TcpManager {
         TcpManager { shared }
     }
 
-    async fn open(&self) -> io::Result<TcpStream> {
+    /// Connects within `connect_timeout`, the TLS handshake included.
+    async fn open(&self) -> io::Result<BackendStream> {
         let cfg = &self.shared.config;
-        let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&*cfg.addr))
+        tokio::time::timeout(cfg.connect_timeout, self.open_untimed())
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(cfg.nodelay)?;
-        if let Some(time) = cfg.keepalive {
-            let ka = socket2::TcpKeepalive::new().with_time(time);
-            socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
+    async fn open_untimed(&self) -> io::Result<BackendStream> {
+        let cfg = &self.shared.config;
+        match &cfg.endpoint {
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect(&**addr).await?;
+                stream.set_nodelay(cfg.nodelay)?;
+                if let Some(time) = cfg.keepalive {
+                    let ka = socket2::TcpKeepalive::new().with_time(time);
+                    socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+                }
+                #[cfg(feature = "tls")]
+                if let Some(tls) = &self.shared.tls {
+                    let stream = tls.connect(stream).await?;
+                    return Ok(BackendStream::Tls(Box::new(stream)));
+                }
+                Ok(BackendStream::Tcp(stream))
+            }
+            #[cfg(unix)]
+            Endpoint::Unix(path) => Ok(BackendStream::Unix(
+                tokio::net::UnixStream::connect(path).await?,
+            )),
+            // Rejected by the configuration's validation.
+            #[cfg(not(unix))]
+            Endpoint::Unix(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "Unix domain sockets are not supported on this platform",
+            )),
         }
-        Ok(stream)
     }
 
     /// A failed check leaves the connection marked for closing. A stale idle connection is
@@ -349,7 +370,7 @@ impl bb8::ManageConnection for TcpManager {
             "closing connection instead of reusing it"
         );
         // Send FIN now, before bb8 decides whether to open a replacement.
-        let _ = socket2::SockRef::from(&conn.stream).shutdown(Shutdown::Both);
+        let _ = conn.stream.sock().shutdown(Shutdown::Both);
         true
     }
 }

@@ -69,8 +69,9 @@ impl TcpPool {
         }
     }
 
-    /// Starts configuring a pool for `addr` (`"host:port"`). The host name is resolved again
-    /// on every connect. See [`TcpPoolBuilder`] for the settings and their defaults.
+    /// Starts configuring a pool for `addr`: `"host:port"` (the host name is resolved again
+    /// on every connect), or `"unix:/path/to.sock"` for a Unix domain socket. See
+    /// [`TcpPoolBuilder`] for the settings and their defaults.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -139,7 +139,7 @@ async fn keepalive_is_applied_when_configured() {
         .build()
         .expect("pool");
     let conn = pool.get().await.expect("connection");
-    let sock = socket2::SockRef::from(conn.get_ref());
+    let sock = socket2::SockRef::from(conn.get_ref().tcp().expect("a TCP connection"));
     assert!(sock.keepalive().expect("SO_KEEPALIVE"));
     assert_eq!(
         sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
@@ -150,9 +150,11 @@ async fn keepalive_is_applied_when_configured() {
         .build()
         .expect("pool");
     let conn = pool.get().await.expect("connection");
-    assert!(!socket2::SockRef::from(conn.get_ref())
-        .keepalive()
-        .expect("SO_KEEPALIVE"));
+    assert!(
+        !socket2::SockRef::from(conn.get_ref().tcp().expect("a TCP connection"))
+            .keepalive()
+            .expect("SO_KEEPALIVE")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

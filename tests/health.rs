@@ -47,6 +47,8 @@ async fn unexpected_bytes_on_an_idle_connection_are_never_handed_out() {
     conn.write_all(b"ECHO one\n").await.expect("write");
     assert_eq!(read_line(&mut conn).await.expect("read"), "one");
     conn.get_ref()
+        .tcp()
+        .expect("a TCP connection")
         .try_write(b"ECHO stray\n")
         .expect("raw write");
     drop(conn);

@@ -20,7 +20,8 @@ async fn exchange<M>(conn: &mut TcpConnection<M>, text: &str) -> Result<String, 
     conn.write_all(format!("ECHO {text}\n").as_bytes()).await?;
     let reply = read_line(conn).await?;
     assert_eq!(reply, text, "the backend echoes");
-    Ok(conn.get_ref().peer_addr()?.port().to_string())
+    let tcp = conn.get_ref().tcp().expect("a TCP pool");
+    Ok(tcp.peer_addr()?.port().to_string())
 }
 
 async fn only_a(mut a: TcpConnection<A>) -> Result<String, TcpPoolError> {

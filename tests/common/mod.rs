@@ -1,9 +1,11 @@
-//! Test instruments: a scriptable line-protocol backend that counts what it sees, an axum
-//! server on a free loopback port, and a real HTTP client.
+//! Test instruments: a scriptable line-protocol backend that counts what it sees (over TCP,
+//! TLS, or a Unix socket in a temporary directory), an axum server on a free loopback port,
+//! and a real HTTP client.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +16,8 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -45,6 +47,10 @@ pub struct Seen {
     pub lines: usize,
     /// Replies fully written (on loopback, they are then in the client's receive queue).
     pub replies: usize,
+    /// TLS handshakes completed (session tickets, if any, written too).
+    pub handshakes: usize,
+    /// TLS handshakes that failed.
+    pub handshake_failures: usize,
 }
 
 struct Inner {
@@ -54,6 +60,8 @@ struct Inner {
     holding: AtomicUsize,
     lines: AtomicUsize,
     replies: AtomicUsize,
+    handshakes: AtomicUsize,
+    handshake_failures: AtomicUsize,
     changed: watch::Sender<()>,
     release: Notify,
     /// Bumped to close every open connection.
@@ -69,6 +77,8 @@ impl Inner {
             holding: self.holding.load(SeqCst),
             lines: self.lines.load(SeqCst),
             replies: self.replies.load(SeqCst),
+            handshakes: self.handshakes.load(SeqCst),
+            handshake_failures: self.handshake_failures.load(SeqCst),
         }
     }
     fn bump(&self) {
@@ -85,9 +95,57 @@ impl Inner {
 /// - `PARTIAL <head> <tail>`: replies `<head>` at once and `<tail>` once released;
 /// - `PING`: replies `PONG`.
 pub struct Backend {
+    /// The TCP address (for a Unix socket backend: `0.0.0.0:0`, unused; see `unix`).
     pub addr: SocketAddr,
     inner: Arc<Inner>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// Set for a backend served over TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Set for a backend on a Unix socket: its temporary directory (removed on drop).
+    unix: Option<TempDir>,
+}
+
+/// What a backend listens on.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+/// Any stream a backend serves.
+trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for S {}
+
+/// A unique, fresh directory under the system temporary directory, removed (with what is in
+/// it) when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "atp-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, SeqCst)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Backend {
@@ -95,7 +153,41 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
+        Backend::new(Listener::Tcp(listener), None, None)
+    }
+
+    /// The same backend, served over TLS with `config`.
+    pub async fn start_tls(config: Arc<tokio_rustls::rustls::ServerConfig>) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        Backend::new(Listener::Tcp(listener), Some(config.into()), None)
+    }
+
+    /// The same backend, on a Unix socket in a fresh temporary directory.
+    #[cfg(unix)]
+    pub async fn start_unix() -> Backend {
+        let dir = TempDir::new();
+        let listener =
+            tokio::net::UnixListener::bind(dir.path().join("backend.sock")).expect("bind socket");
+        Backend::new(Listener::Unix(listener), None, Some(dir))
+    }
+
+    /// The socket path of a Unix socket backend.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.unix.as_ref().map(|d| d.path().join("backend.sock"))
+    }
+
+    fn new(
+        listener: Listener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        unix: Option<TempDir>,
+    ) -> Backend {
+        let addr = match &listener {
+            Listener::Tcp(l) => l.local_addr().expect("backend addr"),
+            #[cfg(unix)]
+            Listener::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let inner = Arc::new(Inner {
             accepts: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
@@ -103,6 +195,8 @@ impl Backend {
             holding: AtomicUsize::new(0),
             lines: AtomicUsize::new(0),
             replies: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
+            handshake_failures: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             release: Notify::new(),
             kill: watch::channel(0).0,
@@ -111,19 +205,37 @@ impl Backend {
             addr,
             inner,
             accept_task: Mutex::new(None),
+            tls,
+            unix,
         };
         backend.spawn_accept(listener);
         backend
     }
 
+    /// The address to give `TcpPool::builder`: `ip:port`, or `unix:/path` for a Unix socket.
     pub fn addr_string(&self) -> String {
-        self.addr.to_string()
+        match self.socket_path() {
+            Some(path) => format!("unix:{}", path.display()),
+            None => self.addr.to_string(),
+        }
     }
 
-    fn spawn_accept(&self, listener: TcpListener) {
+    fn spawn_accept(&self, listener: Listener) {
         let inner = self.inner.clone();
+        let tls = self.tls.clone();
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            loop {
+                let stream: Box<dyn Conn> = match &listener {
+                    Listener::Tcp(l) => match l.accept().await {
+                        Ok((s, _)) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    #[cfg(unix)]
+                    Listener::Unix(l) => match l.accept().await {
+                        Ok((s, _)) => Box::new(s),
+                        Err(_) => return,
+                    },
+                };
                 // Subscribed before the connection is counted as open, so a kill sent by a test
                 // that saw it open is not missed.
                 let kill = inner.kill.subscribe();
@@ -132,8 +244,22 @@ impl Backend {
                 inner.max_open.fetch_max(open, SeqCst);
                 inner.bump();
                 let inner = inner.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    serve_conn(stream, &inner, kill).await;
+                    match tls {
+                        None => serve_conn(stream, &inner, kill).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                inner.handshakes.fetch_add(1, SeqCst);
+                                inner.bump();
+                                serve_conn(stream, &inner, kill).await
+                            }
+                            Err(_) => {
+                                inner.handshake_failures.fetch_add(1, SeqCst);
+                                inner.bump();
+                            }
+                        },
+                    }
                     inner.open.fetch_sub(1, SeqCst);
                     inner.bump();
                 });
@@ -192,15 +318,22 @@ impl Backend {
 
     /// Listens again on the same port after [`stop`](Self::stop).
     pub async fn restart(&self) {
+        #[cfg(unix)]
+        if let Some(path) = self.socket_path() {
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(path).expect("rebind socket");
+            self.spawn_accept(Listener::Unix(listener));
+            return;
+        }
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("rebind backend port");
-        self.spawn_accept(listener);
+        self.spawn_accept(Listener::Tcp(listener));
     }
 }
 
-async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<u64>) {
-    let (r, mut w) = stream.into_split();
+async fn serve_conn<S: Conn>(stream: S, inner: &Inner, mut kill: watch::Receiver<u64>) {
+    let (r, mut w) = tokio::io::split(stream);
     let mut lines = BufReader::new(r).lines();
     loop {
         let line = tokio::select! {
@@ -245,10 +378,10 @@ async fn serve_conn(stream: TcpStream, inner: &Inner, mut kill: watch::Receiver<
 
 /// Waits for [`Backend::release`]: `false` if the connection is to close instead (killed,
 /// or the client closed or, unexpectedly, pipelined a command meanwhile).
-async fn hold(
+async fn hold<S: Conn>(
     inner: &Inner,
     kill: &mut watch::Receiver<u64>,
-    lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    lines: &mut tokio::io::Lines<BufReader<ReadHalf<S>>>,
 ) -> bool {
     let released = inner.release.notified();
     inner.holding.fetch_add(1, SeqCst);
@@ -345,16 +478,21 @@ pub async fn read_line<R: tokio::io::AsyncRead + Unpin>(conn: &mut R) -> std::io
 /// Asserts that an error body leaks nothing internal.
 pub fn assert_no_leak(body: &str, backend: &Backend) {
     let lower = body.to_lowercase();
-    for needle in [
-        backend.addr.to_string(),
-        backend.addr.port().to_string(),
+    let addr = match backend.socket_path() {
+        Some(path) => [path.display().to_string(), "unix:".into()],
+        None => [backend.addr.to_string(), backend.addr.port().to_string()],
+    };
+    for needle in addr.into_iter().chain([
         "127.0.0.1".to_string(),
         "refused".into(),
         "os error".into(),
         "os {".into(),
         "kind:".into(),
         "io error".into(),
-    ] {
+        "certificate".into(),
+        "tls".into(),
+        "handshake".into(),
+    ]) {
         assert!(
             !lower.contains(&needle.to_lowercase()),
             "error body leaks {needle:?}: {body:?}"
@@ -450,7 +588,10 @@ pub mod app {
     }
 
     async fn nodelay(conn: TcpConnection) -> Result<String, TcpPoolError> {
-        Ok(conn.get_ref().nodelay()?.to_string())
+        match conn.get_ref().tcp() {
+            Some(tcp) => Ok(tcp.nodelay()?.to_string()),
+            None => Ok("not tcp".into()),
+        }
     }
 
     async fn none() -> &'static str {

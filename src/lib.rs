@@ -75,7 +75,8 @@
 //! connection is returned and when it is next checked out. A handler that stops reading in
 //! the middle of a reply must call [`TcpConnection::discard`].
 //!
-//! Every discard is counted by reason in [`TcpPool::state`] and logged at `debug`.
+//! Every discard is counted by reason in [`TcpPool::state`] and logged: at `warn` when the
+//! backend failed during an exchange (`IoError`, `Eof`), at `debug` for the routine ones.
 //!
 //! # Errors and HTTP responses
 //!

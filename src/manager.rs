@@ -326,7 +326,17 @@ impl bb8::ManageConnection for TcpManager {
             },
         };
         self.shared.counters.record_discard(reason);
-        tracing::debug!(addr = %self.shared.config.addr, reason = reason.as_str(), "closing connection instead of reusing it");
+        let addr = &self.shared.config.addr;
+        match reason {
+            // The backend failed during an exchange: worth an operator's attention.
+            DiscardReason::IoError | DiscardReason::Eof => {
+                tracing::warn!(%addr, reason = reason.as_str(), "closing connection instead of reusing it");
+            }
+            // Routine: the request or the handler decided, or an idle connection went stale.
+            _ => {
+                tracing::debug!(%addr, reason = reason.as_str(), "closing connection instead of reusing it");
+            }
+        }
         // Send FIN now, before bb8 decides whether to open a replacement.
         let _ = socket2::SockRef::from(&conn.stream).shutdown(Shutdown::Both);
         true

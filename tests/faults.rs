@@ -109,16 +109,28 @@ async fn wait_records(records: &Mutex<Vec<Record>>, what: &str, cond: impl Fn(&R
     .await;
 }
 
+// The phases of the restart test.
+const UP: usize = 0;
+const GOING_DOWN: usize = 1;
+const DOWN: usize = 2;
+const COMING_UP: usize = 3;
+const BACK: usize = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_restart_under_load_fails_only_while_down() {
+    if std::env::var("DBGLOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .try_init();
+    }
     let (_backend, proxy, pool, client) = proxied(|b| {
         b.max_size(4)
             .checkout_timeout(Duration::from_secs(3600))
             .idle_timeout(None)
     })
     .await;
-    // 0: up, 1: down, 2: up again.
-    let phase = Arc::new(AtomicUsize::new(0));
+    let phase = Arc::new(AtomicUsize::new(UP));
     let seq = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let records = Arc::new(Mutex::new(Vec::<Record>::new()));
@@ -155,20 +167,27 @@ async fn backend_restart_under_load_fails_only_while_down() {
         })
         .collect();
     wait_records(&records, "20 requests before the restart", |r| {
-        r.start == 0 && r.end == 0
+        r.start == UP && r.end == UP
     })
     .await;
-    // Marked down before it goes down: a request that ends while it is going down overlaps.
-    phase.store(1, SeqCst);
+    // Transitions are phases of their own: a request that overlaps one may end either way.
+    phase.store(GOING_DOWN, SeqCst);
     proxy.down().await;
+    phase.store(DOWN, SeqCst);
+    let failures_down = pool.state().connect_failures;
     wait_records(&records, "20 requests while down", |r| {
-        r.start == 1 && r.end == 1
+        r.start == DOWN && r.end == DOWN
     })
     .await;
+    phase.store(COMING_UP, SeqCst);
     proxy.up().await.expect("restart the backend");
-    phase.store(2, SeqCst);
+    let failures_up = pool.state().connect_failures;
+    if std::env::var("DBGLOG").is_ok() {
+        tracing::warn!("UP RETURNED");
+    }
+    phase.store(BACK, SeqCst);
     wait_records(&records, "20 requests after the restart", |r| {
-        r.start == 2 && r.end == 2
+        r.start == BACK && r.end == BACK
     })
     .await;
     stop.store(true, SeqCst);
@@ -178,24 +197,24 @@ async fn backend_restart_under_load_fails_only_while_down() {
 
     let records = records.lock().expect("lock").clone();
     let in_phase = |p: usize| records.iter().filter(move |r| r.start == p && r.end == p);
-    let bad_up: Vec<_> = in_phase(0)
-        .chain(in_phase(2))
+    let bad_up: Vec<_> = in_phase(UP)
+        .chain(in_phase(BACK))
         .filter(|r| r.status != 200 || r.body != r.tag)
         .collect();
-    let bad_down: Vec<_> = in_phase(1).filter(|r| r.status != 502).collect();
+    let bad_down: Vec<_> = in_phase(DOWN).filter(|r| r.status != 502).collect();
     let overlapping = records.iter().filter(|r| r.start != r.end).count();
     let first_after = records
         .iter()
-        .filter(|r| r.start == 2)
+        .filter(|r| r.start == BACK)
         .min_by_key(|r| r.seq)
         .cloned();
     let figures = format!(
-        "{} requests: {} while up before, {} while down ({} of them 502), {} after the restart, {} overlapping a transition; {} connect failures",
+        "{} requests: {} while up before, {} while down ({} of them 502), {} after the restart, {} overlapping a transition; connect failures: {failures_down} when it was down, {failures_up} when it was back, {} at the end",
         records.len(),
-        in_phase(0).count(),
-        in_phase(1).count(),
-        in_phase(1).filter(|r| r.status == 502).count(),
-        in_phase(2).count(),
+        in_phase(UP).count(),
+        in_phase(DOWN).count(),
+        in_phase(DOWN).filter(|r| r.status == 502).count(),
+        in_phase(BACK).count(),
         overlapping,
         pool.state().connect_failures
     );

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
@@ -33,6 +33,14 @@ pub(crate) struct Shared {
     last_failure: Mutex<io::ErrorKind>,
     /// Brand-new connections that failed their health check in a row.
     fresh_failures: AtomicU32,
+    /// Connect attempts started; an attempt's number is the count when it started.
+    attempts: AtomicU64,
+    /// Connect attempts under way.
+    connecting: AtomicU64,
+    /// The highest number of a failed attempt: a checkout is failed fast only by an attempt
+    /// that started after it began to wait, not by a stale one that started while the
+    /// backend was down and was seen failing after it came back.
+    last_failed_attempt: AtomicU64,
 }
 
 impl Shared {
@@ -43,10 +51,29 @@ impl Shared {
             connect_failed: Notify::new(),
             last_failure: Mutex::new(io::ErrorKind::Other),
             fresh_failures: AtomicU32::new(0),
+            attempts: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
+            last_failed_attempt: AtomicU64::new(0),
         }
     }
 
-    fn record_connect_failure(&self, err: &io::Error, what: &str) {
+    /// Connect attempts started so far (the number the next one will exceed).
+    pub(crate) fn attempts_started(&self) -> u64 {
+        self.attempts.load(SeqCst)
+    }
+
+    /// Whether an attempt that started after `attempts_started() == since` has failed.
+    pub(crate) fn failed_since(&self, since: u64) -> bool {
+        self.last_failed_attempt.load(SeqCst) > since
+    }
+
+    /// Whether a connect attempt is under way.
+    pub(crate) fn connecting(&self) -> bool {
+        self.connecting.load(SeqCst) > 0
+    }
+
+    fn record_connect_failure(&self, attempt: u64, err: &io::Error, what: &str) {
+        self.last_failed_attempt.fetch_max(attempt, SeqCst);
         self.counters.connect_failures.fetch_add(1, Relaxed);
         tracing::warn!(addr = %self.config.addr, error = %err, "{what}");
         if let Ok(mut last) = self.last_failure.lock() {
@@ -139,6 +166,8 @@ pub struct PooledStream {
     dirty: Option<DiscardReason>,
     /// Not yet handed out by a successful checkout.
     fresh: bool,
+    /// The number of the connect attempt that opened it.
+    attempt: u64,
     /// The runtime that opened it, lent to a drop on a thread without one.
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -251,6 +280,7 @@ impl TcpManager {
         if in_a_row > self.shared.config.max_size {
             self.shared.fresh_failures.store(0, Relaxed);
             self.shared.record_connect_failure(
+                conn.attempt,
                 &err,
                 "new backend connections keep failing their health check",
             );
@@ -266,19 +296,34 @@ impl bb8::ManageConnection for TcpManager {
     type Error = TcpPoolError;
 
     async fn connect(&self) -> Result<PooledStream, TcpPoolError> {
-        match self.open().await {
+        /// Counts the attempt as under way until it ends, even if it is cancelled.
+        struct Connecting<'a>(&'a AtomicU64);
+        impl Drop for Connecting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        self.shared.connecting.fetch_add(1, SeqCst);
+        let connecting = Connecting(&self.shared.connecting);
+        let attempt = self.shared.attempts.fetch_add(1, SeqCst) + 1;
+        let opened = self.open().await;
+        // Ended before the failure is recorded and reported: a checkout woken by it sees it
+        // no longer under way.
+        drop(connecting);
+        match opened {
             Ok(stream) => {
                 tracing::debug!(addr = %self.shared.config.addr, "opened backend connection");
                 Ok(PooledStream {
                     stream,
                     dirty: None,
                     fresh: true,
+                    attempt,
                     runtime: tokio::runtime::Handle::try_current().ok(),
                 })
             }
             Err(e) => {
                 self.shared
-                    .record_connect_failure(&e, "connect to backend failed");
+                    .record_connect_failure(attempt, &e, "connect to backend failed");
                 Err(TcpPoolError::BackendUnreachable(e))
             }
         }

@@ -118,12 +118,6 @@ const BACK: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_restart_under_load_fails_only_while_down() {
-    if std::env::var("DBGLOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .try_init();
-    }
     let (_backend, proxy, pool, client) = proxied(|b| {
         b.max_size(4)
             .checkout_timeout(Duration::from_secs(3600))
@@ -182,9 +176,6 @@ async fn backend_restart_under_load_fails_only_while_down() {
     phase.store(COMING_UP, SeqCst);
     proxy.up().await.expect("restart the backend");
     let failures_up = pool.state().connect_failures;
-    if std::env::var("DBGLOG").is_ok() {
-        tracing::warn!("UP RETURNED");
-    }
     phase.store(BACK, SeqCst);
     wait_records(&records, "20 requests after the restart", |r| {
         r.start == BACK && r.end == BACK

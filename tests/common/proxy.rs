@@ -146,6 +146,10 @@ struct Shared {
     conns: Mutex<HashMap<u64, Tracked>>,
     changed: watch::Sender<()>,
     kill: watch::Sender<u64>,
+    /// Above this many open connections, an accept records what was open (see
+    /// [`Proxy::set_limit`]).
+    limit: AtomicUsize,
+    overflows: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,6 +209,36 @@ impl Shared {
         ambiguous
     }
 
+    /// Describes each connection counted open, for [`Proxy::overflows`].
+    fn record_overflow(&self, id: u64, open: usize, new: &TcpStream) {
+        let state = |s: &TcpStream| {
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+            match socket2::SockRef::from(s).peek(&mut buf) {
+                Ok(0) => "fin".to_string(),
+                Ok(_) => "bytes waiting".to_string(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => "idle".to_string(),
+                Err(e) => format!("error {:?}", e.kind()),
+            }
+        };
+        let conns = lock(&self.conns);
+        let mut ids: Vec<_> = conns.keys().copied().collect();
+        ids.sort_unstable();
+        let mut report = format!("accept #{id} made {open} open (new one: {}):", state(new));
+        for i in ids {
+            let Some(t) = conns.get(&i) else { continue };
+            if !t.counted.load(SeqCst) {
+                continue;
+            }
+            let st = t.client.upgrade().map_or("gone".to_string(), |c| state(&c));
+            report.push_str(&format!(" #{i} {st} {:?};", *t.fault.borrow()));
+        }
+        drop(conns);
+        let mut overflows = lock(&self.overflows);
+        if overflows.len() < 10 {
+            overflows.push(report);
+        }
+    }
+
     fn stats(&self) -> ProxyStats {
         let c = &self.counters;
         ProxyStats {
@@ -254,6 +288,8 @@ impl Proxy {
             conns: Mutex::new(HashMap::new()),
             changed: watch::channel(()).0,
             kill: watch::channel(0).0,
+            limit: AtomicUsize::new(usize::MAX),
+            overflows: Mutex::new(Vec::new()),
         });
         let proxy = Proxy {
             shared,
@@ -266,6 +302,17 @@ impl Proxy {
     /// The address the pool should connect to.
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// Records, at each accept that takes the open count above `limit`, what was open (the
+    /// first 10 times), for an assertion message: see [`overflows`](Self::overflows).
+    pub fn set_limit(&self, limit: usize) {
+        self.shared.limit.store(limit, SeqCst);
+    }
+
+    /// What was open at the accepts that went above the limit.
+    pub fn overflows(&self) -> Vec<String> {
+        lock(&self.shared.overflows).clone()
     }
 
     /// A snapshot of the counters.
@@ -385,10 +432,11 @@ impl Drop for Proxy {
 
 /// Counts a new connection, after retiring those the client has closed. When that would set
 /// a new maximum while some counted socket still has unread bytes, the connection tasks get
-/// a bounded moment (at most about 100 ms) to drain them, so that a FIN behind them is seen.
+/// a bounded moment (at most about 300 ms; they may be sleeping out a latency fault, on a
+/// busy host) to drain them, so that a FIN behind them is seen.
 async fn accept_one(shared: &Arc<Shared>, client: TcpStream) {
     let c = &shared.counters;
-    for _ in 0..100 {
+    for _ in 0..300 {
         let ambiguous = shared.retire_closed();
         if !ambiguous || c.open.load(SeqCst) < c.max_open.load(SeqCst) {
             break;
@@ -399,6 +447,9 @@ async fn accept_one(shared: &Arc<Shared>, client: TcpStream) {
     let open = c.open.fetch_add(1, SeqCst) + 1;
     c.max_open.fetch_max(open, SeqCst);
     let id = shared.next_id.fetch_add(1, SeqCst);
+    if open > shared.limit.load(SeqCst) {
+        shared.record_overflow(id, open, &client);
+    }
     let fault = (lock(&shared.policy))(id);
     let (fault_tx, fault_rx) = watch::channel(fault);
     let counted = Arc::new(AtomicBool::new(true));
@@ -441,10 +492,11 @@ async fn accept_one(shared: &Arc<Shared>, client: TcpStream) {
                 shared.counters.killed.fetch_add(1, SeqCst);
             }
         }
-        // Unregister first: the registry's weak reference must not outlive the socket.
-        lock(&shared.conns).remove(&id);
+        // Close, stop counting, then unregister: a connection counted open is always in the
+        // registry, where an accept can see it closed (its weak reference no longer upgrades).
         drop(client);
         shared.retire(&counted);
+        lock(&shared.conns).remove(&id);
     });
 }
 

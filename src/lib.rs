@@ -86,7 +86,7 @@
 //! | error | when | status |
 //! |---|---|---|
 //! | [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout) | no connection free within `checkout_timeout` | `503`, `Retry-After: 1` |
-//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, connect timed out, or new connections keep failing the health check (more than `max_size` in a row); reported to waiting checkouts as soon as the attempt fails | `502` |
+//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, connect timed out, or new connections keep failing the health check (more than `max_size` in a row); reported to the checkouts waiting when the attempt started as soon as it fails | `502` |
 //! | [`Io`](TcpPoolError::Io) | I/O error during the handler's exchange | `502` |
 //! | [`MissingLayer`](TcpPoolError::MissingLayer) | `TcpConnection` used without [`TcpPoolLayer`] | `500`, body names the layer |
 //! | [`AlreadyExtracted`](TcpPoolError::AlreadyExtracted) | `TcpConnection` extracted twice in one request | `500` |

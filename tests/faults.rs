@@ -372,3 +372,49 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_closes_every_socket(
     assert_eq!(finished, 4, "{figures}");
     assert_eq!((s.in_use, after.open), (0, 0), "{figures}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliced_slow_replies_are_reassembled_and_a_reset_mid_reply_is_discarded() {
+    let (_backend, proxy, pool, client) = proxied(|b| b.max_size(2).idle_timeout(None)).await;
+    // Replies in 1-byte segments 1 ms apart, and late: the reader reassembles them.
+    proxy.set_all(Fault {
+        slice: Some(Duration::from_millis(1)),
+        latency: Some(Duration::from_millis(5)),
+        ..Fault::none()
+    });
+    let tag = "a-reply-long-enough-to-arrive-in-many-segments";
+    for i in 0..5 {
+        let r = client.get(&format!("/echo/{tag}{i}")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, format!("{tag}{i}").as_str()),
+            "sliced reply {i}"
+        );
+    }
+    let clean = pool.state();
+    assert_eq!(
+        (clean.discards.total(), clean.connections_created),
+        (0, 1),
+        "sliced replies reuse one clean connection: {clean:?}"
+    );
+
+    // The backend resets the connection after 3 bytes of the next reply.
+    proxy.set_all(Fault::reset_after(3));
+    let r = client.get("/echo/cut-short").await;
+    let s = common::wait_pool(&pool, "reset connection closed", |s| s.connections == 0).await;
+    let p = proxy.stats();
+    let figures = format!(
+        "reset after 3 bytes: status {}, {} resets at the proxy, discards io_error={} eof={}, {} connections left",
+        r.status, p.resets, s.discards.io_error, s.discards.eof, s.connections
+    );
+    assert_eq!(r.status, 502, "{figures}");
+    assert_eq!(p.resets, 1, "{figures}");
+    assert_eq!(s.discards.io_error + s.discards.eof, 1, "{figures}");
+    proxy.set_all(Fault::none());
+    let r = client.get("/echo/after").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "after"),
+        "{figures}"
+    );
+}

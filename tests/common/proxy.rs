@@ -33,8 +33,8 @@ pub struct Fault {
     pub latency: Option<Duration>,
     /// Accept, read and drop everything the client sends, never reply.
     pub blackhole: bool,
-    /// Reset the client connection (RST) once this many reply bytes were forwarded;
-    /// `Some(0)` resets at once.
+    /// Reset the client connection (RST) once this many reply bytes were forwarded since the
+    /// fault was set (or the connection accepted); `Some(0)` resets at once.
     pub reset_after: Option<u64>,
     /// Close the connection from the server side after it was idle (no bytes either way) this
     /// long, like Redis `timeout`.
@@ -546,10 +546,16 @@ async fn run_conn(
     let mut from_client = [0u8; 4096];
     let mut from_upstream = [0u8; 4096];
     let mut sent: u64 = 0;
+    let mut current = *fault_rx.borrow();
     let mut half_closed = false;
     let mut last = Instant::now();
     loop {
         let fault = *fault_rx.borrow_and_update();
+        if fault != current {
+            // A `reset_after` switched on now counts the bytes from now.
+            current = fault;
+            sent = 0;
+        }
         if fault.reset_after.is_some_and(|n| sent >= n) {
             return End::Reset;
         }

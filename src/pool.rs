@@ -125,9 +125,11 @@ impl<M> TcpPool<M> {
     ///
     /// - [`TcpPoolError::CheckoutTimeout`] if no connection became free within the
     ///   `checkout_timeout`;
-    /// - [`TcpPoolError::BackendUnreachable`] as soon as a connect attempt fails while this
-    ///   call waits and the pool has no open connection that could be returned to it (it does
-    ///   not wait out the checkout timeout).
+    /// - [`TcpPoolError::BackendUnreachable`] as soon as a connect attempt that started
+    ///   while this call waits fails and the pool has no open connection that could be
+    ///   returned to it (it does not wait out the checkout timeout). An attempt that started
+    ///   before this call (say, while the backend was down) does not fail it: a new attempt
+    ///   is made for it if none is under way.
     ///
     /// # Cancellation
     ///
@@ -184,6 +186,7 @@ impl<M> TcpPool<M> {
     async fn checkout(&self) -> Result<TcpConnection<M>, TcpPoolError> {
         // Registered before the checkout starts, so no failure in between is missed.
         let mut failed = pin!(self.shared.connect_failed.notified());
+        let mut since = self.shared.attempts_started();
         let mut checkout = pin!(self.pool.get_owned());
         poll_fn(|cx| loop {
             if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
@@ -196,12 +199,26 @@ impl<M> TcpPool<M> {
             if failed.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // A connect attempt failed. With no connection open, none can come back to us:
-            // the backend is unreachable. Otherwise one may be returned: keep waiting.
-            if self.pool.state().connections == 0 {
+            failed.set(self.shared.connect_failed.notified());
+            // A connect attempt failed. With a connection open, one may be returned to us:
+            // keep waiting.
+            if self.pool.state().connections != 0 {
+                continue;
+            }
+            // None open: if an attempt made since we started waiting failed, the backend is
+            // unreachable.
+            if self.shared.failed_since(since) {
                 return Poll::Ready(Err(self.shared.last_connect_failure()));
             }
-            failed.set(self.shared.connect_failed.notified());
+            // Only an older attempt failed (it may have started while the backend was down
+            // and be seen failing after it came back). If no attempt is under way, bb8 will
+            // not start one for a checkout already waiting: start the checkout afresh, so
+            // that one is made for it. (Bounded: only an attempt older than the new start
+            // can wake it like this again, and none is under way.)
+            if !self.shared.connecting() {
+                since = self.shared.attempts_started();
+                checkout.set(self.pool.get_owned());
+            }
         })
         .await
     }

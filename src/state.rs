@@ -5,8 +5,9 @@ use std::time::Duration;
 
 /// Why a connection was closed instead of being returned to the pool.
 ///
-/// Every discard is counted by reason in [`PoolState::discards`] and logged with `tracing`
-/// at `debug` level.
+/// Every discard is counted by reason in [`PoolState::discards`] and logged with `tracing`:
+/// at `warn` for a backend failure during an exchange (`IoError`, `Eof`), at `debug` for the
+/// routine ones (the rest).
 ///
 /// # Example
 ///

@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+pub mod proxy;
+
 /// Upper bound for any single wait in a test: a generous safety net, not a timing assertion.
 pub const BOUND: Duration = Duration::from_secs(20);
 

@@ -186,8 +186,8 @@ fn checkout(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .sample_size(50)
-        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .measurement_time(Duration::from_millis(1500))
         .warm_up_time(Duration::from_millis(500));
     targets = checkout
 }

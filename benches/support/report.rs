@@ -237,7 +237,7 @@ impl Report {
     fn table(&self, rows: &[Row], with_max_size: bool) -> String {
         let mut out = String::new();
         if with_max_size {
-            out.push_str("| variant | concurrency | max_size | req/s | × bb8_state | p50 µs | p99 µs | p99 × bb8_state | errors |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+            out.push_str("| variant | concurrency | max_size | req/s | × bb8_state | p50 µs | p99 µs | p99 × bb8_state | concurrency ÷ req/s, µs | errors |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         } else {
             out.push_str("| variant | concurrency | req/s (min – max) | × bb8_state | p50 µs | p99 µs | p99 × bb8_state | errors | TIME_WAIT | backend conns | allocs/req |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         }
@@ -349,6 +349,7 @@ impl Report {
         if !self.scale.is_empty() {
             out.push_str("\n## Scale: `layer_eager` next to `bb8_state`\n\n");
             out.push_str(&self.table(&self.scale, true));
+            out.push_str("\nThe first rows grow `max_size` at concurrency 256, the last rows grow concurrency at `max_size` 64, one round each (so noisier than the comparison above). concurrency ÷ req/s is the mean latency a closed loop must show at that throughput (Little's law): a p50 near it means latency grows with the queue, linearly, and nowhere else.\n");
         }
         if !self.memory.is_empty() {
             out.push_str("\n## Memory per idle pooled connection\n\n| idle connections | RSS growth | per connection | heap growth | per connection | bare `TcpStream` pairs, heap per pair |\n|--:|--:|--:|--:|--:|--:|\n");
@@ -444,6 +445,7 @@ impl Report {
             chart
                 .configure_mesh()
                 .x_desc("concurrency")
+                .disable_x_mesh()
                 .x_labels(concurrencies.len() * 4)
                 .x_label_formatter(&|x| {
                     let i = x.round();

@@ -510,15 +510,22 @@ struct Settings {
 /// `--profile VARIANT N`: N requests through the variant's router with `oneshot` (no HTTP,
 /// one thread), for `valgrind --tool=callgrind` (run it with two N and take the difference
 /// per request); prints the allocations per request.
+///
+/// `--profile tcp_pool_get|bb8_get_owned|deadpool_get N` does N bare checkouts and returns
+/// instead (the checkout bench's single-task cycles).
 fn profile(variant: &str, n: u64) {
-    let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
-        eprintln!("unknown variant {variant}");
-        std::process::exit(2);
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    if ["tcp_pool_get", "bb8_get_owned", "deadpool_get"].contains(&variant) {
+        profile_checkout(&rt, variant, n);
+        return;
+    }
+    let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
+        eprintln!("unknown variant {variant}");
+        std::process::exit(2);
+    };
     rt.block_on(async {
         let backend = EchoBackend::start().await.expect("backend");
         let (app, _pools) = app(variant, &backend.addr_string(), 16).await;
@@ -549,6 +556,37 @@ fn profile(variant: &str, n: u64) {
         });
         let per = run.await.expect("profile task");
         println!("{} allocations/request {per:.2}", variant.name());
+    });
+}
+
+fn profile_checkout(rt: &Runtime, what: &str, n: u64) {
+    let what = what.to_string();
+    rt.block_on(async move {
+        let backend = EchoBackend::start().await.expect("backend");
+        let pool = TcpPool::builder(backend.addr_string())
+            .max_size(8)
+            .build()
+            .expect("pool");
+        let deadpool = support::deadpool_pool(&backend.addr_string(), 8);
+        let run = tokio::spawn(async move {
+            let cycle = || async {
+                match what.as_str() {
+                    "tcp_pool_get" => drop(pool.get().await.expect("checkout")),
+                    "bb8_get_owned" => drop(pool.bb8().get_owned().await.expect("checkout")),
+                    _ => drop(deadpool.get().await.expect("checkout")),
+                }
+            };
+            for _ in 0..100 {
+                cycle().await;
+            }
+            let before = ALLOCATIONS.load(Relaxed);
+            for _ in 0..n {
+                cycle().await;
+            }
+            let per = (ALLOCATIONS.load(Relaxed) - before) as f64 / n.max(1) as f64;
+            println!("{what} allocations/checkout {per:.2}");
+        });
+        run.await.expect("profile task");
     });
 }
 

@@ -20,7 +20,7 @@
 //! The variants run in alternating order (forwards, then backwards) over several rounds.
 //!
 //! ```text
-//! cargo bench --bench e2e             # full: 3 rounds, scale sweeps, memory (~4 min)
+//! cargo bench --bench e2e             # full: 5 rounds, scale sweeps, memory (~4 min)
 //! cargo bench --bench e2e -- --quick  # short: 2 rounds of 1.2 s, concurrency 1, 16, 64 (~1 min)
 //! ```
 //!
@@ -618,10 +618,12 @@ fn main() {
         Settings {
             quick,
             concurrencies: vec![1, 16, 64],
-            rounds: 3,
+            // Many short rounds rather than a few long ones: each ratio compares runs that
+            // were seconds apart, which is what keeps a shared machine's load out of it.
+            rounds: 5,
             timing: Timing {
-                warm_up: Duration::from_millis(500),
-                measure: Duration::from_millis(2500),
+                warm_up: Duration::from_millis(400),
+                measure: Duration::from_millis(1600),
             },
             max_size: 16,
         }

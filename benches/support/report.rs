@@ -46,6 +46,8 @@ pub struct Row {
     pub errors: u64,
     /// All requests over all measurement time.
     pub rps: f64,
+    /// Each round's req/s, in round order.
+    pub rps_rounds: Vec<f64>,
     pub rps_min: f64,
     pub rps_max: f64,
     pub p50_us: f64,
@@ -94,6 +96,7 @@ pub fn aggregate(samples: &[Sample], variants: &[&'static str]) -> Vec<Row> {
                 requests,
                 errors: group.iter().map(|s| s.errors).sum(),
                 rps: requests as f64 / seconds.max(1e-9),
+                rps_rounds: rps_each.clone().collect(),
                 rps_min: rps_each.clone().fold(f64::INFINITY, f64::min),
                 rps_max: rps_each.fold(0.0, f64::max),
                 p50_us: quantile_us(&latencies, 0.50),
@@ -159,6 +162,29 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The median over rounds of `row`'s req/s over `base`'s in the same round. The variants of
+/// one round and concurrency run back to back, so a load change on the machine between
+/// rounds affects both sides of each ratio alike.
+pub fn paired_ratio(row: &Row, base: &Row) -> f64 {
+    let mut ratios: Vec<f64> = row
+        .rps_rounds
+        .iter()
+        .zip(&base.rps_rounds)
+        .map(|(a, b)| ratio(*a, *b))
+        .filter(|r| r.is_finite())
+        .collect();
+    if ratios.is_empty() {
+        return f64::NAN;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    if ratios.len() % 2 == 1 {
+        ratios[mid]
+    } else {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    }
+}
+
 fn json_number(x: f64) -> String {
     if x.is_finite() {
         format!("{x:.3}")
@@ -207,7 +233,8 @@ impl Report {
                 out,
                 "  {{\"variant\": \"{}\", \"concurrency\": {}, \"requests\": {}, \"errors\": {}, \
                  \"rps\": {}, \"p50_us\": {}, \"p99_us\": {}, \"max_size\": {}, \"rounds\": {}, \
-                 \"rps_min\": {}, \"rps_max\": {}, \"rps_vs_bb8_state\": {}, \"p99_vs_bb8_state\": {}, \
+                 \"rps_min\": {}, \"rps_max\": {}, \"rps_rounds\": [{}], \"rps_vs_bb8_state\": {}, \
+                 \"rps_vs_bb8_state_paired_median\": {}, \"p99_vs_bb8_state\": {}, \
                  \"time_wait\": {}, \"backend_connections\": {}, \"pool_connections\": {}, \
                  \"allocs_per_request\": {}}}",
                 r.variant,
@@ -221,11 +248,18 @@ impl Report {
                 r.rounds,
                 json_number(r.rps_min),
                 json_number(r.rps_max),
+                r.rps_rounds
+                    .iter()
+                    .map(|x| json_number(*x))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 json_number(base.map_or(f64::NAN, |b| ratio(r.rps, b.rps))),
+                json_number(base.map_or(f64::NAN, |b| paired_ratio(r, b))),
                 json_number(base.map_or(f64::NAN, |b| ratio(r.p99_us, b.p99_us))),
                 r.time_wait,
                 r.backend_connections,
-                r.pool_connections.map_or("null".to_string(), |n| n.to_string()),
+                r.pool_connections
+                    .map_or("null".to_string(), |n| n.to_string()),
                 json_number(r.allocs_per_request),
             );
             out.push_str(if i + 1 < rows.len() { ",\n" } else { "\n" });
@@ -292,34 +326,39 @@ impl Report {
             let (Some(bb8), Some(cpr)) = (get("bb8_state"), get("connect_per_request")) else {
                 continue;
             };
+            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
             for v in ["layer_eager", "layer_lazy"] {
                 let Some(r) = get(v) else { continue };
-                let rps = ratio(r.rps, bb8.rps);
+                let paired = paired_ratio(r, bb8);
                 let p99 = ratio(r.p99_us, bb8.p99_us);
-                let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
                 let _ = writeln!(
                     out,
-                    "- c={c} `{v}`: req/s {rps:.3}× bb8_state (≥ 0.97: {}), p99 {p99:.3}× (≤ 1.05: {}), {:.2}× connect_per_request ({}), allocations +{:.1}/request vs bb8_state",
-                    verdict(rps >= 0.97),
+                    "- c={c} `{v}`: req/s {paired:.3}× bb8_state (median of per-round ratios; pooled {:.3}×) (≥ 0.97: {}), p99 {p99:.3}× (≤ 1.05: {}); {:.2}× connect_per_request (faster: {}); TIME_WAIT {} vs {} for connect_per_request (none: {}); allocations {:+.1}/request vs bb8_state",
+                    ratio(r.rps, bb8.rps),
+                    verdict(paired >= 0.97),
                     verdict(p99 <= 1.05),
-                    ratio(r.rps, cpr.rps),
-                    verdict(r.rps > cpr.rps),
+                    paired_ratio(r, cpr),
+                    verdict(paired_ratio(r, cpr) > 1.0),
+                    r.time_wait,
+                    cpr.time_wait,
+                    verdict(r.time_wait == 0),
                     r.allocs_per_request - bb8.allocs_per_request,
                 );
             }
             if let (Some(dp), Some(eager)) = (get("deadpool_state"), get("layer_eager")) {
                 let _ = writeln!(
                     out,
-                    "- c={c} `layer_eager` vs `deadpool_state`: req/s {:.3}×, p99 {:.3}×",
-                    ratio(eager.rps, dp.rps),
-                    ratio(eager.p99_us, dp.p99_us)
+                    "- c={c} `layer_eager` vs `deadpool_state`: req/s {:.3}× (median of per-round ratios), p99 {:.3}×; `deadpool_state` vs `bb8_state`: {:.3}×",
+                    paired_ratio(eager, dp),
+                    ratio(eager.p99_us, dp.p99_us),
+                    paired_ratio(dp, bb8),
                 );
             }
             if let Some(d) = get("dedicated") {
                 let _ = writeln!(
                     out,
-                    "- c={c} `dedicated` (upper bound): {:.3}× bb8_state",
-                    ratio(d.rps, bb8.rps)
+                    "- c={c} `dedicated` (upper bound): {:.3}× bb8_state (median of per-round ratios)",
+                    paired_ratio(d, bb8)
                 );
             }
         }

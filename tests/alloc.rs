@@ -166,3 +166,52 @@ async fn router_layer_adds_three_allocations_over_a_pool_in_state() {
         "every request reused the one connection"
     );
 }
+
+/// Checkouts that wait at the same time (more requests in flight than connections) each need
+/// a box for bb8's checkout future; once warm, those boxes are recycled too.
+#[tokio::test(flavor = "current_thread")]
+async fn overlapping_eager_checkouts_recycle_their_boxes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(2)
+        .build()
+        .expect("pool");
+    async fn per_request(layer: TcpPoolLayer) -> f64 {
+        // The handler yields while holding its connection, so that the 16 requests of a
+        // batch wait for the pool's 2 connections at the same time.
+        let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+            let (mut parts, ()) = req.into_parts();
+            let conn =
+                <TcpConnection as axum_core::extract::FromRequestParts<()>>::from_request_parts(
+                    &mut parts,
+                    &(),
+                )
+                .await;
+            tokio::task::yield_now().await;
+            Ok::<_, Infallible>(match conn {
+                Ok(_) => http::StatusCode::OK,
+                Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            })
+        }));
+        quietest_per_call(|| {
+            let svc = svc.clone();
+            async move {
+                let batch = (0..16).map(|_| svc.clone().oneshot(http::Request::new(())));
+                for res in futures_util::future::join_all(batch).await {
+                    assert!(matches!(res, Ok(ref r) if r.status() == 200));
+                }
+            }
+        })
+        .await
+            / 16.0
+    }
+    let eager = per_request(TcpPoolLayer::new(pool.clone())).await;
+    let lazy = per_request(TcpPoolLayer::new(pool.clone()).lazy()).await;
+    println!("allocations per overlapping request: eager {eager:.2}, lazy {lazy:.2}");
+    assert!(
+        eager <= lazy,
+        "overlapping eager checkouts allocate: {eager} vs lazy {lazy}"
+    );
+    assert!(pool.state().connections <= 2);
+}

@@ -568,25 +568,42 @@ fn profile_checkout(rt: &Runtime, what: &str, n: u64) {
             .build()
             .expect("pool");
         let deadpool = support::deadpool_pool(&backend.addr_string(), 8);
-        let run = tokio::spawn(async move {
-            let cycle = || async {
-                match what.as_str() {
-                    "tcp_pool_get" => drop(pool.get().await.expect("checkout")),
-                    "bb8_get_owned" => drop(pool.bb8().get_owned().await.expect("checkout")),
-                    _ => drop(deadpool.get().await.expect("checkout")),
+        // `PROFILE_TASKS=64` runs the cycles in 64 tasks sharing the pool of 8 (every
+        // checkout waits), as the contended checkout bench does.
+        let tasks: u64 = std::env::var("PROFILE_TASKS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        let before = ALLOCATIONS.load(Relaxed);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let (pool, deadpool, what) = (pool.clone(), deadpool.clone(), what.clone());
+            set.spawn(async move {
+                for _ in 0..n / tasks {
+                    // Held across a yield, so that with more tasks than connections the
+                    // others wait for it.
+                    match what.as_str() {
+                        "tcp_pool_get" => {
+                            let _conn = pool.get().await.expect("checkout");
+                            tokio::task::yield_now().await;
+                        }
+                        "bb8_get_owned" => {
+                            let _conn = pool.bb8().get_owned().await.expect("checkout");
+                            tokio::task::yield_now().await;
+                        }
+                        _ => {
+                            let _conn = deadpool.get().await.expect("checkout");
+                            tokio::task::yield_now().await;
+                        }
+                    }
                 }
-            };
-            for _ in 0..100 {
-                cycle().await;
-            }
-            let before = ALLOCATIONS.load(Relaxed);
-            for _ in 0..n {
-                cycle().await;
-            }
-            let per = (ALLOCATIONS.load(Relaxed) - before) as f64 / n.max(1) as f64;
-            println!("{what} allocations/checkout {per:.2}");
-        });
-        run.await.expect("profile task");
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            joined.expect("profile task");
+        }
+        let per = (ALLOCATIONS.load(Relaxed) - before) as f64 / n.max(1) as f64;
+        println!("{what} allocations/checkout {per:.2} ({tasks} tasks)");
     });
 }
 

@@ -282,7 +282,7 @@ impl Report {
             if with_max_size {
                 let _ = writeln!(
                     out,
-                    "| `{}` | {} | {} | {:.0} | {:.3} | {:.1} | {:.1} | {:.3} | {} |",
+                    "| `{}` | {} | {} | {:.0} | {:.3} | {:.1} | {:.1} | {:.3} | {:.0} | {} |",
                     r.variant,
                     r.concurrency,
                     r.max_size,
@@ -291,6 +291,7 @@ impl Report {
                     r.p50_us,
                     r.p99_us,
                     p99_ratio,
+                    r.concurrency as f64 / r.rps.max(1e-9) * 1e6,
                     r.errors
                 );
             } else {

@@ -120,6 +120,8 @@ pub fn aggregate(samples: &[Sample], variants: &[&'static str]) -> Vec<Row> {
 #[derive(Debug)]
 pub struct Memory {
     pub connections: u32,
+    /// Every connection was opened and accepted in time (else the figures are partial).
+    pub complete: bool,
     /// VmRSS growth while the pool opened them (both ends live in this process).
     pub rss_delta: Option<i64>,
     /// Live heap growth, same.
@@ -403,8 +405,13 @@ impl Report {
                     .map_or("?".to_string(), |r| format!("{} B", r / n));
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} KiB | {} B | {} B |",
+                    "| {}{} | {} | {} | {} KiB | {} B | {} B |",
                     m.connections,
+                    if m.complete {
+                        ""
+                    } else {
+                        " (incomplete: see stderr)"
+                    },
                     rss,
                     rss_each,
                     m.heap_delta / 1024,

@@ -1,41 +1,102 @@
-//! What a checkout costs: `TcpPool::get` against raw bb8, and a full round trip.
+//! One checkout and return, with an idle connection available, through each way of pooling:
 //!
-//! Everything runs against an echo backend on loopback, in one multi-thread Tokio runtime,
-//! with a pool of `max_size(8).min_idle(1)`. Every benchmark finds an idle connection, so
-//! these are the costs of the hot path: no connect, no waiting.
+//! | benchmark | what one cycle does |
+//! |---|---|
+//! | `bb8_get_owned` | `pool.bb8().get_owned()` and drop: raw bb8 with this crate's manager |
+//! | `tcp_pool_get` | `TcpPool::get()` and drop |
+//! | `layer_eager` | `TcpPoolService::call` (eager) on a request, the inner service extracts the `TcpConnection` and drops it |
+//! | `layer_lazy` | the same with a lazy layer: the extraction checks out |
+//! | `deadpool_get` | `deadpool::managed::Pool::get()` and drop, with a TCP manager doing the same peek |
+//! | `round_trip_16b` | `TcpPool::get()`, write 16 bytes, read their echo, drop (single task only) |
+//!
+//! Each runs single-task (`single/…`) and with 64 tasks sharing a pool of 8
+//! (`contended_64_tasks_pool_8/…`, time per cycle = wall time / cycles of all tasks). All
+//! against a loopback echo backend in one multi-thread Tokio runtime (one worker per CPU).
 //!
 //! ```text
 //! cargo bench --bench checkout
 //! ```
 
-use std::time::Duration;
+mod support;
 
-use axum_tcp_pool::TcpPool;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum_core::extract::FromRequestParts;
+use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
 use criterion::{criterion_group, criterion_main, Criterion};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use http::{Request, StatusCode};
+use support::{exchange, EchoBackend};
 use tokio::runtime::Runtime;
+use tower::{service_fn, Layer, Service, ServiceExt};
 
-/// One request line: 15 bytes and a newline.
-const LINE: &[u8; 16] = b"0123456789abcde\n";
+const POOL_SIZE: u32 = 8;
+const CONTENDED_TASKS: u64 = 64;
 
-/// Starts a loopback echo server on `rt` and returns its address.
-fn echo_backend(rt: &Runtime) -> String {
-    rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the echo backend");
-        let addr = listener.local_addr().expect("echo backend address");
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = stream.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
+/// One way of checking a connection out and back in.
+#[derive(Clone)]
+enum Target<S> {
+    Bb8(TcpPool),
+    TcpPool(TcpPool),
+    Layer(S),
+    Deadpool(deadpool::managed::Pool<support::DeadpoolTcp>),
+    RoundTrip(TcpPool),
+}
+
+impl<S> Target<S>
+where
+    S: Service<Request<()>, Response = axum_core::response::Response, Error = Infallible>,
+{
+    async fn cycle(&mut self) {
+        match self {
+            Target::Bb8(pool) => drop(pool.bb8().get_owned().await.expect("bb8 checkout")),
+            Target::TcpPool(pool) => drop(pool.get().await.expect("checkout")),
+            Target::Layer(svc) => {
+                let res = match svc.ready().await {
+                    Ok(svc) => svc.call(Request::new(())).await,
+                    Err(e) => match e {},
+                };
+                let status = match res {
+                    Ok(res) => res.status(),
+                    Err(e) => match e {},
+                };
+                assert_eq!(status, StatusCode::OK, "layer checkout");
+            }
+            Target::Deadpool(pool) => drop(pool.get().await.expect("deadpool checkout")),
+            Target::RoundTrip(pool) => {
+                let mut conn = pool.get().await.expect("checkout");
+                exchange(&mut conn).await.expect("round trip");
+            }
+        }
+    }
+}
+
+/// Runs `iters` cycles spread over `tasks` tasks and returns the time for `iters` cycles.
+async fn run<S>(target: &Target<S>, tasks: u64, iters: u64) -> Duration
+where
+    S: Service<Request<()>, Response = axum_core::response::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let per_task = iters.div_ceil(tasks).max(1);
+    let mut set = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..tasks {
+        let mut target = target.clone();
+        set.spawn(async move {
+            for _ in 0..per_task {
+                target.cycle().await;
             }
         });
-        addr.to_string()
-    })
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.expect("bench task");
+    }
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per_task * tasks) as f64)
 }
 
 fn checkout(c: &mut Criterion) {
@@ -43,44 +104,71 @@ fn checkout(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("build the Tokio runtime");
-    let addr = echo_backend(&rt);
-    let pool = rt
-        .block_on(TcpPool::builder(addr).max_size(8).min_idle(1).connect())
-        .expect("connect the pool to the echo backend");
-    let pool = &pool;
+    let rt: &Runtime = &rt;
+    let (_backend, pool, deadpool) = rt.block_on(async {
+        let backend = EchoBackend::start().await.expect("echo backend");
+        let pool = TcpPool::builder(backend.addr_string())
+            .max_size(POOL_SIZE)
+            .min_idle(POOL_SIZE)
+            .idle_timeout(None)
+            .connect()
+            .await
+            .expect("connect the pool to the echo backend");
+        let deadpool = support::deadpool_pool(&backend.addr_string(), POOL_SIZE as usize);
+        // Open all of deadpool's connections up front, as min_idle does for the others.
+        let held: Vec<_> = futures_util::future::join_all((0..POOL_SIZE).map(|_| deadpool.get()))
+            .await
+            .into_iter()
+            .map(|c| c.expect("deadpool connect"))
+            .collect();
+        drop(held);
+        (backend, pool, deadpool)
+    });
+    // Wait (bounded) until bb8 has opened min_idle connections.
+    for _ in 0..500 {
+        if pool.state().idle == POOL_SIZE {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
-    let mut group = c.benchmark_group("checkout");
-
-    // (a) One checkout and return through this crate: bb8, the peek health check, the
-    // clean-state tracking and the return-time check.
-    group.bench_function("tcp_pool_get_drop", |b| {
-        b.to_async(&rt).iter(|| async move {
-            let conn = pool.get().await.expect("checkout");
-            drop(conn);
+    // The inner service of the layer benches: take the connection out of the request, as a
+    // handler's extractor does, and drop it (back to the pool).
+    let inner = service_fn(|req: Request<()>| async move {
+        let (mut parts, ()) = req.into_parts();
+        let conn = <TcpConnection>::from_request_parts(&mut parts, &()).await;
+        Ok::<_, Infallible>(match conn {
+            Ok(_) => StatusCode::OK,
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
         })
     });
+    let eager = TcpPoolLayer::new(pool.clone()).layer(inner);
+    let lazy = TcpPoolLayer::new(pool.clone()).lazy().layer(inner);
 
-    // (b) The same through bb8 directly (the peek still runs: it is the manager's
-    // `is_valid`), for comparison.
-    group.bench_function("bb8_get_owned_drop", |b| {
-        b.to_async(&rt).iter(|| async move {
-            let conn = pool.bb8().get_owned().await.expect("checkout");
-            drop(conn);
-        })
-    });
+    let targets = [
+        ("bb8_get_owned", Target::Bb8(pool.clone())),
+        ("tcp_pool_get", Target::TcpPool(pool.clone())),
+        ("layer_eager", Target::Layer(eager)),
+        ("layer_lazy", Target::Layer(lazy)),
+        ("deadpool_get", Target::Deadpool(deadpool.clone())),
+        ("round_trip_16b", Target::RoundTrip(pool.clone())),
+    ];
 
-    // (c) A whole exchange: checkout, write a 16-byte line, read the 16-byte echo, return.
-    group.bench_function("round_trip_16b", |b| {
-        b.to_async(&rt).iter(|| async move {
-            let mut conn = pool.get().await.expect("checkout");
-            conn.write_all(LINE).await.expect("write");
-            let mut reply = [0u8; 16];
-            conn.read_exact(&mut reply).await.expect("read");
-            assert_eq!(&reply, LINE);
-            drop(conn);
-        })
-    });
+    let mut group = c.benchmark_group("single");
+    for (name, target) in &targets {
+        group.bench_function(*name, |b| {
+            b.to_async(rt).iter_custom(|iters| run(target, 1, iters))
+        });
+    }
+    group.finish();
 
+    let mut group = c.benchmark_group("contended_64_tasks_pool_8");
+    for (name, target) in targets.iter().filter(|(name, _)| *name != "round_trip_16b") {
+        group.bench_function(*name, |b| {
+            b.to_async(rt)
+                .iter_custom(|iters| run(target, CONTENDED_TASKS, iters))
+        });
+    }
     group.finish();
 
     let state = pool.state();
@@ -89,13 +177,18 @@ fn checkout(c: &mut Criterion) {
         0,
         "every connection should have gone back clean: {state:?}"
     );
+    assert!(
+        state.connections <= POOL_SIZE,
+        "the pool stayed within max_size: {state:?}"
+    );
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+        .sample_size(30)
+        .measurement_time(Duration::from_millis(1500))
+        .warm_up_time(Duration::from_millis(500));
     targets = checkout
 }
 criterion_main!(benches);

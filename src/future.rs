@@ -1,6 +1,6 @@
 //! [`ResponseFuture`]: checks out (eager mode), then runs the inner service.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -15,18 +15,26 @@ use crate::slot::Slot;
 use crate::{TcpConnection, TcpPool, TcpPoolError};
 
 /// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust, so it
-/// is boxed; the box is recycled (one spare per thread), so a steady stream of requests
-/// allocates none. A thread-local cannot be generic: the checkout yields an unmarked
-/// connection, given its pool's marker when it goes into the request ([`insert_slot`]).
+/// is boxed; the boxes are recycled (up to [`SPARES_PER_THREAD`] per thread, enough for as
+/// many checkouts as wait at once there), so a steady stream of requests allocates none.
+/// A thread-local cannot be generic: the checkout yields an unmarked connection, given its
+/// pool's marker when it goes into the request ([`insert_slot`]).
 type Checkout = ReusableBoxFuture<'static, Result<TcpConnection, TcpPoolError>>;
 
+/// The most finished checkout boxes a thread keeps for reuse (a few hundred bytes each).
+const SPARES_PER_THREAD: usize = 64;
+
 thread_local! {
-    static SPARE_CHECKOUT: Cell<Option<Checkout>> = const { Cell::new(None) };
+    static SPARE_CHECKOUTS: RefCell<Vec<Checkout>> = const { RefCell::new(Vec::new()) };
 }
 
 fn start_checkout(pool: TcpPool) -> Checkout {
     let future = async move { pool.get().await };
-    match SPARE_CHECKOUT.with(Cell::take) {
+    let spare = SPARE_CHECKOUTS
+        .try_with(|spares| spares.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten();
+    match spare {
         Some(mut spare) => {
             spare.set(future);
             spare
@@ -40,9 +48,15 @@ fn insert_slot<M: 'static>(extensions: &mut Extensions, conn: TcpConnection) {
     extensions.insert(Slot::<M>::Ready(conn.with_marker()));
 }
 
-/// Keeps a finished checkout's box for the next request on this thread.
+/// Keeps a finished checkout's box for a later request on this thread.
 fn recycle(checkout: Checkout) {
-    SPARE_CHECKOUT.with(|spare| spare.set(Some(checkout)));
+    let _ = SPARE_CHECKOUTS.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut() {
+            if spares.len() < SPARES_PER_THREAD {
+                spares.push(checkout);
+            }
+        }
+    });
 }
 
 pin_project! {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -472,17 +472,33 @@ impl HttpClient {
     }
 
     pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
-        let req = http::Request::get(format!("{}{path}", self.base))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let (parts, body) = self
+            .try_request(Method::GET, path, Bytes::new())
+            .await?
+            .into_parts();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
+    }
+
+    /// Sends `method path` with `body` and reads the response to its end; the body as bytes.
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<Bytes>, String> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(http::Response::from_parts(parts, body))
     }
 }
 

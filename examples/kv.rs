@@ -14,8 +14,9 @@
 //! - [`TcpPool::state`] as a `/stats` page.
 //!
 //! To be runnable with nothing else installed, the example starts its own tiny key-value
-//! backend in the same process, on a free loopback port. Its protocol is one line per
-//! command and one line per reply:
+//! backend in the same process, on a free loopback port (`support::spawn_kv_backend`, in
+//! `examples/support/mod.rs` with the other plumbing the examples share). Its protocol is
+//! one line per command and one line per reply:
 //!
 //! ```text
 //! GET key          ->  VALUE <value>  |  NOT_FOUND

@@ -14,8 +14,9 @@
 //! - [`TcpPool::state`] as a `/stats` page.
 //!
 //! To be runnable with nothing else installed, the example starts its own tiny key-value
-//! backend in the same process, on a free loopback port. Its protocol is one line per
-//! command and one line per reply:
+//! backend in the same process, on a free loopback port (`support::spawn_kv_backend`, in
+//! `examples/support/mod.rs` with the other plumbing the examples share). Its protocol is
+//! one line per command and one line per reply:
 //!
 //! ```text
 //! GET key          ->  VALUE <value>  |  NOT_FOUND
@@ -39,10 +40,7 @@
 //!
 //! Stop it with Ctrl-C: requests in flight finish, then it exits.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -52,7 +50,8 @@ use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+
+mod support;
 
 /// The longest line, command or reply, either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -65,15 +64,8 @@ const MAX_VALUE: usize = 60 * 1024;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
-        Err(_) => 3000,
-    };
-
     // The backend: in a real service, the address of your cache or legacy system.
-    let backend = spawn_backend().await?;
+    let backend = support::spawn_kv_backend(MAX_LINE).await?;
 
     // `connect()` waits for `min_idle` connections, so a dead backend stops us here.
     let pool = TcpPool::builder(backend.to_string())
@@ -90,11 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/stats", get(stats))
         .with_state(pool);
 
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(|e| {
-            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
-        })?;
+    let listener = support::listen().await?;
     let addr = listener.local_addr()?;
     println!("key-value backend on {backend}");
     println!("listening on http://{addr}");
@@ -104,19 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl localhost:{}/stats", addr.port());
 
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(support::shutdown_signal())
         .await?;
     println!("shut down");
     Ok(())
-}
-
-/// Resolves on Ctrl-C. If the signal handler cannot be installed, it never resolves (rather
-/// than shutting the server down at once).
-async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
-        std::future::pending::<()>().await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -234,75 +213,4 @@ fn check_value(value: &str) -> Result<(), &'static str> {
         return Err("the value must not contain line breaks\n");
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// The in-process key-value backend (stands in for a real server)
-// ---------------------------------------------------------------------------------------
-
-type Store = Arc<Mutex<HashMap<String, String>>>;
-
-/// Starts the backend on a free loopback port and returns its address.
-async fn spawn_backend() -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
-    let store = Store::default();
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = serve_backend_connection(stream, store).await {
-                            tracing::debug!(error = %err, "backend connection ended");
-                        }
-                    });
-                }
-                Err(err) => {
-                    // E.g. out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %err, "backend accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    Ok(addr)
-}
-
-/// One backend connection: a line in, a line out, until the client hangs up.
-async fn serve_backend_connection(stream: TcpStream, store: Store) -> io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if (&mut reader).take(MAX_LINE).read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let Some(command) = line.strip_suffix('\n') else {
-            writer.write_all(b"ERROR line too long\n").await?;
-            return Ok(());
-        };
-        writer
-            .write_all(execute(command, &store).as_bytes())
-            .await?;
-    }
-}
-
-fn execute(command: &str, store: &Store) -> String {
-    let mut map = store.lock().unwrap_or_else(PoisonError::into_inner);
-    match command.split_once(' ') {
-        Some(("GET", key)) => match map.get(key) {
-            Some(value) => format!("VALUE {value}\n"),
-            None => "NOT_FOUND\n".to_owned(),
-        },
-        Some(("SET", rest)) => match rest.split_once(' ') {
-            Some((key, value)) => {
-                map.insert(key.to_owned(), value.to_owned());
-                "OK\n".to_owned()
-            }
-            None => "ERROR usage: SET key value\n".to_owned(),
-        },
-        _ => "ERROR unknown command\n".to_owned(),
-    }
 }

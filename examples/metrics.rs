@@ -28,8 +28,6 @@
 //! Stop it with Ctrl-C.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -39,7 +37,8 @@ use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+
+mod support;
 
 /// The longest line either side accepts (newline included).
 const MAX_LINE: u64 = 4096;
@@ -54,17 +53,11 @@ struct Metrics {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
-        Err(_) => 3000,
-    };
-
     // The global recorder: installed once, before anything records.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
 
-    let backend = spawn_echo_backend().await?;
+    // A line-echo backend.
+    let backend = support::spawn_line_backend(MAX_LINE, |line| format!("{line}\n")).await?;
     let pool = TcpPool::builder(backend.to_string())
         .name("echo")
         .max_size(8)
@@ -78,11 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/metrics", get(metrics))
         .with_state(Metrics { pool, prometheus });
 
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(|e| {
-            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
-        })?;
+    let listener = support::listen().await?;
     let addr = listener.local_addr()?;
     println!("echo backend on {backend}");
     println!("listening on http://{addr}");
@@ -92,18 +81,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(support::shutdown_signal())
         .await?;
     println!("shut down");
     Ok(())
-}
-
-/// Resolves on Ctrl-C (never, if the signal handler cannot be installed).
-async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
-        std::future::pending::<()>().await;
-    }
 }
 
 /// `GET /metrics`: the pool's gauges and counters, as of now, in Prometheus text format.
@@ -118,8 +99,8 @@ async fn metrics(State(m): State<Metrics>) -> Response {
 
 /// `GET /echo/{text}`: one clean exchange; the connection goes back to the pool.
 async fn echo(Path(text): Path<String>, mut conn: TcpConnection) -> Result<Response, TcpPoolError> {
-    if text.contains(['\n', '\r']) {
-        return Ok((StatusCode::BAD_REQUEST, "one line, please\n").into_response());
+    if text.contains(['\n', '\r']) || text.len() >= MAX_LINE as usize {
+        return Ok((StatusCode::BAD_REQUEST, "one short line, please\n").into_response());
     }
     conn.write_all(format!("{text}\n").as_bytes()).await?;
     let mut line = String::new();
@@ -146,41 +127,4 @@ async fn forget(
     conn.write_all(format!("{}\n", text.replace(['\n', '\r'], " ")).as_bytes())
         .await?;
     Ok("sent, reply not read: that connection will be closed\n")
-}
-
-/// A line-echo backend on a free loopback port.
-async fn spawn_echo_backend() -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(async move {
-                        if let Err(err) = echo_lines(stream).await {
-                            tracing::debug!(error = %err, "backend connection ended");
-                        }
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "backend accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    Ok(addr)
-}
-
-async fn echo_lines(stream: TcpStream) -> io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if (&mut reader).take(MAX_LINE).read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        writer.write_all(line.as_bytes()).await?;
-    }
 }

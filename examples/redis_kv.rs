@@ -45,7 +45,6 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -62,8 +61,9 @@ use redis_protocol::codec::Resp2;
 use redis_protocol::error::RedisProtocolErrorKind;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
+
+mod support;
 
 /// Where Redis is when `REDIS_ADDR` is not set.
 pub const DEFAULT_REDIS_ADDR: &str = "127.0.0.1:6379";
@@ -76,12 +76,6 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 async fn main() -> Result<(), Box<dyn StdError>> {
     tracing_subscriber::fmt::init();
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
-        Err(_) => 3000,
-    };
     let redis = std::env::var("REDIS_ADDR").unwrap_or_else(|_| DEFAULT_REDIS_ADDR.to_owned());
 
     // `connect()` waits for `min_idle` connections, so a missing Redis stops us here.
@@ -97,11 +91,7 @@ async fn main() -> Result<(), Box<dyn StdError>> {
             )
         })?;
 
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(|e| {
-            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
-        })?;
+    let listener = support::listen().await?;
     let addr = listener.local_addr()?;
     let p = addr.port();
     println!("Redis at {redis}");
@@ -114,19 +104,10 @@ async fn main() -> Result<(), Box<dyn StdError>> {
     println!("  curl localhost:{p}/stats");
 
     axum::serve(listener, app(pool))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(support::shutdown_signal())
         .await?;
     println!("shut down");
     Ok(())
-}
-
-/// Resolves on Ctrl-C. If the signal handler cannot be installed, it never resolves (rather
-/// than shutting the server down at once).
-async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
-        std::future::pending::<()>().await;
-    }
 }
 
 /// The pool settings for Redis at `addr`: `PING` as the health check, and idle connections

@@ -43,6 +43,8 @@ use axum_tcp_pool::{BackendStream, TcpConnection, TcpPool, TcpPoolError, TcpPool
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+mod support;
+
 /// The longest line either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
 
@@ -51,13 +53,6 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt::init();
-
-    let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
-        Err(_) => 3000,
-    };
 
     // The backends: in a real service, a socket path and a host name of your own.
     let dir = SocketDir::new()?;
@@ -92,11 +87,7 @@ async fn main() -> Result<(), Error> {
         .route("/stats", get(stats))
         .with_state([unix_pool, tls_pool]);
 
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(|e| {
-            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
-        })?;
+    let listener = support::listen().await?;
     let addr = listener.local_addr()?;
     println!("backends on unix:{} and {tls_addr} (TLS)", socket.display());
     println!("listening on http://{addr}");
@@ -106,7 +97,7 @@ async fn main() -> Result<(), Error> {
     println!("  curl localhost:{}/stats", addr.port());
 
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(support::shutdown_signal())
         .await?;
     println!("shut down");
     Ok(())
@@ -226,14 +217,5 @@ impl SocketDir {
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Resolves on Ctrl-C. If the signal handler cannot be installed, it never resolves (rather
-/// than shutting the server down at once).
-async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
-        std::future::pending::<()>().await;
     }
 }

@@ -37,10 +37,7 @@
 //!
 //! Stop it with Ctrl-C.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -50,7 +47,8 @@ use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+
+mod support;
 
 /// Marks the cache's pool and its connections.
 enum Cache {}
@@ -70,16 +68,9 @@ struct Pools {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
-        Err(_) => 3000,
-    };
-
     // The backends: in a real service, the addresses of your cache and legacy system.
-    let cache_addr = spawn_backend(cache_command).await?;
-    let legacy_addr = spawn_backend(directory_command).await?;
+    let cache_addr = support::spawn_kv_backend(MAX_LINE).await?;
+    let legacy_addr = support::spawn_line_backend(MAX_LINE, directory_command).await?;
 
     // The marker is fixed when the pool is built; the layers and extractors follow from it.
     let cache: TcpPool<Cache> = TcpPool::builder(cache_addr.to_string())
@@ -106,11 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/stats", get(stats))
         .with_state(Pools { cache, legacy });
 
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(|e| {
-            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
-        })?;
+    let listener = support::listen().await?;
     let addr = listener.local_addr()?;
     println!("cache backend on {cache_addr}, directory backend on {legacy_addr}");
     println!("listening on http://{addr}");
@@ -120,18 +107,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(support::shutdown_signal())
         .await?;
     println!("shut down");
     Ok(())
-}
-
-/// Resolves on Ctrl-C (never, if the signal handler cannot be installed).
-async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
-        std::future::pending::<()>().await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -276,82 +255,12 @@ fn valid_word(s: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// The two in-process backends (they stand in for real servers)
+// The in-process directory backend (it stands in for a real server; the cache is
+// `support::spawn_kv_backend`)
 // ---------------------------------------------------------------------------------------
 
-type Store = Arc<Mutex<HashMap<String, String>>>;
-
-/// Starts a line-protocol backend on a free loopback port; `execute` answers each command.
-async fn spawn_backend(execute: fn(&str, &Store) -> String) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
-    let store = Store::default();
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = serve_backend_connection(stream, execute, store).await {
-                            tracing::debug!(error = %err, "backend connection ended");
-                        }
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "backend accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    Ok(addr)
-}
-
-/// One backend connection: a line in, a line out, until the client hangs up.
-async fn serve_backend_connection(
-    stream: TcpStream,
-    execute: fn(&str, &Store) -> String,
-    store: Store,
-) -> io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if (&mut reader).take(MAX_LINE).read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let Some(command) = line.strip_suffix('\n') else {
-            writer.write_all(b"ERROR line too long\n").await?;
-            return Ok(());
-        };
-        writer
-            .write_all(execute(command, &store).as_bytes())
-            .await?;
-    }
-}
-
-/// The cache: `GET key`, `SET key value`.
-fn cache_command(command: &str, store: &Store) -> String {
-    let mut map = store.lock().unwrap_or_else(PoisonError::into_inner);
-    match command.split_once(' ') {
-        Some(("GET", key)) => match map.get(key) {
-            Some(value) => format!("VALUE {value}\n"),
-            None => "NOT_FOUND\n".to_owned(),
-        },
-        Some(("SET", rest)) => match rest.split_once(' ') {
-            Some((key, value)) => {
-                map.insert(key.to_owned(), value.to_owned());
-                "OK\n".to_owned()
-            }
-            None => "ERROR usage: SET key value\n".to_owned(),
-        },
-        _ => "ERROR unknown command\n".to_owned(),
-    }
-}
-
 /// The legacy directory: `LOOKUP id`, from a fixed table.
-fn directory_command(command: &str, _store: &Store) -> String {
+fn directory_command(command: &str) -> String {
     const USERS: [&str; 3] = ["ada", "grace", "edsger"];
     match command.split_once(' ') {
         Some(("LOOKUP", id)) => match id.parse::<usize>() {

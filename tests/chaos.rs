@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,18 +118,7 @@ async fn run(requests: usize, seed: u64) {
         .idle_timeout(None)
         .build()
         .expect("valid pool");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app");
-    let addr = listener.local_addr().expect("app addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app(&pool))
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let (addr, stop_tx, server) = common::serve_until_stopped(app(&pool)).await;
     let client = HttpClient::new(addr);
 
     let mut plans = Rng::new(seed);

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -313,18 +312,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_closes_every_socket(
         .max_size(4)
         .build()
         .expect("valid pool");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app");
-    let addr = listener.local_addr().expect("app addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app::eager(&pool))
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let (addr, stop_tx, server) = common::serve_until_stopped(app::eager(&pool)).await;
     let client = HttpClient::new(addr);
     // Two extra requests complete first, so the pool also holds idle connections.
     for i in 0..2 {

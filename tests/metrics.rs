@@ -97,17 +97,12 @@ async fn exported_values_match_the_pool_state() {
     assert_eq!(s.discards.explicit, 1);
     assert_eq!(s.discards.eof, 1);
 
+    // The labels of pool "kv"'s `reply_not_read` discard series.
+    const REPLY_NOT_READ: &str = "pool=\"kv\",reason=\"reply_not_read\"";
     let recorder = PrometheusBuilder::new().build_recorder();
     let scraped = scrape(&recorder, &pool);
     assert_matches(&scraped, "kv", 4, &pool.state());
-    assert_eq!(
-        value(
-            &scraped,
-            names::DISCARDS,
-            "pool=\"kv\",reason=\"reply_not_read\""
-        ),
-        1.0
-    );
+    assert_eq!(value(&scraped, names::DISCARDS, REPLY_NOT_READ), 1.0);
     assert_eq!(value(&scraped, names::GETS, "pool=\"kv\""), 5.0);
 
     // Later scrapes follow the pool; counters are set, never added up twice.
@@ -120,14 +115,7 @@ async fn exported_values_match_the_pool_state() {
     let scraped_again = scrape(&recorder, &pool);
     assert_eq!(scraped, scraped_again, "recording twice changes nothing");
     assert_matches(&scraped, "kv", 4, &pool.state());
-    assert_eq!(
-        value(
-            &scraped,
-            names::DISCARDS,
-            "pool=\"kv\",reason=\"reply_not_read\""
-        ),
-        2.0
-    );
+    assert_eq!(value(&scraped, names::DISCARDS, REPLY_NOT_READ), 2.0);
 }
 
 /// Failed connects and checkout timeouts reach their counters.

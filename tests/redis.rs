@@ -17,7 +17,7 @@ mod redis_server;
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::sync::Arc;
 
-use axum_tcp_pool::{TcpPool, TcpPoolBuilder};
+use axum_tcp_pool::{PoolState, TcpPool, TcpPoolBuilder};
 use bytes::Bytes;
 use http::StatusCode;
 use redis_protocol::resp2::types::BytesFrame;
@@ -47,6 +47,36 @@ async fn fill_idle(pool: &TcpPool, n: usize) {
     }
     drop(held);
     assert_eq!(pool.state().idle as usize, n, "{:?}", pool.state());
+}
+
+/// Eight concurrent `GET /kv/k`, each of which must answer `200 v`.
+async fn eight_concurrent_gets_of_k_return_v(http: &Http, round: usize) {
+    let gets: Vec<_> = (0..8)
+        .map(|_| {
+            let http = http.clone();
+            tokio::spawn(async move { http.get(&kv("k")).await })
+        })
+        .collect();
+    for g in gets {
+        let r = common::bounded("GET", g).await.expect("GET task");
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (StatusCode::OK, &b"v"[..]),
+            "round {round}"
+        );
+    }
+}
+
+/// Since `before`, the pool discarded exactly `n` connections, all of them because the
+/// health check failed.
+fn assert_only_health_check_discards(pool: &TcpPool, before: &PoolState, n: u64) {
+    let s = pool.state();
+    assert_eq!(
+        s.discards.health_check - before.discards.health_check,
+        n,
+        "{s:?}"
+    );
+    assert_eq!(s.discards.total() - before.discards.total(), n, "{s:?}");
 }
 
 fn bulk(b: impl Into<Bytes>) -> BytesFrame {
@@ -341,13 +371,8 @@ async fn client_kill_of_pooled_connections_is_invisible_to_requests() {
             (StatusCode::OK, &b"v"[..]),
             "round {round}"
         );
+        assert_only_health_check_discards(&pool, &before, 4);
         let s = pool.state();
-        assert_eq!(
-            s.discards.health_check - before.discards.health_check,
-            4,
-            "{s:?}"
-        );
-        assert_eq!(s.discards.total() - before.discards.total(), 4, "{s:?}");
         assert_eq!(
             s.connections_created - before.connections_created,
             1,
@@ -355,16 +380,7 @@ async fn client_kill_of_pooled_connections_is_invisible_to_requests() {
         );
 
         // And the next ones, concurrent, all succeed too.
-        let gets: Vec<_> = (0..8)
-            .map(|_| {
-                let http = http.clone();
-                tokio::spawn(async move { http.get(&kv("k")).await })
-            })
-            .collect();
-        for g in gets {
-            let r = common::bounded("GET", g).await.expect("GET task");
-            assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"v"[..]));
-        }
+        eight_concurrent_gets_of_k_return_v(&http, round).await;
         assert_eq!(http.get("/health").await.status, StatusCode::OK);
     }
 }
@@ -387,27 +403,9 @@ async fn redis_idle_timeout_dropping_pooled_connections_fails_nothing() {
             .wait_clients("Redis dropped the idle pooled connections", 0)
             .await;
 
-        let gets: Vec<_> = (0..8)
-            .map(|_| {
-                let http = http.clone();
-                tokio::spawn(async move { http.get(&kv("k")).await })
-            })
-            .collect();
-        for g in gets {
-            let r = common::bounded("GET", g).await.expect("GET task");
-            assert_eq!(
-                (r.status, &r.body[..]),
-                (StatusCode::OK, &b"v"[..]),
-                "round {round}"
-            );
-        }
+        eight_concurrent_gets_of_k_return_v(&http, round).await;
+        assert_only_health_check_discards(&pool, &before, 4);
         let s = pool.state();
-        assert_eq!(
-            s.discards.health_check - before.discards.health_check,
-            4,
-            "{s:?}"
-        );
-        assert_eq!(s.discards.total() - before.discards.total(), 4, "{s:?}");
         assert_eq!(s.connect_failures, 0, "{s:?}");
     }
 }

@@ -99,6 +99,26 @@ fn tls_pool(backend: &Backend, tls: TlsConfig) -> TcpPool {
         .expect("valid pool config")
 }
 
+/// [`tls_backend`] and a [`tls_pool`] on it that trusts its CA: the usual setup.
+async fn tls_backend_and_pool() -> (Backend, TcpPool) {
+    let (backend, ca) = tls_backend().await;
+    let pool = tls_pool(&backend, TlsConfig::new().ca_pem(ca.cert.pem()));
+    (backend, pool)
+}
+
+/// A rustls client config of the test's own making that trusts `ca`, for
+/// [`TlsConfig::from_rustls`].
+fn own_rustls_config(ca: &Issued) -> Arc<rustls::ClientConfig> {
+    let mut store = RootCertStore::empty();
+    store.add(ca.der()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// Collects what is logged (at `warn` and above) while the guard lives, on this thread: the
 /// tests run on a current-thread runtime, so the pool's background connects log here too.
 #[derive(Clone, Default)]
@@ -140,8 +160,7 @@ fn tls_session(conn: &axum_tcp_pool::TcpConnection) -> &rustls::ClientConnection
 
 #[tokio::test]
 async fn requests_round_trip_and_a_fresh_connection_with_session_tickets_is_reused() {
-    let (backend, ca) = tls_backend().await;
-    let pool = tls_pool(&backend, TlsConfig::new().ca_pem(ca.cert.pem()));
+    let (backend, pool) = tls_backend_and_pool().await;
     // Open the connection, and let the server finish its side of the handshake: once it has,
     // its session tickets (TLS records nobody asked for) sit in the connection's socket.
     let conn = pool.get().await.expect("connection");
@@ -172,8 +191,7 @@ async fn requests_round_trip_and_a_fresh_connection_with_session_tickets_is_reus
 
 #[tokio::test]
 async fn plaintext_left_unread_inside_the_tls_session_closes_the_connection() {
-    let (backend, ca) = tls_backend().await;
-    let pool = tls_pool(&backend, TlsConfig::new().ca_pem(ca.cert.pem()));
+    let (backend, pool) = tls_backend_and_pool().await;
     let client = HttpClient::new(serve(app::eager(&pool)).await);
     // Both reply lines come in one TLS record: the handler reads the first, and the second
     // stays decrypted in the session's buffer, with nothing left on the socket.
@@ -228,8 +246,7 @@ async fn unread_bytes_that_arrive_while_idle_are_caught_at_checkout() {
 
 #[tokio::test]
 async fn a_connection_the_backend_closed_while_idle_is_replaced() {
-    let (backend, ca) = tls_backend().await;
-    let pool = tls_pool(&backend, TlsConfig::new().ca_pem(ca.cert.pem()));
+    let (backend, pool) = tls_backend_and_pool().await;
     let client = HttpClient::new(serve(app::eager(&pool)).await);
     assert_eq!(client.get("/echo/a").await.body, "a");
     backend.close_all().await;
@@ -239,8 +256,7 @@ async fn a_connection_the_backend_closed_while_idle_is_replaced() {
 
 #[tokio::test]
 async fn backend_down_is_a_502_without_detail() {
-    let (backend, ca) = tls_backend().await;
-    let pool = tls_pool(&backend, TlsConfig::new().ca_pem(ca.cert.pem()));
+    let (backend, pool) = tls_backend_and_pool().await;
     let client = HttpClient::new(serve(app::eager(&pool)).await);
     assert_eq!(client.get("/echo/up").await.body, "up");
     backend.stop().await;
@@ -449,28 +465,14 @@ async fn unusable_tls_settings_are_config_errors_at_build() {
     let tls = roots().client_cert_pem(leaf.cert.pem(), leaf.key.serialize_pem());
     assert!(TcpPool::builder(addr).tls(tls).build().is_ok());
     // The escape hatch takes a rustls config as it is.
-    let mut store = RootCertStore::empty();
-    store.add(ca.der()).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    let tls = TlsConfig::from_rustls(Arc::new(config));
+    let tls = TlsConfig::from_rustls(own_rustls_config(&ca));
     assert!(TcpPool::builder(addr).tls(tls).build().is_ok());
 }
 
 #[tokio::test]
 async fn a_rustls_config_of_your_own_is_used_as_it_is() {
     let (backend, ca) = tls_backend().await;
-    let mut store = RootCertStore::empty();
-    store.add(ca.der()).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    let pool = tls_pool(&backend, TlsConfig::from_rustls(Arc::new(config)));
+    let pool = tls_pool(&backend, TlsConfig::from_rustls(own_rustls_config(&ca)));
     let client = HttpClient::new(serve(app::eager(&pool)).await);
     assert_eq!(client.get("/echo/own").await.body, "own");
 }

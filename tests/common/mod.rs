@@ -3,7 +3,7 @@
 //! and a real HTTP client.
 #![allow(dead_code)]
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 pub mod proxy;
@@ -408,6 +408,28 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// Serves `app` on a free loopback port until the returned sender is used (or dropped), then
+/// shuts down gracefully: the returned task ends once the requests in flight have finished.
+pub async fn serve_until_stopped(
+    app: Router,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = listener.local_addr().expect("app addr");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    (addr, stop_tx, server)
+}
+
 /// A real HTTP/1 client.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -450,17 +472,33 @@ impl HttpClient {
     }
 
     pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
-        let req = http::Request::get(format!("{}{path}", self.base))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let (parts, body) = self
+            .try_request(Method::GET, path, Bytes::new())
+            .await?
+            .into_parts();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
+    }
+
+    /// Sends `method path` with `body` and reads the response to its end; the body as bytes.
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<Bytes>, String> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(http::Response::from_parts(parts, body))
     }
 }
 

@@ -13,16 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use redis_protocol::codec::Resp2;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::codec::Framed;
 
-use crate::common::{bounded, BOUND};
+use crate::common::{bounded, HttpClient, BOUND};
 
 /// How many free ports to try when `redis-server` fails to start (another process took the
 /// port between our probe and its bind).
@@ -226,30 +223,18 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// A real HTTP/1 client with methods and byte bodies.
+/// A real HTTP/1 client with methods and byte bodies: [`HttpClient::try_request`], the body
+/// kept as bytes.
 #[derive(Clone)]
-pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-}
+pub struct Http(HttpClient);
 
 impl Http {
     pub fn new(addr: std::net::SocketAddr) -> Http {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            base: format!("http://{addr}"),
-        }
+        Http(HttpClient::new(addr))
     }
 
     pub async fn try_send(&self, method: Method, path: &str, body: Bytes) -> Result<Reply, String> {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let (parts, body) = self.0.try_request(method, path, body).await?.into_parts();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,

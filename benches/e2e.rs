@@ -339,10 +339,21 @@ fn measure(
     max_size: u32,
     timing: Timing,
 ) -> Sample {
-    let backend = rts
-        .backend
-        .block_on(EchoBackend::start())
-        .expect("start the echo backend");
+    // A port freshly handed out by the kernel may be one an earlier run's sockets still sit
+    // in TIME_WAIT on (a closed listener's port is reused); those would be counted as this
+    // run's. So take a port with none (the rejected backends hold theirs until then).
+    let mut rejected = Vec::new();
+    let backend = loop {
+        let backend = rts
+            .backend
+            .block_on(EchoBackend::start())
+            .expect("start the echo backend");
+        if time_wait(backend.addr.port()) == 0 || rejected.len() >= 16 {
+            break backend;
+        }
+        rejected.push(backend);
+    };
+    drop(rejected);
     let backend_addr = backend.addr_string();
     let (server, pools) = rts.server.block_on(async {
         let (app, pools) = app(variant, &backend_addr, max_size).await;

@@ -196,8 +196,9 @@
 //!   subscriber wants it, none is made: nothing is formatted, allocated or timed.
 //! - Events share the fields `pool` (the [name](TcpPoolBuilder::name), the address by
 //!   default), `addr` and `reason`: a failed connect is a `warn` (`reason` is the I/O error
-//!   kind, `error` the error), a discarded connection a `debug` (`reason` is
-//!   [`DiscardReason::as_str`]), as is a failed checkout health check.
+//!   kind, `error` the error); a discarded connection (`reason` is
+//!   [`DiscardReason::as_str`]) is a `warn` when the backend failed during an exchange
+//!   (`io_error`, `eof`) and a `debug` otherwise, as is a failed checkout health check.
 //! - [`TcpPool::state`] is a snapshot of every count. With the `metrics` feature,
 //!   `TcpPool::record_metrics` exports it as gauges and counters through the
 //!   [`metrics`](https://docs.rs/metrics) crate; see the `metrics` module for the names,
@@ -211,6 +212,9 @@
 //! - bb8's reaper closes every connection idle longer than `idle_timeout`, `min_idle` ones
 //!   included, then reopens up to `min_idle`: use `idle_timeout(None)` to keep them open.
 //! - A request that writes and never reads always closes its connection (`ReplyNotRead`).
+//! - A connection that passes `max_lifetime` while checked out is closed by bb8 when it comes
+//!   back, just after bb8 has booked its replacement and without the early shutdown a
+//!   discard gets: for that moment the backend can see `max_size + 1` sockets from the pool.
 //! - A handler whose marker has no layer on its route is a run-time `500`, not a compile
 //!   error (see [several pools](#several-pools-in-one-router)).
 //! - TLS: a record that has only partly arrived when a connection is checked is invisible

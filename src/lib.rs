@@ -186,8 +186,8 @@
 //! It does not check that the router has the layer of every marker its handlers ask for: a
 //! handler taking `TcpConnection<Legacy>` on a route without a layer over a `TcpPool<Legacy>`
 //! gets [`MissingLayer`](TcpPoolError::MissingLayer) at run time (`500`, with a generic body;
-//! the log names the marker type). Two layers of the **same** marker on one route: the inner
-//! one's connection wins. `examples/two_pools.rs` is a complete app.
+//! the log names the marker type). Two layers of the **same** marker on one route: the outer
+//! one provides the connection, the inner one passes the request on (no second checkout). `examples/two_pools.rs` is a complete app.
 //!
 //! # Tracing and metrics
 //!

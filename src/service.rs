@@ -97,6 +97,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // An outer layer of the same marker has provided for this request already: a second
+        // checkout would hold two connections for one handler (and, eager, wait for the
+        // second while holding the first).
+        if req.extensions().get::<Slot<M>>().is_some() {
+            return ResponseFuture::inner(self.inner.call(req));
+        }
         if self.lazy {
             req.extensions_mut()
                 .insert(Slot::<M>::Lazy(self.pool.clone()));

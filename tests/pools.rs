@@ -230,3 +230,35 @@ async fn optional_extractor_is_per_marker() {
     let s = setup(true, false).await;
     assert_eq!(s.client.get("/optional-b").await.body, "some");
 }
+
+/// Two eager layers of one marker on a route: the outer one checks out, the inner one passes
+/// the request on. (Before, the inner one waited for a second connection while the outer held
+/// the first: with `max_size(1)` every request timed out with a `503`.)
+#[tokio::test]
+async fn two_layers_of_one_marker_check_out_once() {
+    let a = Backend::start().await;
+    let pool: TcpPool<A> = TcpPool::builder(a.addr_string())
+        .max_size(1)
+        .checkout_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("pool")
+        .with_marker();
+    for (outer_lazy, inner_lazy) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mode = format!("outer_lazy={outer_lazy} inner_lazy={inner_lazy}");
+        let app = Router::new()
+            .route("/a", get(only_a))
+            .layer(layer(&pool, inner_lazy))
+            .layer(layer(&pool, outer_lazy));
+        let client = HttpClient::new(serve(app).await);
+        for _ in 0..3 {
+            let res = client.get("/a").await;
+            assert_eq!(res.status, StatusCode::OK, "{mode}: {res:?}");
+            assert_eq!(res.body, a.addr.port().to_string(), "{mode}");
+        }
+    }
+    let state = pool.state();
+    assert_eq!(state.gets, 12, "one checkout per request: {state:?}");
+    assert_eq!(state.connections_created, 1, "{state:?}");
+    assert_eq!(state.gets_timed_out, 0, "{state:?}");
+    assert_eq!(state.in_use, 0, "{state:?}");
+}

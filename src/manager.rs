@@ -340,10 +340,10 @@ impl bb8::ManageConnection for TcpManager {
         let connecting = Connecting(&self.shared.connecting);
         let attempt = self.shared.attempts.fetch_add(1, SeqCst) + 1;
         let opened = self.open().await;
-        // Ended before the failure is recorded and reported: a checkout woken by it sees it
-        // no longer under way.
-        drop(connecting);
-        match opened {
+        // `connecting` is dropped at the end, after a failure is recorded: a waiting checkout
+        // never sees this attempt as neither under way nor failed. (bb8 wakes the waiters,
+        // through the error sink, only after `connect` has returned.)
+        let result = match opened {
             Ok(stream) => {
                 tracing::debug!(
                     pool = self.shared.config.name(),
@@ -363,7 +363,9 @@ impl bb8::ManageConnection for TcpManager {
                     .record_connect_failure(attempt, &e, "connect to backend failed");
                 Err(TcpPoolError::BackendUnreachable(e))
             }
-        }
+        };
+        drop(connecting);
+        result
     }
 
     async fn is_valid(&self, conn: &mut PooledStream) -> Result<(), TcpPoolError> {

@@ -3,11 +3,13 @@
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
+use tokio::time::{sleep_until, Sleep};
 use tracing::Instrument;
 
 use crate::manager::{Shared, TcpManager};
@@ -129,7 +131,7 @@ impl<M> TcpPool<M> {
     ///   while this call waits fails and the pool has no open connection that could be
     ///   returned to it (it does not wait out the checkout timeout). An attempt that started
     ///   before this call (say, while the backend was down) does not fail it: a new attempt
-    ///   is made for it if none is under way.
+    ///   is made for it if none is under way, within the same `checkout_timeout`.
     ///
     /// # Cancellation
     ///
@@ -188,6 +190,10 @@ impl<M> TcpPool<M> {
         let mut failed = pin!(self.shared.connect_failed.notified());
         let mut since = self.shared.attempts_started();
         let mut checkout = pin!(self.pool.get_owned());
+        // When this call began to wait (read only if it waits), and the deadline a restarted
+        // checkout keeps (bb8 would give the restarted one a full `checkout_timeout` of its own).
+        let mut waiting_since = None;
+        let mut deadline: Option<Pin<Box<Sleep>>> = None;
         poll_fn(|cx| loop {
             if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
                 return Poll::Ready(match result {
@@ -196,6 +202,13 @@ impl<M> TcpPool<M> {
                     Err(bb8::RunError::TimedOut) => Err(TcpPoolError::CheckoutTimeout),
                 });
             }
+            if let Some(deadline) = deadline.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    self.shared.counters.restart_timeouts.fetch_add(1, Relaxed);
+                    return Poll::Ready(Err(TcpPoolError::CheckoutTimeout));
+                }
+            }
+            let waiting_since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
             if failed.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -218,6 +231,9 @@ impl<M> TcpPool<M> {
             if !self.shared.connecting() {
                 since = self.shared.attempts_started();
                 checkout.set(self.pool.get_owned());
+                self.shared.counters.restarts.fetch_add(1, Relaxed);
+                let timeout = self.shared.config.checkout_timeout;
+                deadline.get_or_insert_with(|| Box::pin(sleep_until(waiting_since + timeout)));
             }
         })
         .await

@@ -149,7 +149,8 @@ pub struct PoolState {
     pub in_use: u32,
     /// Checkouts started.
     pub gets: u64,
-    /// Checkouts that had to wait for a connection.
+    /// Checkouts that had to wait for a connection (one restarted after a stale connect
+    /// failure, see [`TcpPool::get`](crate::TcpPool::get), may count twice).
     pub gets_waited: u64,
     /// Checkouts that timed out (answered `503`).
     pub gets_timed_out: u64,
@@ -182,9 +183,9 @@ impl PoolState {
             connections: s.connections,
             idle: s.idle_connections,
             in_use: s.connections.saturating_sub(s.idle_connections),
-            gets: st.get_started,
+            gets: st.get_started.saturating_sub(c.restarts.load(Relaxed)),
             gets_waited: st.get_waited,
-            gets_timed_out: st.get_timed_out,
+            gets_timed_out: st.get_timed_out + c.restart_timeouts.load(Relaxed),
             wait_time: st.get_wait_time,
             connections_created: st.connections_created,
             connect_failures: c.connect_failures.load(Relaxed),
@@ -201,6 +202,11 @@ impl PoolState {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) connect_failures: AtomicU64,
+    /// Checkouts started again after a stale connect failure (see `TcpPool::get`): bb8
+    /// counts each restart as a checkout of its own.
+    pub(crate) restarts: AtomicU64,
+    /// Restarted checkouts that reached the first one's deadline (bb8 does not see these).
+    pub(crate) restart_timeouts: AtomicU64,
     io_error: AtomicU64,
     eof: AtomicU64,
     cancelled: AtomicU64,

@@ -104,6 +104,9 @@ async fn a_stale_connect_failure_does_not_fail_a_newer_checkout() {
         "the checkout that began after the backend came back failed: {second:?}; first: {first:?}; {s:?}"
     );
     assert!(s.connect_failures >= 1, "the stale attempt did fail: {s:?}");
+    // The second checkout was started again inside bb8 (its stale wake-up found no attempt
+    // under way); it is still one checkout.
+    assert_eq!(s.gets, 2, "two calls to get, two checkouts: {s:?}");
     drop(second);
     drop(pool);
     drop(fillers);

@@ -215,6 +215,7 @@ impl TcpPoolBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, config: crate::TlsConfig) -> Self {
         self.config.tls = Some(config);
         self

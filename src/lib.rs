@@ -300,6 +300,7 @@ pub use service::TcpPoolService;
 pub use state::{DiscardReason, Discards, PoolState};
 pub use stream::BackendStream;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsConfig;
 
 /// The rustls crate the `tls` feature is built on (through tokio-rustls), re-exported for
@@ -311,6 +312,7 @@ pub use tls::TlsConfig;
 /// let roots = RootCertStore::empty();
 /// ```
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tokio_rustls::rustls;
 
 /// The tokio-rustls crate behind the `tls` feature, re-exported so that the type inside
@@ -323,4 +325,5 @@ pub use tokio_rustls::rustls;
 /// }
 /// ```
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tokio_rustls;

@@ -107,18 +107,6 @@ pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
 /// Counter: connections closed because they were older than `max_lifetime`.
 pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
 
-/// Every discard reason, for one `tcp_pool_discards_total` series each.
-const REASONS: [DiscardReason; 8] = [
-    DiscardReason::IoError,
-    DiscardReason::Eof,
-    DiscardReason::Cancelled,
-    DiscardReason::UnreadBytes,
-    DiscardReason::ReplyNotRead,
-    DiscardReason::Panic,
-    DiscardReason::Explicit,
-    DiscardReason::HealthCheck,
-];
-
 impl<M> TcpPool<M> {
     /// Sets this pool's gauges and counters, listed in the [`metrics`](crate::metrics) module,
     /// from [`state()`](Self::state), in the current `metrics` recorder. Call it before each
@@ -170,7 +158,7 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CONNECT_FAILURES, "pool" => pool.to_owned()).absolute(s.connect_failures);
     counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
-    for reason in REASONS {
+    for reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
     }

@@ -41,6 +41,26 @@ pub enum DiscardReason {
 }
 
 impl DiscardReason {
+    /// Every reason, in declaration order: for exporting one series per reason, so that a
+    /// reason that has not happened yet still shows as `0`.
+    ///
+    /// ```
+    /// use axum_tcp_pool::DiscardReason;
+    ///
+    /// let names: Vec<&str> = DiscardReason::ALL.iter().map(|r| r.as_str()).collect();
+    /// assert!(names.contains(&"reply_not_read"));
+    /// ```
+    pub const ALL: [DiscardReason; 8] = [
+        DiscardReason::IoError,
+        DiscardReason::Eof,
+        DiscardReason::Cancelled,
+        DiscardReason::UnreadBytes,
+        DiscardReason::ReplyNotRead,
+        DiscardReason::Panic,
+        DiscardReason::Explicit,
+        DiscardReason::HealthCheck,
+    ];
+
     /// A short `snake_case` name, for logs and metrics labels.
     ///
     /// ```
@@ -116,14 +136,7 @@ impl Discards {
     /// assert_eq!(axum_tcp_pool::Discards::default().total(), 0);
     /// ```
     pub fn total(&self) -> u64 {
-        self.io_error
-            + self.eof
-            + self.cancelled
-            + self.unread_bytes
-            + self.reply_not_read
-            + self.panic
-            + self.explicit
-            + self.health_check
+        DiscardReason::ALL.iter().map(|&r| self.get(r)).sum()
     }
 }
 

@@ -58,6 +58,7 @@ pub enum BackendStream {
     /// Boxed: a TLS session is large, and this keeps the other variants small. Available with
     /// the `tls` feature.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -111,6 +112,7 @@ impl BackendStream {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(&self) -> Option<&tokio_rustls::client::TlsStream<TcpStream>> {
         match self {
             BackendStream::Tls(s) => Some(s),

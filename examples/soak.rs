@@ -302,16 +302,7 @@ async fn chaos(proxy: Arc<Proxy>, seed: u64, stop: Arc<AtomicBool>) -> u64 {
                 }
             }
             3..=400 => {
-                let conns = proxy.connections();
-                if !conns.is_empty() {
-                    let c = &conns[rng.below(conns.len() as u64) as usize];
-                    let f = if rng.chance(50) {
-                        Fault::none()
-                    } else {
-                        rng.fault()
-                    };
-                    c.set(f);
-                }
+                proxy.shuffle_one_fault(&mut rng);
             }
             _ => {}
         }
@@ -375,14 +366,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let backend = backend().await?;
     let proxy = Arc::new(Proxy::start(backend).await?);
     proxy.set_limit(MAX_SIZE as usize);
-    let mut faults = Rng::new(seed ^ 0xFA17);
-    proxy.set_policy(move |_| {
-        if faults.chance(35) {
-            faults.fault()
-        } else {
-            Fault::none()
-        }
-    });
+    proxy.set_random_policy(seed ^ 0xFA17, 35);
     let pool = TcpPool::builder(proxy.addr().to_string())
         .max_size(MAX_SIZE)
         .checkout_timeout(Duration::from_millis(250))

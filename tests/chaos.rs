@@ -99,14 +99,7 @@ async fn run(requests: usize, seed: u64) {
         .num_alive_tasks();
 
     // Faults for new connections: a fixed sequence drawn from the seed.
-    let mut faults = Rng::new(seed ^ 0xFA17);
-    proxy.set_policy(move |_| {
-        if faults.chance(35) {
-            faults.fault()
-        } else {
-            Fault::none()
-        }
-    });
+    proxy.set_random_policy(seed ^ 0xFA17, 35);
 
     let pool = TcpPool::builder(proxy.addr().to_string())
         .max_size(MAX_SIZE)
@@ -153,16 +146,7 @@ async fn run(requests: usize, seed: u64) {
                         proxy.up().await.expect("rebind proxy port");
                     }
                     2..=40 => {
-                        let conns = proxy.connections();
-                        if !conns.is_empty() {
-                            let c = &conns[rng.below(conns.len() as u64) as usize];
-                            let f = if rng.chance(50) {
-                                Fault::none()
-                            } else {
-                                rng.fault()
-                            };
-                            c.set(f);
-                        }
+                        proxy.shuffle_one_fault(&mut rng);
                     }
                     _ => {}
                 }

@@ -330,12 +330,40 @@ impl Proxy {
         *lock(&self.shared.policy) = Box::new(policy);
     }
 
+    /// Gives each new connection, with a chance of `percent` in 100, a random fault; the
+    /// sequence is drawn from `seed`, so a seed replays the same faults.
+    pub fn set_random_policy(&self, seed: u64, percent: u64) {
+        let mut faults = Rng::new(seed);
+        self.set_policy(move |_| {
+            if faults.chance(percent) {
+                faults.fault()
+            } else {
+                Fault::none()
+            }
+        });
+    }
+
     /// Sets the fault of every open connection and of every new one.
     pub fn set_all(&self, fault: Fault) {
         self.set_default(fault);
         for c in self.connections() {
             c.set(fault);
         }
+    }
+
+    /// Switches one open connection, picked at random, to a random fault, or (half the time)
+    /// clears its fault. Does nothing when no connection is open.
+    pub fn shuffle_one_fault(&self, rng: &mut Rng) {
+        let conns = self.connections();
+        if conns.is_empty() {
+            return;
+        }
+        let c = &conns[rng.below(conns.len() as u64) as usize];
+        c.set(if rng.chance(50) {
+            Fault::none()
+        } else {
+            rng.fault()
+        });
     }
 
     /// The connections open now, in accept order.

@@ -24,6 +24,8 @@
 //! was dropped. The exit status is 1 if either is not 0, or if a request hung or got a status
 //! outside 200/502/503/504.
 
+#[path = "../tests/common/echo.rs"]
+mod echo;
 #[path = "../tests/common/proxy.rs"]
 mod proxy;
 
@@ -35,12 +37,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Path;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use axum_tcp_pool::{TcpPool, TcpPoolLayer};
 use bytes::Bytes;
+use echo::tagged;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -52,8 +53,6 @@ use tokio::net::TcpListener;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const MAX_SIZE: u32 = 8;
-/// The handler's own bound on one exchange; past it the handler answers 504.
-const HANDLER_BOUND: Duration = Duration::from_millis(200);
 /// A request that takes longer than this has hung.
 const REQUEST_BOUND: Duration = Duration::from_secs(15);
 
@@ -127,32 +126,6 @@ async fn backend() -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
-}
-
-/// Reads one line, byte by byte (nothing beyond it is consumed).
-async fn read_line(conn: &mut TcpConnection) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    loop {
-        match conn.read_u8().await? {
-            b'\n' => return Ok(String::from_utf8_lossy(&out).into_owned()),
-            b => out.push(b),
-        }
-    }
-}
-
-/// Asks the backend to echo the request's tag: `200` with the tag, `502` on a backend I/O
-/// failure, `504` past [`HANDLER_BOUND`].
-async fn tagged(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
-    let exchange = async {
-        conn.write_all(format!("ECHO {tag}\n").as_bytes()).await?;
-        read_line(&mut conn).await
-    };
-    match tokio::time::timeout(HANDLER_BOUND, exchange).await {
-        Ok(Ok(reply)) => reply.into_response(),
-        Ok(Err(e)) => TcpPoolError::from(e).into_response(),
-        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "backend too slow").into_response(),
-    }
 }
 
 /// Request latencies in log-linear buckets (32 per power of two, about 3% wide): fixed

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
+use common::echo::tagged;
 use common::proxy::{Fault, Proxy, Rng};
 use common::{read_line, Backend, HttpClient};
 use http::StatusCode;
@@ -25,24 +26,8 @@ use tokio::io::AsyncWriteExt;
 
 const MAX_SIZE: u32 = 4;
 const WORKERS: usize = 32;
-/// The handler's own bound on one exchange; past it the handler answers 504.
-const HANDLER_BOUND: Duration = Duration::from_millis(200);
 /// A request that takes longer than this has hung.
 const REQUEST_BOUND: Duration = Duration::from_secs(15);
-
-/// Asks the backend to echo the request's tag, within [`HANDLER_BOUND`]: `200` with the
-/// tag, `502` on a backend I/O failure, `504` (the handler's own error) when too slow.
-async fn tagged(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
-    let exchange = async {
-        conn.write_all(format!("ECHO {tag}\n").as_bytes()).await?;
-        read_line(&mut conn).await
-    };
-    match tokio::time::timeout(HANDLER_BOUND, exchange).await {
-        Ok(Ok(reply)) => reply.into_response(),
-        Ok(Err(e)) => axum_tcp_pool::TcpPoolError::from(e).into_response(),
-        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "backend too slow").into_response(),
-    }
-}
 
 /// Holds the connection until the backend is released (for the final capacity check).
 async fn hold(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {

@@ -21,7 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
+pub mod echo;
 pub mod proxy;
+
+pub use echo::read_line;
 
 /// Upper bound for any single wait in a test: a generous safety net, not a timing assertion.
 pub const BOUND: Duration = Duration::from_secs(20);
@@ -499,19 +502,6 @@ impl HttpClient {
         let (parts, body) = res.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(http::Response::from_parts(parts, body))
-    }
-}
-
-/// Reads one reply line from `conn` (byte by byte, so nothing beyond the line is consumed).
-pub async fn read_line<R: tokio::io::AsyncRead + Unpin>(conn: &mut R) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    loop {
-        let b = conn.read_u8().await?;
-        if b == b'\n' {
-            return Ok(String::from_utf8_lossy(&out).into_owned());
-        }
-        out.push(b);
     }
 }
 

@@ -128,7 +128,7 @@ impl<M> TcpPool<M> {
     /// - [`TcpPoolError::CheckoutTimeout`] if no connection became free within the
     ///   `checkout_timeout`;
     /// - [`TcpPoolError::BackendUnreachable`] as soon as a connect attempt that started
-    ///   while this call waits fails and the pool has no open connection that could be
+    ///   while this call waits fails and no connection is in use elsewhere that could be
     ///   returned to it (it does not wait out the checkout timeout). An attempt that started
     ///   before this call (say, while the backend was down) does not fail it: a new attempt
     ///   is made for it if none is under way, within the same `checkout_timeout`.
@@ -213,12 +213,18 @@ impl<M> TcpPool<M> {
                 return Poll::Pending;
             }
             failed.set(self.shared.connect_failed.notified());
-            // A connect attempt failed. With a connection open, one may be returned to us:
-            // keep waiting.
-            if self.pool.state().connections != 0 {
+            // A connect attempt failed. With a connection in use elsewhere, one may be returned
+            // to us: keep waiting. An idle one is no such hope: bb8 hands idle connections to
+            // waiters, so one idle now is a brand-new connection not yet checked, and after
+            // fresh connections kept failing their health check it is one more of the same.
+            // (bb8 reports a failed check before it drops that connection, and a replacement
+            // may already be open: counting all open connections kept this checkout waiting
+            // through another round of failing connects.)
+            let state = self.pool.state();
+            if state.connections > state.idle_connections {
                 continue;
             }
-            // None open: if an attempt made since we started waiting failed, the backend is
+            // None in use: if an attempt made since we started waiting failed, the backend is
             // unreachable.
             if self.shared.failed_since(since) {
                 return Poll::Ready(Err(self.shared.last_connect_failure()));

@@ -60,7 +60,9 @@ pub enum TcpPoolError {
 
     /// An I/O error on a checked-out connection (typically raised by a handler with `?`).
     ///
-    /// Answered with `502 Bad Gateway`.
+    /// Answered with `502 Bad Gateway`. `From<io::Error>` makes `?` on *any* `io::Error` in a
+    /// handler returning `Result<_, TcpPoolError>` a `502`: for I/O that is not the backend's
+    /// (a file), use the app's own error type.
     #[error("backend I/O error: {0}")]
     Io(#[from] io::Error),
 
@@ -68,7 +70,7 @@ pub enum TcpPoolError {
     /// through [`TcpPoolLayer`](crate::TcpPoolLayer).
     ///
     /// Answered with `500 Internal Server Error` and a body that names the missing layer.
-    #[error("TcpConnection extracted without TcpPoolLayer: add `.layer(TcpPoolLayer::new(pool))` to the router")]
+    #[error("TcpConnection extracted without TcpPoolLayer: add `.route_layer(TcpPoolLayer::new(pool))` to its route")]
     MissingLayer,
 
     /// [`TcpConnection`](crate::TcpConnection) was extracted twice in the same request.

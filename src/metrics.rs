@@ -77,7 +77,9 @@
 
 use ::metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 
-use crate::{DiscardReason, PoolState, TcpPool};
+use crate::clean::DiscardReason;
+use crate::pool::TcpPool;
+use crate::state::PoolState;
 
 /// Gauge: open connections, idle and in use.
 pub const CONNECTIONS: &str = "tcp_pool_connections";
@@ -138,7 +140,7 @@ impl<M> TcpPool<M> {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record_metrics(&self) {
-        record(self.name(), self.shared.config.max_size, &self.state());
+        record(self.name(), self.max_size(), &self.state());
     }
 }
 
@@ -158,7 +160,7 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CONNECT_FAILURES, "pool" => pool.to_owned()).absolute(s.connect_failures);
     counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
-    for reason in DiscardReason::ALL {
+    for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
     }

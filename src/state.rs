@@ -1,93 +1,19 @@
-//! Pool state snapshots, and the counters this crate keeps beside bb8's own statistics.
+//! [`PoolState`]: a snapshot of a pool's sizes and counters, and the counters this crate
+//! keeps beside bb8's own statistics.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Why a connection was closed instead of being returned to the pool.
-///
-/// Every discard is counted by reason in [`PoolState::discards`] and logged with `tracing`:
-/// at `warn` for a backend failure during an exchange (`IoError`, `Eof`), at `debug` for the
-/// routine ones (the rest).
-///
-/// # Example
+use crate::clean::DiscardReason;
+
+/// Connections closed instead of reused, by [`DiscardReason`]. Connections bb8 closes for age
+/// or idleness are in [`PoolState::closed_idle_timeout`] and
+/// [`PoolState::closed_max_lifetime`].
 ///
 /// ```
-/// use axum_tcp_pool::DiscardReason;
-///
-/// assert_eq!(DiscardReason::ReplyNotRead.as_str(), "reply_not_read");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DiscardReason {
-    /// A read or write on the connection returned an I/O error.
-    IoError,
-    /// A read saw end-of-file: the backend closed its side.
-    Eof,
-    /// A read or write was still in flight when the connection was dropped (the handler
-    /// future was cancelled: client went away, a timeout fired, a `select!` branch lost).
-    Cancelled,
-    /// The backend had sent bytes that the handler never read.
-    UnreadBytes,
-    /// Bytes were written after the last read: a request whose reply was never read.
-    ReplyNotRead,
-    /// The connection was dropped while its thread was panicking.
-    Panic,
-    /// The handler called [`TcpConnection::discard`](crate::TcpConnection::discard), or shut
-    /// the write half down.
-    Explicit,
-    /// The checkout health check failed: the backend closed the idle connection, bytes were
-    /// waiting on it, or the configured probe failed.
-    HealthCheck,
-}
-
-impl DiscardReason {
-    /// Every reason, in declaration order: for exporting one series per reason, so that a
-    /// reason that has not happened yet still shows as `0`.
-    ///
-    /// ```
-    /// use axum_tcp_pool::DiscardReason;
-    ///
-    /// let names: Vec<&str> = DiscardReason::ALL.iter().map(|r| r.as_str()).collect();
-    /// assert!(names.contains(&"reply_not_read"));
-    /// ```
-    pub const ALL: [DiscardReason; 8] = [
-        DiscardReason::IoError,
-        DiscardReason::Eof,
-        DiscardReason::Cancelled,
-        DiscardReason::UnreadBytes,
-        DiscardReason::ReplyNotRead,
-        DiscardReason::Panic,
-        DiscardReason::Explicit,
-        DiscardReason::HealthCheck,
-    ];
-
-    /// A short `snake_case` name, for logs and metrics labels.
-    ///
-    /// ```
-    /// assert_eq!(axum_tcp_pool::DiscardReason::Cancelled.as_str(), "cancelled");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiscardReason::IoError => "io_error",
-            DiscardReason::Eof => "eof",
-            DiscardReason::Cancelled => "cancelled",
-            DiscardReason::UnreadBytes => "unread_bytes",
-            DiscardReason::ReplyNotRead => "reply_not_read",
-            DiscardReason::Panic => "panic",
-            DiscardReason::Explicit => "explicit",
-            DiscardReason::HealthCheck => "health_check",
-        }
-    }
-}
-
-/// Discarded connections, counted by [`DiscardReason`].
-///
-/// Connections closed by bb8 itself because they were idle too long or too old are counted in
-/// [`PoolState::closed_idle_timeout`] and [`PoolState::closed_max_lifetime`].
-///
-/// ```
-/// let d = axum_tcp_pool::Discards::default();
-/// assert_eq!(d.total(), 0);
+/// use axum_tcp_pool::{DiscardReason, Discards};
+/// let d = Discards::default();
+/// assert_eq!((d.total(), d.get(DiscardReason::Panic)), (0, 0));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -115,19 +41,11 @@ impl Discards {
     ///
     /// ```
     /// use axum_tcp_pool::{DiscardReason, Discards};
-    /// assert_eq!(Discards::default().get(DiscardReason::Panic), 0);
+    /// assert_eq!(Discards::default().get(DiscardReason::Eof), 0);
     /// ```
     pub fn get(&self, reason: DiscardReason) -> u64 {
-        match reason {
-            DiscardReason::IoError => self.io_error,
-            DiscardReason::Eof => self.eof,
-            DiscardReason::Cancelled => self.cancelled,
-            DiscardReason::UnreadBytes => self.unread_bytes,
-            DiscardReason::ReplyNotRead => self.reply_not_read,
-            DiscardReason::Panic => self.panic,
-            DiscardReason::Explicit => self.explicit,
-            DiscardReason::HealthCheck => self.health_check,
-        }
+        let mut copy = *self;
+        *copy.count_mut(reason)
     }
 
     /// All discards, whatever the reason.
@@ -138,12 +56,24 @@ impl Discards {
     pub fn total(&self) -> u64 {
         DiscardReason::ALL.iter().map(|&r| self.get(r)).sum()
     }
+
+    /// The field for `reason`: the one place that maps reasons to fields.
+    fn count_mut(&mut self, reason: DiscardReason) -> &mut u64 {
+        match reason {
+            DiscardReason::IoError => &mut self.io_error,
+            DiscardReason::Eof => &mut self.eof,
+            DiscardReason::Cancelled => &mut self.cancelled,
+            DiscardReason::UnreadBytes => &mut self.unread_bytes,
+            DiscardReason::ReplyNotRead => &mut self.reply_not_read,
+            DiscardReason::Panic => &mut self.panic,
+            DiscardReason::Explicit => &mut self.explicit,
+            DiscardReason::HealthCheck => &mut self.health_check,
+        }
+    }
 }
 
-/// A snapshot of a pool: sizes, bb8's statistics, and this crate's own counters.
-///
-/// Returned by [`TcpPool::state`](crate::TcpPool::state). Counters are totals since the pool
-/// was built.
+/// A snapshot of a pool: sizes, bb8's statistics and this crate's counters (totals since the
+/// pool was built). Returned by [`TcpPool::state`](crate::TcpPool::state).
 ///
 /// ```no_run
 /// # async fn f(pool: axum_tcp_pool::TcpPool) {
@@ -162,8 +92,8 @@ pub struct PoolState {
     pub in_use: u32,
     /// Checkouts started.
     pub gets: u64,
-    /// Checkouts that had to wait for a connection (one restarted after a stale connect
-    /// failure, see [`TcpPool::get`](crate::TcpPool::get), may count twice).
+    /// Checkouts that found no idle connection and waited: for a new connection to be
+    /// opened (so the first checkout of an empty pool counts), or for one to come back.
     pub gets_waited: u64,
     /// Checkouts that timed out (answered `503`).
     pub gets_timed_out: u64,
@@ -171,15 +101,13 @@ pub struct PoolState {
     pub wait_time: Duration,
     /// Connections opened.
     pub connections_created: u64,
-    /// Connect attempts that failed (refused, name not resolved, timed out), plus each time
-    /// more than `max_size` new connections in a row failed their health check.
+    /// Connect attempts that failed (refused, not resolved, timed out), plus each time more
+    /// than `max_size` new connections in a row failed their health check.
     pub connect_failures: u64,
-    /// Connections closed when returned because they were not known clean (bb8's count).
-    /// bb8 also counts here each connection that failed the checkout health check, so use
-    /// [`discards`](Self::discards) for a count by reason.
+    /// Connections closed when returned because they were not known clean, plus those that
+    /// failed the checkout health check (bb8's count; see [`discards`](Self::discards)).
     pub closed_broken: u64,
-    /// Connections closed at checkout because they failed the health check (bb8's count;
-    /// equal to `discards.health_check` unless a checkout was cancelled mid-probe).
+    /// Connections closed at checkout because they failed the health check (bb8's count).
     pub closed_invalid: u64,
     /// Connections closed because they sat idle longer than `idle_timeout`.
     pub closed_idle_timeout: u64,
@@ -189,76 +117,58 @@ pub struct PoolState {
     pub discards: Discards,
 }
 
-impl PoolState {
-    pub(crate) fn new(s: bb8::State, c: &Counters) -> Self {
+/// Counters for what bb8 cannot know.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connect_failures: AtomicU64,
+    /// Checkouts started again after a stale connect failure: bb8 counts each restart as a
+    /// checkout of its own.
+    restarts: AtomicU64,
+    /// Restarted checkouts that reached the first one's deadline (bb8 does not see these).
+    restart_timeouts: AtomicU64,
+    /// Discards, indexed by [`DiscardReason::index`].
+    discards: [AtomicU64; DiscardReason::COUNT],
+}
+
+impl Counters {
+    pub(crate) fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn restart_timed_out(&self) {
+        self.restart_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn discarded(&self, reason: DiscardReason) {
+        self.discards[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// These counters with bb8's state, bb8's counts corrected for restarted checkouts.
+    pub(crate) fn snapshot(&self, s: bb8::State) -> PoolState {
         let st = s.statistics;
+        let mut discards = Discards::default();
+        for &reason in DiscardReason::ALL {
+            *discards.count_mut(reason) = self.discards[reason.index()].load(Relaxed);
+        }
         PoolState {
             connections: s.connections,
             idle: s.idle_connections,
             in_use: s.connections.saturating_sub(s.idle_connections),
-            gets: st.get_started.saturating_sub(c.restarts.load(Relaxed)),
+            gets: st.get_started.saturating_sub(self.restarts.load(Relaxed)),
             gets_waited: st.get_waited,
-            gets_timed_out: st.get_timed_out + c.restart_timeouts.load(Relaxed),
+            gets_timed_out: st.get_timed_out + self.restart_timeouts.load(Relaxed),
             wait_time: st.get_wait_time,
             connections_created: st.connections_created,
-            connect_failures: c.connect_failures.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
             closed_broken: st.connections_closed_broken,
             closed_invalid: st.connections_closed_invalid,
             closed_idle_timeout: st.connections_closed_idle_timeout,
             closed_max_lifetime: st.connections_closed_max_lifetime,
-            discards: c.discards(),
-        }
-    }
-}
-
-/// Counters for what bb8 cannot know.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connect_failures: AtomicU64,
-    /// Checkouts started again after a stale connect failure (see `TcpPool::get`): bb8
-    /// counts each restart as a checkout of its own.
-    pub(crate) restarts: AtomicU64,
-    /// Restarted checkouts that reached the first one's deadline (bb8 does not see these).
-    pub(crate) restart_timeouts: AtomicU64,
-    io_error: AtomicU64,
-    eof: AtomicU64,
-    cancelled: AtomicU64,
-    unread_bytes: AtomicU64,
-    reply_not_read: AtomicU64,
-    panic: AtomicU64,
-    explicit: AtomicU64,
-    health_check: AtomicU64,
-}
-
-impl Counters {
-    fn discard(&self, reason: DiscardReason) -> &AtomicU64 {
-        match reason {
-            DiscardReason::IoError => &self.io_error,
-            DiscardReason::Eof => &self.eof,
-            DiscardReason::Cancelled => &self.cancelled,
-            DiscardReason::UnreadBytes => &self.unread_bytes,
-            DiscardReason::ReplyNotRead => &self.reply_not_read,
-            DiscardReason::Panic => &self.panic,
-            DiscardReason::Explicit => &self.explicit,
-            DiscardReason::HealthCheck => &self.health_check,
-        }
-    }
-
-    pub(crate) fn record_discard(&self, reason: DiscardReason) {
-        self.discard(reason).fetch_add(1, Relaxed);
-    }
-
-    fn discards(&self) -> Discards {
-        let n = |r: DiscardReason| self.discard(r).load(Relaxed);
-        Discards {
-            io_error: n(DiscardReason::IoError),
-            eof: n(DiscardReason::Eof),
-            cancelled: n(DiscardReason::Cancelled),
-            unread_bytes: n(DiscardReason::UnreadBytes),
-            reply_not_read: n(DiscardReason::ReplyNotRead),
-            panic: n(DiscardReason::Panic),
-            explicit: n(DiscardReason::Explicit),
-            health_check: n(DiscardReason::HealthCheck),
+            discards,
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::io;
 use std::time::Duration;
 
-use axum_tcp_pool::{TcpPool, TcpPoolBuilder};
+use axum_tcp_pool::{BackendStream, TcpPool, TcpPoolBuilder};
 use common::{app, read_line, setup, Backend};
 use tokio::io::AsyncWriteExt;
 
@@ -72,16 +72,14 @@ async fn unexpected_bytes_on_an_idle_connection_are_never_handed_out() {
 }
 
 fn ping_probe(b: TcpPoolBuilder) -> TcpPoolBuilder {
-    b.health_check(|stream| {
-        Box::pin(async move {
-            stream.write_all(b"PING\n").await?;
-            let reply = read_line(stream).await?;
-            if reply == "PONG" {
-                Ok(())
-            } else {
-                Err(io::Error::new(io::ErrorKind::InvalidData, "bad PING reply"))
-            }
-        })
+    b.health_check(async |stream: &mut BackendStream| {
+        stream.write_all(b"PING\n").await?;
+        let reply = read_line(stream).await?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidData, "bad PING reply"))
+        }
     })
 }
 
@@ -106,12 +104,10 @@ async fn a_backend_that_fails_the_probe_answers_502_without_looping_forever() {
         |b| {
             b.max_size(2)
                 .checkout_timeout(Duration::from_secs(3600))
-                .health_check(|stream| {
-                    Box::pin(async move {
-                        stream.write_all(b"ECHO NOPE\n").await?;
-                        let reply = read_line(stream).await?;
-                        Err(io::Error::new(io::ErrorKind::InvalidData, reply))
-                    })
+                .health_check(async |stream: &mut BackendStream| {
+                    stream.write_all(b"ECHO NOPE\n").await?;
+                    let reply = read_line(stream).await?;
+                    Err(io::Error::new(io::ErrorKind::InvalidData, reply))
                 })
         },
         app::eager,
@@ -134,11 +130,9 @@ async fn a_probe_that_hangs_is_bounded_by_connect_timeout() {
             b.max_size(1)
                 .connect_timeout(Duration::from_millis(50))
                 .checkout_timeout(Duration::from_secs(3600))
-                .health_check(|stream| {
-                    Box::pin(async move {
-                        stream.write_all(b"HOLD forever\n").await?;
-                        read_line(stream).await.map(drop)
-                    })
+                .health_check(async |stream: &mut BackendStream| {
+                    stream.write_all(b"HOLD forever\n").await?;
+                    read_line(stream).await.map(drop)
                 })
         },
         app::eager,

@@ -225,11 +225,11 @@ async fn unread_bytes_that_arrive_while_idle_are_caught_at_checkout() {
     assert_eq!(read_line(&mut conn).await.expect("read"), "one");
     drop(conn);
     // A second request through the stream itself, untracked: its reply arrives while idle.
-    let mut raw = pool.bb8().get().await.expect("raw checkout");
-    raw.stream_mut()
+    let mut raw = pool.get().await.expect("checkout");
+    raw.get_mut()
         .write_all(b"ECHO stray\n")
         .await
-        .expect("raw write");
+        .expect("untracked write");
     drop(raw); // returned before the reply arrives: looks clean now
     backend
         .wait_for("stray reply written", |s| s.replies == 2)
@@ -393,15 +393,13 @@ async fn a_health_check_probe_talks_plaintext_over_tls() {
     let (backend, ca) = tls_backend().await;
     let pool = TcpPool::builder(backend.addr_string())
         .tls(TlsConfig::new().ca_pem(ca.cert.pem()))
-        .health_check(|stream| {
-            Box::pin(async move {
-                use tokio::io::AsyncWriteExt;
-                stream.write_all(b"PING\n").await?;
-                match read_line(stream).await?.as_str() {
-                    "PONG" => Ok(()),
-                    _ => Err(io::Error::new(io::ErrorKind::InvalidData, "no PONG")),
-                }
-            })
+        .health_check(async |stream: &mut BackendStream| {
+            use tokio::io::AsyncWriteExt;
+            stream.write_all(b"PING\n").await?;
+            match read_line(stream).await?.as_str() {
+                "PONG" => Ok(()),
+                _ => Err(io::Error::new(io::ErrorKind::InvalidData, "no PONG")),
+            }
         })
         .build()
         .expect("pool");

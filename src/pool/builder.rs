@@ -1,11 +1,39 @@
-//! [`TcpPoolBuilder`]: settings, validation, and building the bb8 pool.
+//! [`TcpPool::builder`] and [`TcpPoolBuilder`]: a pool's settings, validated by `build`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ProbeFuture};
-use crate::manager::{FailureSink, Shared, TcpManager};
-use crate::{BackendStream, TcpPool, TcpPoolError};
+use crate::error::TcpPoolError;
+use crate::failfast::FailFast;
+use crate::pool::config::Config;
+use crate::pool::health::{self, ProbeFn};
+use crate::pool::manager::{FailureSink, TcpManager};
+use crate::pool::shared::Shared;
+use crate::pool::TcpPool;
+use crate::state::Counters;
+
+impl TcpPool {
+    /// Starts configuring a pool for `addr`. See [`TcpPoolBuilder`] for the settings.
+    ///
+    /// | address | connects with | [`TcpConnection::get_ref`](crate::TcpConnection::get_ref) |
+    /// |---|---|---|
+    /// | `"host:port"` | TCP; the name is resolved again on every connect | [`BackendStream::Tcp`](crate::BackendStream::Tcp) |
+    /// | `"unix:/run/app.sock"` | a Unix domain socket (Unix platforms) | [`BackendStream::Unix`](crate::BackendStream::Unix) |
+    /// | `"host:port"` and [`tls`](TcpPoolBuilder::tls) (feature `tls`) | TLS over TCP (rustls) | `BackendStream::Tls` |
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// let pool = axum_tcp_pool::TcpPool::builder("localhost:11211").max_size(4).build()?;
+    /// let local = axum_tcp_pool::TcpPool::builder("unix:/run/cache/cache.sock").build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(addr: impl Into<String>) -> TcpPoolBuilder {
+        TcpPoolBuilder {
+            config: Config::new(addr.into()),
+        }
+    }
+}
 
 /// Configures and builds a [`TcpPool`]. Created by [`TcpPool::builder`].
 ///
@@ -47,12 +75,6 @@ pub struct TcpPoolBuilder {
 }
 
 impl TcpPoolBuilder {
-    pub(crate) fn new(addr: String) -> Self {
-        TcpPoolBuilder {
-            config: Config::new(addr),
-        }
-    }
-
     /// The most connections the pool opens at once (default 10; must be at least 1). The
     /// backend never sees more than this many connections from this pool.
     ///
@@ -148,37 +170,37 @@ impl TcpPoolBuilder {
         self
     }
 
-    /// An async probe run on every checkout, after the built-in check (a non-blocking peek
-    /// that rejects connections the backend closed or sent unexpected bytes on).
+    /// An async probe run on every checkout, after the built-in non-blocking peek: an `async
+    /// fn(&mut BackendStream) -> io::Result<()>` or an async closure of that shape. Over TLS
+    /// it talks plaintext. It must leave nothing unread.
     ///
-    /// The probe gets the stream (over TLS, it reads and writes plaintext); it must leave
-    /// nothing unread. If it fails, times out (`connect_timeout`), or leaves bytes behind,
-    /// the connection is closed and another one is tried; if more than `max_size` brand-new
-    /// connections fail it in a row, the backend is taken as unreachable and waiting requests
+    /// If it fails, times out (`connect_timeout`) or leaves bytes behind, the connection is
+    /// closed (`HealthCheck`) and another one is tried; if more than `max_size` brand-new
+    /// connections fail it in a row, the backend counts as unreachable and waiting requests
     /// get `502` (no endless reconnect loop). It costs one round trip per checkout.
     ///
     /// ```
     /// use std::io;
+    /// use axum_tcp_pool::{BackendStream, TcpPool};
     /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
     ///
-    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").health_check(|stream| {
-    ///     Box::pin(async move {
-    ///         stream.write_all(b"PING\r\n").await?;
-    ///         let mut reply = [0u8; 7];
-    ///         stream.read_exact(&mut reply).await?;
-    ///         if &reply == b"+PONG\r\n" {
-    ///             Ok(())
-    ///         } else {
-    ///             Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected PING reply"))
-    ///         }
-    ///     })
-    /// });
+    /// async fn ping(stream: &mut BackendStream) -> io::Result<()> {
+    ///     stream.write_all(b"PING\r\n").await?;
+    ///     let mut reply = [0u8; 7];
+    ///     stream.read_exact(&mut reply).await?;
+    ///     match &reply {
+    ///         b"+PONG\r\n" => Ok(()),
+    ///         _ => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected PING reply")),
+    ///     }
+    /// }
+    ///
+    /// let builder = TcpPool::builder("127.0.0.1:6379").health_check(ping);
     /// ```
-    pub fn health_check<F>(mut self, probe: F) -> Self
+    pub fn health_check<P>(mut self, probe: P) -> Self
     where
-        F: for<'a> Fn(&'a mut BackendStream) -> ProbeFuture<'a> + Send + Sync + 'static,
+        P: for<'a> ProbeFn<'a> + 'static,
     {
-        self.config.probe = Some(Arc::new(probe));
+        self.config.probe = Some(health::probe(probe));
         self
     }
 
@@ -216,7 +238,7 @@ impl TcpPoolBuilder {
     /// ```
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls(mut self, config: crate::TlsConfig) -> Self {
+    pub fn tls(mut self, config: crate::transport::TlsConfig) -> Self {
         self.config.tls = Some(config);
         self
     }
@@ -247,14 +269,16 @@ impl TcpPoolBuilder {
     /// ```
     pub fn build(self) -> Result<TcpPool, TcpPoolError> {
         let (builder, shared) = self.prepare()?;
-        let pool = builder.build_unchecked(TcpManager::new(shared.clone()));
+        let pool = builder.build_unchecked(TcpManager {
+            shared: shared.clone(),
+        });
         Ok(TcpPool::new(pool, shared))
     }
 
     /// Validates the settings and makes the bb8 builder and the shared state.
     fn prepare(self) -> Result<(bb8::Builder<TcpManager>, Arc<Shared>), TcpPoolError> {
         let config = self.config;
-        config.validate()?;
+        let connector = config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(TcpPoolError::config(
                 "build() must be called from within a Tokio runtime (bb8 spawns its background tasks there)",
@@ -272,7 +296,12 @@ impl TcpPoolBuilder {
             .reaper_rate(config.reaper_rate())
             // Reuse the most recently returned connection, so surplus ones go idle and expire.
             .queue_strategy(bb8::QueueStrategy::Lifo);
-        let shared = Arc::new(Shared::new(config)?);
+        let shared = Arc::new(Shared {
+            config,
+            connector,
+            counters: Counters::default(),
+            fail_fast: FailFast::default(),
+        });
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
         Ok((builder, shared))
     }
@@ -300,7 +329,9 @@ impl TcpPoolBuilder {
     /// ```
     pub async fn connect(self) -> Result<TcpPool, TcpPoolError> {
         let (builder, shared) = self.prepare()?;
-        let manager = TcpManager::new(shared.clone());
+        let manager = TcpManager {
+            shared: shared.clone(),
+        };
         if shared.config.min_idle > 0 {
             // bb8 opens the min_idle connections concurrently and, with retries off, returns
             // the first connect error at once. (Checking them out one by one instead would

@@ -7,11 +7,12 @@ use std::convert::Infallible;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
-use crate::slot::Slot;
-use crate::{TcpConnection, TcpPoolError};
+use crate::error::TcpPoolError;
+use crate::middleware::slot::{Slot, Taken};
+use crate::pool::TcpConnection;
 
 /// Extracts the request's connection: `TcpConnection<M>` from the layer over the pool of
-/// marker `M` (`()` unless [several pools](crate#several-pools-in-one-router) are in use).
+/// marker `M` (`()` unless [several pools](crate::TcpPool::with_marker) are in use).
 ///
 /// Rejections ([`TcpPoolError`], whose response says what happened):
 /// - no [`TcpPoolLayer`](crate::TcpPoolLayer) of marker `M` on the route: `500` naming the
@@ -64,14 +65,9 @@ where
 
 /// Takes the connection out of the request's slot for marker `M`, or checks one out (lazy).
 async fn take<M: 'static>(parts: &mut Parts) -> Result<TcpConnection<M>, TcpPoolError> {
-    let slot = parts
-        .extensions
-        .get_mut::<Slot<M>>()
-        .ok_or(TcpPoolError::MissingLayer)?;
-    match std::mem::replace(slot, Slot::Taken) {
-        Slot::Ready(conn) => Ok(conn),
-        Slot::Lazy(pool) => pool.get().await,
-        Slot::Taken => Err(TcpPoolError::AlreadyExtracted),
+    match Slot::<M>::take(parts)? {
+        Taken::Ready(conn) => Ok(conn),
+        Taken::Pool(pool) => pool.get().await,
     }
 }
 

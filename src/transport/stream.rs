@@ -1,8 +1,7 @@
 //! [`BackendStream`]: the socket a pooled connection holds (TCP, Unix domain, or TLS over
-//! TCP), and the non-blocking check of whether it is idle and clean.
+//! TCP).
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,11 +10,10 @@ use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
 
-use crate::DiscardReason;
+use crate::transport::idle::{self, NotClean};
 
-/// The stream of one backend connection: what [`TcpConnection::get_ref`] and
-/// [`PooledStream::stream`] return, and what a [health check](crate::TcpPoolBuilder::health_check)
-/// probe talks over.
+/// The stream of one backend connection: what [`TcpConnection::get_ref`] returns and what a
+/// [health check](crate::TcpPoolBuilder::health_check) probe talks over.
 ///
 /// The variant follows the pool's address and settings: `"host:port"` gives [`Tcp`](Self::Tcp),
 /// `"unix:/path"` gives [`Unix`](Self::Unix), and a pool with
@@ -23,12 +21,11 @@ use crate::DiscardReason;
 /// [`AsyncRead`] + [`AsyncWrite`] whatever the variant. New variants may be added, so a
 /// `match` needs a wildcard arm.
 ///
-/// I/O done directly on this type (in a probe, or through [`PooledStream::stream_mut`]) is
-/// not tracked by the [clean-connection rule](crate#the-clean-connection-rule).
+/// I/O done directly on this type (in a probe, or through [`TcpConnection::get_mut`]) is not
+/// tracked by the [clean-connection rule](crate::TcpConnection#the-clean-connection-rule).
 ///
 /// [`TcpConnection::get_ref`]: crate::TcpConnection::get_ref
-/// [`PooledStream::stream`]: crate::manager::PooledStream::stream
-/// [`PooledStream::stream_mut`]: crate::manager::PooledStream::stream_mut
+/// [`TcpConnection::get_mut`]: crate::TcpConnection::get_mut
 ///
 /// ```no_run
 /// # async fn f(conn: axum_tcp_pool::TcpConnection) -> std::io::Result<()> {
@@ -120,8 +117,13 @@ impl BackendStream {
         }
     }
 
+    /// Shuts both directions down at once (FIN now, before the pool opens a replacement).
+    pub(crate) fn close_now(&self) {
+        let _ = self.sock().shutdown(std::net::Shutdown::Both);
+    }
+
     /// The raw socket, for peeking, and shutting down on discard.
-    pub(crate) fn sock(&self) -> socket2::SockRef<'_> {
+    fn sock(&self) -> socket2::SockRef<'_> {
         match self {
             BackendStream::Tcp(s) => socket2::SockRef::from(s),
             #[cfg(unix)]
@@ -133,88 +135,13 @@ impl BackendStream {
 
     /// A non-blocking look at what is waiting on the connection: `None` if nothing is (the
     /// state a clean, idle connection is in), otherwise why the connection must not be used.
-    pub(crate) fn idle_state(&mut self) -> Option<(DiscardReason, io::Error)> {
+    pub(crate) fn idle_state(&mut self) -> Option<NotClean> {
         match self {
             #[cfg(feature = "tls")]
-            BackendStream::Tls(s) => tls_idle_state(s),
-            _ => peek_state(&self.sock()),
+            BackendStream::Tls(s) => idle::tls_idle_state(s),
+            _ => idle::peek_state(&self.sock()),
         }
     }
-}
-
-fn eof() -> (DiscardReason, io::Error) {
-    (
-        DiscardReason::Eof,
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "backend closed the connection",
-        ),
-    )
-}
-
-fn unread() -> (DiscardReason, io::Error) {
-    (
-        DiscardReason::UnreadBytes,
-        io::Error::new(io::ErrorKind::InvalidData, "unexpected bytes waiting"),
-    )
-}
-
-/// A one-byte `MSG_PEEK` on the socket: bytes, end-of-file or an error mean not clean.
-fn peek_state(sock: &socket2::Socket) -> Option<(DiscardReason, io::Error)> {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-    match sock.peek(&mut buf) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-        Err(e) => Some((DiscardReason::IoError, e)),
-        Ok(0) => Some(eof()),
-        Ok(_) => Some(unread()),
-    }
-}
-
-/// TLS records that may be read off an idle connection in one check (session tickets, key
-/// updates) before a backend that keeps sending is taken as dirty.
-#[cfg(feature = "tls")]
-const MAX_IDLE_RECORDS: usize = 16;
-
-/// The idle check for TLS. A peek at the socket sees TLS records, not plaintext, and a clean
-/// TLS 1.3 connection does receive records nobody asked for: the session tickets the server
-/// sends after the handshake. So whatever is on the socket is read into the rustls session
-/// (straight from the socket, not through tokio, whose readiness flag may not have caught
-/// up yet) and processed: plaintext means unread bytes, `close_notify` or end-of-file means
-/// EOF, a TLS error (e.g. an alert) means an I/O error; handshake records alone leave the
-/// connection clean. Plaintext a handler left unread in the session's buffer is caught too.
-///
-/// A record only partly arrived is invisible (rustls keeps it without saying so), exactly as
-/// bytes still on the wire are for plain TCP: it is caught on the next check once its rest
-/// has arrived.
-#[cfg(feature = "tls")]
-fn tls_idle_state(
-    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
-) -> Option<(DiscardReason, io::Error)> {
-    let (tcp, session) = tls.get_mut();
-    let sock = socket2::SockRef::from(&*tcp);
-    for _ in 0..MAX_IDLE_RECORDS {
-        match session.process_new_packets() {
-            Err(e) => {
-                return Some((
-                    DiscardReason::IoError,
-                    io::Error::new(io::ErrorKind::InvalidData, e),
-                ))
-            }
-            Ok(state) if state.plaintext_bytes_to_read() > 0 => return Some(unread()),
-            Ok(state) if state.peer_has_closed() => return Some(eof()),
-            Ok(_) => {}
-        }
-        let mut raw: &socket2::Socket = &sock;
-        match session.read_tls(&mut raw) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Some((DiscardReason::IoError, e)),
-            Ok(0) => return Some(eof()),
-            Ok(_) => {}
-        }
-    }
-    Some(unread())
 }
 
 impl AsyncRead for BackendStream {

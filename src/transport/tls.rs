@@ -12,8 +12,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use crate::endpoint::Endpoint;
-use crate::TcpPoolError;
+use crate::error::TcpPoolError;
+use crate::transport::address::Address;
 
 /// How a pool connects to its backend over TLS: set with
 /// [`TcpPoolBuilder::tls`](crate::TcpPoolBuilder::tls). Available with the `tls` feature.
@@ -186,15 +186,15 @@ impl TlsConfig {
         self
     }
 
-    /// Parses everything and makes the connector for `endpoint`.
-    pub(crate) fn connector(&self, endpoint: &Endpoint) -> Result<Connector, TcpPoolError> {
+    /// Parses everything and makes the handshake for `address`.
+    pub(crate) fn handshake(&self, address: &Address) -> Result<Handshake, TcpPoolError> {
         let name =
-            match (&self.server_name, endpoint) {
-                (_, Endpoint::Unix(_)) => return Err(TcpPoolError::config(
+            match (&self.server_name, address) {
+                (_, Address::Unix(_)) => return Err(TcpPoolError::config(
                     "TLS is supported over TCP only: remove tls() or use a \"host:port\" address",
                 )),
                 (Some(name), _) => name.as_str(),
-                (None, endpoint) => endpoint.host().unwrap_or_default(),
+                (None, address) => address.host().unwrap_or_default(),
             };
         let server_name = ServerName::try_from(name.to_string()).map_err(|_| {
             TcpPoolError::config(format!(
@@ -205,7 +205,7 @@ impl TlsConfig {
             Some(config) => config.clone(),
             None => Arc::new(self.client_config()?),
         };
-        Ok(Connector {
+        Ok(Handshake {
             connector: TlsConnector::from(config),
             server_name,
         })
@@ -278,22 +278,22 @@ fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TcpPool
     Ok(certs)
 }
 
-/// A parsed [`TlsConfig`]: what each connect uses.
+/// A parsed [`TlsConfig`]: the handshake each connect does.
 #[derive(Clone)]
-pub(crate) struct Connector {
+pub(crate) struct Handshake {
     connector: TlsConnector,
     server_name: ServerName<'static>,
 }
 
-impl fmt::Debug for Connector {
+impl fmt::Debug for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connector")
+        f.debug_struct("Handshake")
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
 }
 
-impl Connector {
+impl Handshake {
     /// The TLS handshake over a connected socket. The error says that it was the handshake
     /// that failed, and why (rustls' reason).
     pub(crate) async fn connect(

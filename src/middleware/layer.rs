@@ -4,19 +4,24 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use crate::{TcpPool, TcpPoolService};
+use crate::middleware::service::TcpPoolService;
+use crate::pool::TcpPool;
 
-/// A tower [`Layer`] that gives every request a connection from a [`TcpPool`], for the
-/// [`TcpConnection`](crate::TcpConnection) extractor.
+/// A tower [`Layer`] that gives each request a connection from a [`TcpPool`], for the
+/// [`TcpConnection`](crate::TcpConnection) and [`LazyConnection`](crate::LazyConnection)
+/// extractors.
 ///
-/// - **Eager** (the default, [`TcpPoolLayer::new`]): the connection is checked out before the
-///   inner service runs. If the checkout fails, the inner service is never called and the
-///   client gets the error response (`503` or `502`, see the
-///   [crate docs](crate#errors-and-http-responses)).
-/// - **Lazy** ([`TcpPoolLayer::lazy`]): the request carries the pool, and the connection is
-///   checked out only when a handler extracts `TcpConnection`. Routes that do not need the
-///   backend open nothing, and a handler taking `Option<TcpConnection>` or
-///   `Result<TcpConnection, TcpPoolError>` can degrade gracefully when the backend is down.
+/// - **Eager** ([`TcpPoolLayer::new`]): checks out before the inner service runs; if that
+///   fails the inner service is not called and the client gets `503` or `502`.
+/// - **Lazy** ([`lazy`](Self::lazy)): checks out when a handler extracts the connection, so
+///   routes that do not use it open nothing and `Option<TcpConnection>` can answer without
+///   the backend.
+///
+/// Put it on the routes that talk to the backend with `route_layer`: with `layer` on a whole
+/// router an eager layer checks out for every request, unknown paths included (a `404`
+/// becomes a `502` while the backend is down). An eager layer holds the connection while the
+/// request body arrives; handlers that read a body should take
+/// [`LazyConnection`](crate::LazyConnection).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -27,14 +32,10 @@ use crate::{TcpPool, TcpPoolService};
 /// async fn handler(_conn: TcpConnection) -> &'static str { "ok" }
 ///
 /// let pool = TcpPool::builder("127.0.0.1:6379").build()?;
-/// let eager: Router = Router::new().route("/", get(handler)).layer(TcpPoolLayer::new(pool.clone()));
-/// let lazy: Router = Router::new().route("/", get(handler)).layer(TcpPoolLayer::new(pool).lazy());
+/// let eager: Router = Router::new().route("/", get(handler)).route_layer(TcpPoolLayer::new(pool.clone()));
+/// let lazy: Router = Router::new().route("/", get(handler)).route_layer(TcpPoolLayer::new(pool).lazy());
 /// # Ok(()) }
 /// ```
-///
-/// The layer's marker `M` is its pool's: a layer over a `TcpPool<Cache>` serves handlers that
-/// take `TcpConnection<Cache>`, and layers of different markers stack on one router (see
-/// [several pools in one router](crate#several-pools-in-one-router)).
 pub struct TcpPoolLayer<M = ()> {
     pool: TcpPool<M>,
     lazy: bool,

@@ -4,7 +4,7 @@
 use axum_core::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
-use crate::TcpPoolError;
+use crate::error::TcpPoolError;
 
 /// Seconds a client is asked to wait before retrying after `503`.
 const RETRY_AFTER_SECS: &str = "1";
@@ -31,12 +31,12 @@ impl TcpPoolError {
     /// The response body: short, generic, and free of addresses and OS error text.
     fn body(&self) -> &'static str {
         match self {
-            TcpPoolError::CheckoutTimeout => "Service unavailable: no backend connection is free, try again later",
-            TcpPoolError::BackendUnreachable(_) => "Bad gateway: the backend is unreachable",
-            TcpPoolError::Io(_) => "Bad gateway: the backend connection failed",
-            TcpPoolError::Config(_) => "Internal server error",
-            TcpPoolError::MissingLayer => "Missing TcpPoolLayer? The TcpConnection extractor needs `.layer(TcpPoolLayer::new(pool))` on the router",
-            TcpPoolError::AlreadyExtracted => "TcpConnection was already extracted for this request; extract it once",
+            TcpPoolError::CheckoutTimeout => "Service unavailable: no backend connection is free, try again later\n",
+            TcpPoolError::BackendUnreachable(_) => "Bad gateway: the backend is unreachable\n",
+            TcpPoolError::Io(_) => "Bad gateway: the backend connection failed\n",
+            TcpPoolError::Config(_) => "Internal server error\n",
+            TcpPoolError::MissingLayer => "Missing TcpPoolLayer? The TcpConnection extractor needs `.route_layer(TcpPoolLayer::new(pool))` on its route\n",
+            TcpPoolError::AlreadyExtracted => "TcpConnection was already extracted for this request; extract it once\n",
         }
     }
 }

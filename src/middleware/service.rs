@@ -7,9 +7,9 @@ use axum_core::response::{IntoResponse, Response};
 use http::Request;
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
-use crate::slot::Slot;
-use crate::TcpPool;
+use crate::middleware::future::ResponseFuture;
+use crate::middleware::slot::Slot;
+use crate::pool::TcpPool;
 
 /// The service made by [`TcpPoolLayer`](crate::TcpPoolLayer); see there for eager and lazy.
 ///

@@ -11,8 +11,10 @@ use pin_project_lite::pin_project;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_service::Service;
 
-use crate::slot::Slot;
-use crate::{TcpConnection, TcpPool, TcpPoolError};
+use crate::clean::scope;
+use crate::error::TcpPoolError;
+use crate::middleware::slot::Slot;
+use crate::pool::{TcpConnection, TcpPool};
 
 /// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust, so it
 /// is boxed; the boxes are recycled (up to [`SPARES_PER_THREAD`] per thread, enough for as
@@ -93,7 +95,7 @@ pin_project! {
             // Dropped before the inner service answered: the request was cancelled, and any
             // connection it used may be in the middle of an exchange.
             if let StateProj::Inner { .. } = state.as_mut().project() {
-                crate::connection::abandon(|| state.set(State::Done));
+                scope::abandon(|| state.set(State::Done));
             }
         }
     }
@@ -179,7 +181,10 @@ where
                 }
                 StateProj::Inner { future } => {
                     let result = ready!(future.poll(cx));
-                    state.set(State::Done);
+                    // Answered, but it may still hold work that did not finish: a timeout
+                    // layer inside this one keeps the handler it gave up on. What finished
+                    // dropped its connections while it ran; what is dropped now did not.
+                    scope::abandon(|| state.set(State::Done));
                     return Poll::Ready(result.map(IntoResponse::into_response));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),

@@ -1,0 +1,160 @@
+//! [`Tracker`]: what happened on a checked-out connection, and the one verdict on whether it
+//! may be reused.
+
+use std::io;
+use std::task::Poll;
+
+use crate::clean::reason::DiscardReason;
+use crate::clean::scope;
+
+/// The state of one connection's current checkout. It lives with the pooled connection, so
+/// the guard handlers use ([`TcpConnection`](crate::TcpConnection)) and the pool's return
+/// path read the same flags.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    /// Why the connection must not be reused; the first reason wins.
+    dirty: Option<DiscardReason>,
+    /// A read returned `Pending` and has not completed since.
+    read_pending: bool,
+    /// A write returned `Pending` and has not completed since.
+    write_pending: bool,
+    /// Bytes were written after the last successful read.
+    written_since_read: bool,
+    /// Any read or write was attempted during this checkout.
+    used: bool,
+}
+
+impl Tracker {
+    /// Forgets the previous checkout: called when the connection is handed out.
+    pub(crate) fn reset(&mut self) {
+        *self = Tracker::default();
+    }
+
+    /// Records why the connection must not be reused; the first reason wins.
+    pub(crate) fn mark(&mut self, reason: DiscardReason) {
+        self.dirty.get_or_insert(reason);
+    }
+
+    /// The verdict so far: `None` if the connection is clean as far as its I/O shows (the
+    /// unread-bytes check still runs when it is returned).
+    pub(crate) fn verdict(&self) -> Option<DiscardReason> {
+        if let Some(reason) = self.dirty {
+            return Some(reason);
+        }
+        if self.read_pending || self.write_pending {
+            return Some(DiscardReason::Cancelled);
+        }
+        if self.written_since_read {
+            return Some(DiscardReason::ReplyNotRead);
+        }
+        None
+    }
+
+    /// The final verdict, when the guard is dropped: a panic, the verdict so far, or, for a
+    /// connection that was used, a cancellation (the request or [`Guarded`](crate::Guarded)
+    /// future it belonged to was dropped unfinished). Recorded, so the return path sees it.
+    pub(crate) fn on_drop(&mut self) -> Option<DiscardReason> {
+        let reason = if std::thread::panicking() {
+            Some(DiscardReason::Panic)
+        } else if let Some(reason) = self.verdict() {
+            Some(reason)
+        } else if self.used && scope::abandoning() {
+            Some(DiscardReason::Cancelled)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.mark(reason);
+        }
+        self.dirty
+    }
+
+    /// The mark left by [`on_drop`](Self::on_drop) or a failed check, if any.
+    pub(crate) fn marked(&self) -> Option<DiscardReason> {
+        self.dirty
+    }
+
+    /// Records a read's outcome: `filled` bytes arrived, out of a buffer that `wanted` some.
+    pub(crate) fn read(&mut self, poll: &Poll<io::Result<()>>, filled: usize, wanted: bool) {
+        self.used = true;
+        match poll {
+            Poll::Pending => self.read_pending = true,
+            Poll::Ready(Err(_)) => {
+                self.read_pending = false;
+                self.mark(DiscardReason::IoError);
+            }
+            Poll::Ready(Ok(())) => {
+                self.read_pending = false;
+                if filled > 0 {
+                    self.written_since_read = false;
+                } else if wanted {
+                    self.mark(DiscardReason::Eof);
+                }
+            }
+        }
+    }
+
+    /// Records a write's outcome. Writing nothing from a non-empty buffer means the socket
+    /// can take no more (`write_all` turns it into `WriteZero`): not reusable.
+    pub(crate) fn write(&mut self, poll: &Poll<io::Result<usize>>, empty: bool) {
+        self.used = true;
+        match poll {
+            Poll::Pending => self.write_pending = true,
+            Poll::Ready(result) => {
+                self.write_pending = false;
+                match result {
+                    Err(_) => self.mark(DiscardReason::IoError),
+                    Ok(0) if !empty => self.mark(DiscardReason::IoError),
+                    Ok(0) => {}
+                    Ok(_) => self.written_since_read = true,
+                }
+            }
+        }
+    }
+
+    /// Records a flush's outcome.
+    pub(crate) fn flushed(&mut self, result: &io::Result<()>) {
+        if result.is_err() {
+            self.mark(DiscardReason::IoError);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_order() {
+        let mut t = Tracker::default();
+        assert_eq!(t.verdict(), None);
+        t.write(&Poll::Ready(Ok(3)), false);
+        assert_eq!(t.verdict(), Some(DiscardReason::ReplyNotRead));
+        t.read(&Poll::Pending, 0, true);
+        assert_eq!(t.verdict(), Some(DiscardReason::Cancelled));
+        t.read(&Poll::Ready(Ok(())), 2, true);
+        assert_eq!(t.verdict(), None);
+        t.read(&Poll::Ready(Ok(())), 0, true);
+        assert_eq!(t.verdict(), Some(DiscardReason::Eof));
+        t.mark(DiscardReason::Explicit);
+        assert_eq!(
+            t.verdict(),
+            Some(DiscardReason::Eof),
+            "the first reason wins"
+        );
+    }
+
+    #[test]
+    fn a_used_connection_dropped_in_an_abandoned_scope_is_cancelled() {
+        let mut used = Tracker::default();
+        used.read(&Poll::Ready(Ok(())), 1, true);
+        let mut unused = Tracker::default();
+        scope::abandon(|| {
+            assert_eq!(used.on_drop(), Some(DiscardReason::Cancelled));
+            assert_eq!(unused.on_drop(), None);
+        });
+        let mut outside = Tracker::default();
+        outside.read(&Poll::Ready(Ok(())), 1, true);
+        assert_eq!(outside.on_drop(), None);
+    }
+}

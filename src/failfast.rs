@@ -1,0 +1,217 @@
+//! Fail-fast: a failed connect attempt fails the checkouts waiting for a connection at once
+//! (`502`), instead of letting them wait out the checkout timeout (bb8 retries silently and
+//! only ever reports a timeout).
+//!
+//! Connect attempts are numbered. A waiting checkout is failed only by an attempt that started
+//! after it began to wait: a stale attempt, begun while the backend was down and seen failing
+//! after it came back, must not fail a checkout the backend could now serve. When only a stale
+//! attempt failed and none is under way, the checkout is restarted so that bb8 makes an
+//! attempt for it.
+//!
+//! The manager reports to this module ([`FailFast::begin_attempt`], [`Attempt::failed`],
+//! [`FailFast::check_failed`]); the checkout watches it ([`Watch`]).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+use crate::error::TcpPoolError;
+
+/// The fail-fast state of one pool.
+#[derive(Debug)]
+pub(crate) struct FailFast {
+    /// Woken (`notify_waiters`) each time a connect attempt fails, after bb8 has booked the
+    /// failure: a checkout that starts after the wake-up gets an attempt of its own.
+    failed: Notify,
+    /// The kind of the last connect failure, for the error handed to the waiters.
+    last_failure: Mutex<io::ErrorKind>,
+    /// Brand-new connections that failed their health check in a row.
+    fresh_failures: AtomicU32,
+    /// Connect attempts started; an attempt's number is the count when it started.
+    attempts: AtomicU64,
+    /// Connect attempts under way.
+    connecting: AtomicU64,
+    /// The highest number of a failed attempt.
+    last_failed: AtomicU64,
+}
+
+impl Default for FailFast {
+    fn default() -> Self {
+        FailFast {
+            failed: Notify::new(),
+            last_failure: Mutex::new(io::ErrorKind::Other),
+            fresh_failures: AtomicU32::new(0),
+            attempts: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
+            last_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One connect attempt, under way until dropped (also when its future is cancelled).
+#[derive(Debug)]
+pub(crate) struct Attempt<'a> {
+    fail_fast: &'a FailFast,
+    number: u64,
+}
+
+impl Attempt<'_> {
+    /// This attempt's number (a connection remembers the attempt that opened it).
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Records that this attempt failed. The waiters are woken later, by [`FailFast::wake`],
+    /// once bb8 has booked the failure.
+    pub(crate) fn failed(&self, err: &io::Error) {
+        self.fail_fast.record_failure(self.number, err.kind());
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.fail_fast.connecting.fetch_sub(1, SeqCst);
+    }
+}
+
+impl FailFast {
+    /// Starts a connect attempt. Keep the [`Attempt`] until its failure, if any, is recorded:
+    /// a waiting checkout never sees it as neither under way nor failed.
+    pub(crate) fn begin_attempt(&self) -> Attempt<'_> {
+        self.connecting.fetch_add(1, SeqCst);
+        let number = self.attempts.fetch_add(1, SeqCst) + 1;
+        Attempt {
+            fail_fast: self,
+            number,
+        }
+    }
+
+    fn record_failure(&self, attempt: u64, kind: io::ErrorKind) {
+        self.last_failed.fetch_max(attempt, SeqCst);
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = kind;
+        }
+    }
+
+    /// Wakes the waiting checkouts: called from bb8's error sink for a failed connect.
+    pub(crate) fn wake(&self) {
+        self.failed.notify_waiters();
+    }
+
+    /// A health check failed on a connection opened by `attempt`. A stale idle connection is
+    /// routine; but when more brand-new connections than `max_size` fail in a row, the
+    /// backend accepts connections without serving them: that is recorded as a failure of the
+    /// connect attempt (returns `true`), so waiting checkouts fail fast instead of
+    /// reconnecting in a loop.
+    pub(crate) fn check_failed(
+        &self,
+        fresh: bool,
+        attempt: u64,
+        err: &io::Error,
+        max_size: u32,
+    ) -> bool {
+        if !fresh {
+            return false;
+        }
+        let in_a_row = self.fresh_failures.fetch_add(1, Relaxed) + 1;
+        if in_a_row <= max_size {
+            return false;
+        }
+        self.fresh_failures.store(0, Relaxed);
+        self.record_failure(attempt, err.kind());
+        true
+    }
+
+    /// A health check passed: the streak of failing new connections ends.
+    pub(crate) fn check_passed(&self) {
+        // Read first: no shared write on the hot path while nothing fails.
+        if self.fresh_failures.load(Relaxed) != 0 {
+            self.fresh_failures.store(0, Relaxed);
+        }
+    }
+
+    /// Watches for failures on behalf of a checkout that is about to start. Registered before
+    /// the checkout starts, so no failure in between is missed; costs nothing until polled.
+    pub(crate) fn watch(&self) -> Watch<'_> {
+        Watch {
+            fail_fast: self,
+            since: self.attempts.load(SeqCst),
+            notified: self.failed.notified(),
+        }
+    }
+
+    fn error(&self) -> TcpPoolError {
+        let kind = self
+            .last_failure
+            .lock()
+            .map(|k| *k)
+            .unwrap_or(io::ErrorKind::Other);
+        TcpPoolError::BackendUnreachable(io::Error::new(
+            kind,
+            "a connect attempt to the backend failed while waiting for a connection",
+        ))
+    }
+}
+
+/// What a woken [`Watch`] tells its checkout.
+#[derive(Debug)]
+pub(crate) enum Woken {
+    /// Poll the checkout again, then the watch: a connection may still come.
+    Recheck,
+    /// An attempt made since the checkout began to wait failed: answer with this error.
+    Fail(TcpPoolError),
+    /// Only a stale attempt failed and none is under way: start the checkout afresh (then
+    /// call [`Watch::restarted`]), so that bb8 makes an attempt for it.
+    Restart,
+}
+
+pin_project! {
+    /// A checkout's view of the pool's connect failures.
+    pub(crate) struct Watch<'a> {
+        fail_fast: &'a FailFast,
+        since: u64,
+        #[pin]
+        notified: Notified<'a>,
+    }
+}
+
+impl Watch<'_> {
+    /// Pending until a connect attempt fails. `in_use_elsewhere` says whether a connection is
+    /// checked out elsewhere, which could come back to this checkout: then it keeps waiting.
+    /// (An idle connection is no such hope: bb8 hands idle ones to waiters, so one idle now is
+    /// brand-new and not yet checked.)
+    pub(crate) fn poll_woken(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        in_use_elsewhere: impl FnOnce() -> bool,
+    ) -> Poll<Woken> {
+        let mut this = self.project();
+        if this.notified.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.notified.set(this.fail_fast.failed.notified());
+        if in_use_elsewhere() {
+            return Poll::Ready(Woken::Recheck);
+        }
+        if this.fail_fast.last_failed.load(SeqCst) > *this.since {
+            return Poll::Ready(Woken::Fail(this.fail_fast.error()));
+        }
+        if this.fail_fast.connecting.load(SeqCst) > 0 {
+            return Poll::Ready(Woken::Recheck);
+        }
+        Poll::Ready(Woken::Restart)
+    }
+
+    /// The checkout was started afresh: only attempts from now on can fail it.
+    pub(crate) fn restarted(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.since = this.fail_fast.attempts.load(SeqCst);
+    }
+}

@@ -1,0 +1,185 @@
+//! [`Config`]: one pool's settings, and their validation. Everything is checked here, before
+//! bb8's builder (which asserts, i.e. panics, on some invalid values) sees it.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::TcpPoolError;
+use crate::pool::health::Probe;
+use crate::transport::{Address, Connector};
+
+/// The settings of one pool, as given to the builder. Fields are set by the builder and read
+/// within the `pool` module; [`Config::validate`] makes the [`Connector`] that connects.
+#[derive(Clone)]
+pub(crate) struct Config {
+    /// The address as given, for logs.
+    pub(super) addr: String,
+    /// The `pool` label of logs and metrics; the address if not set.
+    pub(super) name: Option<String>,
+    pub(super) max_size: u32,
+    pub(super) min_idle: u32,
+    pub(super) checkout_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) max_lifetime: Option<Duration>,
+    pub(super) nodelay: bool,
+    pub(super) keepalive: Option<Duration>,
+    pub(super) probe: Option<Probe>,
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<crate::transport::TlsConfig>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Config");
+        d.field("addr", &self.addr)
+            .field("name", &self.name)
+            .field("max_size", &self.max_size)
+            .field("min_idle", &self.min_idle)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("nodelay", &self.nodelay)
+            .field("keepalive", &self.keepalive)
+            .field("probe", &self.probe.as_ref().map(|_| "<fn>"));
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish()
+    }
+}
+
+impl Config {
+    pub(super) fn new(addr: String) -> Self {
+        Config {
+            addr,
+            name: None,
+            max_size: 10,
+            min_idle: 0,
+            checkout_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            nodelay: true,
+            keepalive: None,
+            probe: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The pool's name for logs and metrics: as configured, or else the address.
+    pub(crate) fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.addr)
+    }
+
+    /// The address as configured.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The most connections the pool opens at once.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn max_size(&self) -> u32 {
+        self.max_size
+    }
+
+    /// Checks every value bb8 would panic on, and a few it would accept but that cannot work;
+    /// returns the connector for the validated address and transport settings.
+    pub(super) fn validate(&self) -> Result<Connector, TcpPoolError> {
+        let address = Address::parse(&self.addr)?;
+        if self.name.as_deref() == Some("") {
+            return Err(TcpPoolError::config(
+                "name must not be empty (it labels the pool's logs and metrics); leave it unset to use the address",
+            ));
+        }
+        if self.max_size == 0 {
+            return Err(TcpPoolError::config(
+                "max_size must be at least 1 (it is the most connections the pool may open)",
+            ));
+        }
+        if self.min_idle > self.max_size {
+            return Err(TcpPoolError::config(format!(
+                "min_idle ({}) must not exceed max_size ({}): lower min_idle or raise max_size",
+                self.min_idle, self.max_size
+            )));
+        }
+        for (name, value) in [
+            ("checkout_timeout", Some(self.checkout_timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+        ] {
+            if value == Some(Duration::ZERO) {
+                let none = match name {
+                    "idle_timeout" => "; use idle_timeout(None) to keep idle connections forever",
+                    "max_lifetime" => "; use max_lifetime(None) to let connections live forever",
+                    _ => "",
+                };
+                return Err(TcpPoolError::config(format!(
+                    "{name} must be greater than zero{none}"
+                )));
+            }
+        }
+        if let Some(idle) = self.keepalive {
+            // TCP_KEEPIDLE is whole seconds, 1 to 32767 on Linux: anything else would make
+            // every connect fail on setsockopt.
+            if idle < Duration::from_secs(1) || idle > Duration::from_secs(32767) {
+                return Err(TcpPoolError::config(format!(
+                    "keepalive must be between 1 s and 32767 s (got {idle:?}); use keepalive(None) to turn it off"
+                )));
+            }
+        }
+        Ok(Connector {
+            #[cfg(feature = "tls")]
+            tls: match &self.tls {
+                Some(tls) => Some(tls.handshake(&address)?),
+                None => None,
+            },
+            address,
+            timeout: self.connect_timeout,
+            nodelay: self.nodelay,
+            keepalive: self.keepalive,
+        })
+    }
+
+    /// How often bb8's reaper looks for idle and expired connections: often enough that short
+    /// timeouts are honoured (a quarter of the shortest one), at most bb8's default of 30 s.
+    pub(super) fn reaper_rate(&self) -> Duration {
+        let shortest = [self.idle_timeout, self.max_lifetime]
+            .into_iter()
+            .flatten()
+            .min();
+        match shortest {
+            Some(d) => (d / 4).clamp(Duration::from_millis(1), Duration::from_secs(30)),
+            None => Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaper_rate_follows_the_shortest_timeout() {
+        let mut c = Config::new("a:1".into());
+        c.idle_timeout = Some(Duration::from_millis(200));
+        assert_eq!(c.reaper_rate(), Duration::from_millis(50));
+        c.idle_timeout = None;
+        c.max_lifetime = None;
+        assert_eq!(c.reaper_rate(), Duration::from_secs(30));
+        c.max_lifetime = Some(Duration::MAX);
+        assert_eq!(c.reaper_rate(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_duration_may_be_the_largest() {
+        let mut c = Config::new("127.0.0.1:1".into());
+        c.checkout_timeout = Duration::MAX;
+        c.connect_timeout = Duration::MAX;
+        c.idle_timeout = Some(Duration::MAX);
+        c.max_lifetime = Some(Duration::MAX);
+        assert!(c.validate().is_ok());
+    }
+}

@@ -106,3 +106,37 @@ async fn connect_fails_fast_when_the_backend_is_down() {
     let err = TcpPool::builder("127.0.0.1:1").max_size(0).connect().await;
     assert!(matches!(err, Err(TcpPoolError::Config(_))));
 }
+
+/// Every duration setting at its largest value builds and works: a checkout, a reuse, and a
+/// prompt `502` from a backend that refuses (no deadline arithmetic overflows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_duration_setting_works_at_its_largest() {
+    let longest = |addr: String| {
+        TcpPool::builder(addr)
+            .max_size(1)
+            .checkout_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .idle_timeout(Some(Duration::MAX))
+            .max_lifetime(Some(Duration::MAX))
+            .keepalive(Some(Duration::from_secs(32767)))
+            .build()
+            .expect("the largest durations are valid")
+    };
+    let backend = Backend::start().await;
+    let pool = longest(backend.addr_string());
+    for _ in 0..2 {
+        drop(
+            common::bounded("checkout", pool.get())
+                .await
+                .expect("checkout"),
+        );
+    }
+    assert_eq!(backend.seen().accepts, 1, "reused");
+    backend.stop().await;
+    let refused = longest(backend.addr_string());
+    let err = common::bounded("refused", refused.get()).await.map(drop);
+    assert!(
+        matches!(err, Err(TcpPoolError::BackendUnreachable(_))),
+        "{err:?}"
+    );
+}

@@ -31,6 +31,17 @@ fn syn_sent_to(port: u16) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_connect_failure_does_not_fail_a_newer_checkout() {
+    stale_failure_then_newer_checkout(Duration::from_secs(3600)).await;
+}
+
+/// The restarted checkout keeps the first one's deadline: a timeout too long to be one
+/// (`Duration::MAX`) must not overflow there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_checkout_timeout_survives_a_restarted_checkout() {
+    stale_failure_then_newer_checkout(Duration::MAX).await;
+}
+
+async fn stale_failure_then_newer_checkout(checkout_timeout: Duration) {
     // The backend is "down" in a way that makes a connect hang: it listens but its accept
     // queue is full, so SYNs are dropped.
     let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
@@ -65,7 +76,7 @@ async fn a_stale_connect_failure_does_not_fail_a_newer_checkout() {
         .max_size(1)
         // Shorter than the first SYN retransmission (1 s): the hanging attempt times out.
         .connect_timeout(Duration::from_millis(600))
-        .checkout_timeout(Duration::from_secs(3600))
+        .checkout_timeout(checkout_timeout)
         .build()
         .expect("valid pool");
     // The first checkout's attempt hangs.

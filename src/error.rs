@@ -11,7 +11,7 @@ use std::io;
 /// `Display` carries detail for logs (it may contain an address or an OS error text). The
 /// HTTP response made by [`IntoResponse`](axum_core::response::IntoResponse) never does: the
 /// body is a short generic sentence and the detail goes to `tracing`. See the
-/// [crate docs](crate#errors-and-http-responses) for the status of each variant.
+/// [crate docs](crate#errors) for the status of each variant.
 ///
 /// # Example
 ///

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::error::TcpPoolError;
 use crate::failfast::FailFast;
 use crate::pool::config::Config;
-use crate::pool::health::{self, ProbeFn};
 use crate::pool::manager::{FailureSink, TcpManager};
+use crate::pool::probe::{self, ProbeFn};
 use crate::pool::shared::Shared;
 use crate::pool::TcpPool;
 use crate::state::Counters;
@@ -200,7 +200,7 @@ impl TcpPoolBuilder {
     where
         P: for<'a> ProbeFn<'a> + 'static,
     {
-        self.config.probe = Some(health::probe(probe));
+        self.config.probe = Some(probe::probe(probe));
         self
     }
 

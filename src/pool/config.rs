@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::TcpPoolError;
-use crate::pool::health::Probe;
+use crate::pool::probe::Probe;
 use crate::transport::{Address, Connector};
 
 /// The settings of one pool, as given to the builder. Fields are set by the builder and read

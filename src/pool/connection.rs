@@ -10,7 +10,8 @@ use bb8::PooledConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clean::DiscardReason;
-use crate::pool::manager::{PooledStream, TcpManager};
+use crate::pool::manager::TcpManager;
+use crate::pool::pooled::PooledStream;
 use crate::transport::BackendStream;
 
 /// A pooled connection, owned by one request (or task) until dropped; [`AsyncRead`] +

@@ -6,22 +6,8 @@ use std::sync::Arc;
 use crate::clean::{self, Tracker};
 use crate::error::TcpPoolError;
 use crate::pool::health;
+use crate::pool::pooled::PooledStream;
 use crate::pool::shared::Shared;
-use crate::transport::BackendStream;
-
-/// What bb8 holds for each connection: the stream, and the state that decides whether it
-/// may be reused.
-#[derive(Debug)]
-pub(crate) struct PooledStream {
-    pub(crate) stream: BackendStream,
-    pub(crate) tracker: Tracker,
-    /// Not yet handed out by a successful checkout.
-    pub(crate) fresh: bool,
-    /// The number of the connect attempt that opened it.
-    pub(crate) attempt: u64,
-    /// The runtime that opened it, lent to a drop on a thread without one.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
-}
 
 /// The [`bb8::ManageConnection`] behind a pool.
 #[derive(Debug, Clone)]

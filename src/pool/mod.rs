@@ -8,6 +8,8 @@ mod config;
 mod connection;
 mod health;
 mod manager;
+mod pooled;
+mod probe;
 mod shared;
 
 use std::fmt;
@@ -19,7 +21,7 @@ use tracing::Instrument;
 
 pub use builder::TcpPoolBuilder;
 pub use connection::TcpConnection;
-pub use health::{ProbeFn, ProbeFuture};
+pub use probe::{ProbeFn, ProbeFuture};
 
 use crate::error::TcpPoolError;
 use crate::state::PoolState;

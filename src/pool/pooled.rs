@@ -1,0 +1,18 @@
+//! [`PooledStream`]: what bb8 holds for each connection.
+
+use crate::clean::Tracker;
+use crate::transport::BackendStream;
+
+/// What bb8 holds for each connection: the stream, and the state that decides whether it
+/// may be reused.
+#[derive(Debug)]
+pub(crate) struct PooledStream {
+    pub(crate) stream: BackendStream,
+    pub(crate) tracker: Tracker,
+    /// Not yet handed out by a successful checkout.
+    pub(crate) fresh: bool,
+    /// The number of the connect attempt that opened it.
+    pub(crate) attempt: u64,
+    /// The runtime that opened it, lent to a drop on a thread without one.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+}

@@ -1,0 +1,57 @@
+//! The health check probe a pool may be configured with: the [`ProbeFn`] trait that every
+//! `async fn(&mut BackendStream) -> io::Result<()>` implements, and its boxed form.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::transport::BackendStream;
+
+/// A boxed probe future, for probes written as `fn(&mut BackendStream) -> ProbeFuture<'_>`.
+/// An `async fn` or an async closure needs no box (see
+/// [`TcpPoolBuilder::health_check`](crate::TcpPoolBuilder::health_check)).
+///
+/// ```
+/// use axum_tcp_pool::{BackendStream, ProbeFuture};
+/// use tokio::io::AsyncWriteExt;
+///
+/// fn probe(stream: &mut BackendStream) -> ProbeFuture<'_> {
+///     Box::pin(async move { stream.write_all(b"").await })
+/// }
+/// let builder = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").health_check(probe);
+/// ```
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
+
+/// A health check probe: an `async fn(&mut BackendStream) -> io::Result<()>`, an async
+/// closure of that shape, or a `fn` returning a [`ProbeFuture`]. Implemented for all of them;
+/// there is nothing to implement by hand.
+///
+/// ```
+/// use axum_tcp_pool::{BackendStream, ProbeFn};
+/// fn assert_probe<P: for<'a> ProbeFn<'a>>(_: P) {}
+/// async fn ping(_stream: &mut BackendStream) -> std::io::Result<()> { Ok(()) }
+/// assert_probe(ping);
+/// ```
+pub trait ProbeFn<'a>:
+    Fn(&'a mut BackendStream) -> <Self as ProbeFn<'a>>::Future + Send + Sync
+{
+    /// The future the probe returns.
+    type Future: Future<Output = io::Result<()>> + Send + 'a;
+}
+
+impl<'a, F, Fut> ProbeFn<'a> for F
+where
+    F: Fn(&'a mut BackendStream) -> Fut + Send + Sync,
+    Fut: Future<Output = io::Result<()>> + Send + 'a,
+{
+    type Future = Fut;
+}
+
+/// A configured probe, boxed once at build time.
+pub(crate) type Probe = Arc<dyn for<'a> Fn(&'a mut BackendStream) -> ProbeFuture<'a> + Send + Sync>;
+
+/// Boxes a probe for the configuration.
+pub(crate) fn probe<P: for<'a> ProbeFn<'a> + 'static>(probe: P) -> Probe {
+    Arc::new(move |stream| Box::pin(probe(stream)))
+}

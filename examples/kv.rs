@@ -14,8 +14,8 @@
 //! - [`TcpPool::state`] as a `/stats` page.
 //!
 //! To be runnable with nothing else installed, the example starts its own tiny key-value
-//! backend in the same process, on a free loopback port (`support::spawn_kv_backend`, in
-//! `examples/support/mod.rs` with the other plumbing the examples share). Its protocol is
+//! backend in the same process, on a free loopback port (`example::spawn_kv_backend`, in
+//! `testkit/src/example/` with the other plumbing the examples share). Its protocol is
 //! one line per command and one line per reply:
 //!
 //! ```text
@@ -51,7 +51,7 @@ use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-mod support;
+use testkit::example;
 
 /// The longest line, command or reply, either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -62,10 +62,10 @@ const MAX_VALUE: usize = 60 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The backend: in a real service, the address of your cache or legacy system.
-    let backend = support::spawn_kv_backend(MAX_LINE).await?;
+    let backend = example::spawn_kv_backend(MAX_LINE).await?;
 
     // `connect()` waits for `min_idle` connections, so a dead backend stops us here.
     let pool = TcpPool::builder(backend.to_string())
@@ -82,19 +82,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/stats", get(stats))
         .with_state(pool);
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("key-value backend on {backend}");
-    println!("listening on http://{addr}");
-    println!("try:");
-    println!("  curl -X PUT localhost:{}/kv/hello -d world", addr.port());
-    println!("  curl localhost:{}/kv/hello", addr.port());
-    println!("  curl localhost:{}/stats", addr.port());
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    example::serve(app, &["-X PUT /kv/hello -d world", "/kv/hello", "/stats"]).await?;
     Ok(())
 }
 

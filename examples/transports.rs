@@ -43,7 +43,7 @@ use axum_tcp_pool::{BackendStream, TcpConnection, TcpPool, TcpPoolError, TcpPool
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-mod support;
+use testkit::example;
 
 /// The longest line either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -52,7 +52,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The backends: in a real service, a socket path and a host name of your own.
     let dir = SocketDir::new()?;
@@ -87,19 +87,8 @@ async fn main() -> Result<(), Error> {
         .route("/stats", get(stats))
         .with_state([unix_pool, tls_pool]);
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("backends on unix:{} and {tls_addr} (TLS)", socket.display());
-    println!("listening on http://{addr}");
-    println!("try:");
-    println!("  curl localhost:{}/unix/hello", addr.port());
-    println!("  curl localhost:{}/tls/hello", addr.port());
-    println!("  curl localhost:{}/stats", addr.port());
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    example::serve(app, &["/unix/hello", "/tls/hello", "/stats"]).await?;
     Ok(())
 }
 

@@ -48,7 +48,7 @@ use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-mod support;
+use testkit::example;
 
 /// Marks the cache's pool and its connections.
 enum Cache {}
@@ -66,11 +66,11 @@ struct Pools {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The backends: in a real service, the addresses of your cache and legacy system.
-    let cache_addr = support::spawn_kv_backend(MAX_LINE).await?;
-    let legacy_addr = support::spawn_line_backend(MAX_LINE, directory_command).await?;
+    let cache_addr = example::spawn_kv_backend(MAX_LINE).await?;
+    let legacy_addr = example::spawn_line_backend(MAX_LINE, directory_command).await?;
 
     // The marker is fixed when the pool is built; the layers and extractors follow from it.
     let cache: TcpPool<Cache> = TcpPool::builder(cache_addr.to_string())
@@ -97,19 +97,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/stats", get(stats))
         .with_state(Pools { cache, legacy });
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("cache backend on {cache_addr}, directory backend on {legacy_addr}");
-    println!("listening on http://{addr}");
-    println!("try:");
-    for path in ["/directory/1", "/users/1", "/cache/user:1", "/stats"] {
-        println!("  curl localhost:{}{path}", addr.port());
-    }
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    let tries = ["/directory/1", "/users/1", "/cache/user:1", "/stats"];
+    example::serve(app, &tries).await?;
     Ok(())
 }
 
@@ -256,7 +246,7 @@ fn valid_word(s: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // The in-process directory backend (it stands in for a real server; the cache is
-// `support::spawn_kv_backend`)
+// `example::spawn_kv_backend`)
 // ---------------------------------------------------------------------------------------
 
 /// The legacy directory: `LOOKUP id`, from a fixed table.

@@ -2,14 +2,12 @@
 //! matches `pool.state()`, per pool and per discard reason.
 #![cfg(feature = "metrics")]
 
-mod common;
-
 use std::collections::HashMap;
 
 use axum_tcp_pool::{metrics as names, DiscardReason, PoolState, TcpPool};
-use common::{app, serve, wait_pool, Backend, HttpClient};
 use http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use testkit::{app, serve, wait_pool, Backend, HttpClient};
 
 /// `record_metrics` into `recorder`, rendered and parsed: series (`name{labels}`) to value.
 fn scrape<M>(recorder: &PrometheusRecorder, pool: &TcpPool<M>) -> HashMap<String, f64> {

@@ -8,9 +8,10 @@
 //!   unknown paths never take a connection;
 //! - handlers that take the [`TcpConnection`] extractor, return `Result<_, TcpPoolError>` and
 //!   use `?` on I/O: a dead backend becomes `502`, an exhausted pool `503`;
-//! - reading every reply to its end (`BufReader` + `read_line`), and
-//!   [`TcpConnection::discard`] when a reply makes no sense, so only clean connections go
-//!   back to the pool;
+//! - reading every reply to its end (`BufReader` + `read_line`, in `example::read_reply`),
+//!   and [`TcpConnection::discard`] when a reply makes no sense (`example::unexpected_reply`),
+//!   so only clean connections go back to the pool (both in `testkit/src/example/reply.rs`,
+//!   shared with `two_pools`);
 //! - [`TcpPool::state`] as a `/stats` page.
 //!
 //! To be runnable with nothing else installed, the example starts its own tiny key-value
@@ -40,7 +41,6 @@
 //!
 //! Stop it with Ctrl-C: requests in flight finish, then it exits.
 
-use std::io;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -49,9 +49,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
-use testkit::example;
+use testkit::example::{self, read_reply, unexpected_reply};
 
 /// The longest line, command or reply, either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -101,7 +101,7 @@ async fn get_value(
         return Ok((StatusCode::BAD_REQUEST, why).into_response());
     }
     conn.write_all(format!("GET {key}\n").as_bytes()).await?;
-    let reply = read_reply(&mut conn).await?;
+    let reply = read_reply(&mut conn, MAX_LINE).await?;
     if let Some(value) = reply.strip_prefix("VALUE ") {
         Ok(value.to_owned().into_response())
     } else if reply == "NOT_FOUND" {
@@ -122,7 +122,7 @@ async fn put_value(
     }
     conn.write_all(format!("SET {key} {value}\n").as_bytes())
         .await?;
-    let reply = read_reply(&mut conn).await?;
+    let reply = read_reply(&mut conn, MAX_LINE).await?;
     if reply == "OK" {
         Ok("OK\n".into_response())
     } else {
@@ -133,53 +133,6 @@ async fn put_value(
 /// `GET /stats`: the pool's sizes and counters. This route has no `TcpPoolLayer`.
 async fn stats(State(pool): State<TcpPool>) -> String {
     format!("{:#?}\n", pool.state())
-}
-
-/// Reads one reply line, without its newline.
-///
-/// The `BufReader` is dropped when this returns, with whatever it buffered beyond the line.
-/// That is safe here because the backend sends exactly one line per command; with a
-/// protocol that can send more, keep one reader for the whole exchange.
-async fn read_reply(conn: &mut TcpConnection) -> Result<String, TcpPoolError> {
-    let mut line = String::new();
-    let read = BufReader::new(&mut *conn)
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .await;
-    match read {
-        // End of file: `TcpConnection` has already marked the connection to be closed.
-        Ok(0) => Err(TcpPoolError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the backend closed the connection",
-        ))),
-        Ok(_) => match line.strip_suffix('\n') {
-            Some(reply) => Ok(reply.to_owned()),
-            None => {
-                // Too long: the rest of the line is still on the wire.
-                conn.discard();
-                Err(TcpPoolError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "backend reply longer than MAX_LINE",
-                )))
-            }
-        },
-        Err(err) => {
-            // A socket error is tracked already; a UTF-8 error is not, so say it here.
-            conn.discard();
-            Err(err.into())
-        }
-    }
-}
-
-/// A reply this client does not understand: we no longer trust where the connection
-/// stands in the protocol, so it is closed rather than reused, and the client gets `502`.
-fn unexpected_reply(conn: &mut TcpConnection, reply: &str) -> TcpPoolError {
-    conn.discard();
-    tracing::warn!(reply, "unexpected reply from the key-value backend");
-    TcpPoolError::Io(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "unexpected reply from the key-value backend",
-    ))
 }
 
 /// Keys go into a space-separated line: no whitespace or control characters.

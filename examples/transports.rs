@@ -31,7 +31,6 @@
 //! platforms only, for the Unix socket.)
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -43,7 +42,7 @@ use axum_tcp_pool::{BackendStream, TcpConnection, TcpPool, TcpPoolError, TcpPool
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use testkit::example;
+use testkit::{example, TempDir};
 
 /// The longest line either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -55,8 +54,9 @@ async fn main() -> Result<(), Error> {
     example::init_logging();
 
     // The backends: in a real service, a socket path and a host name of your own.
-    let dir = SocketDir::new()?;
-    let socket = dir.0.join("backend.sock");
+    // A fresh directory for the backend's socket, removed when dropped.
+    let dir = TempDir::try_new()?;
+    let socket = dir.path().join("backend.sock");
     spawn_unix_backend(&socket)?;
     let (tls_addr, ca_pem) = spawn_tls_backend().await?;
 
@@ -189,22 +189,4 @@ async fn spawn_tls_backend() -> Result<(SocketAddr, String), Error> {
         }
     });
     Ok((addr, ca.pem()))
-}
-
-/// A fresh directory for the backend's socket, removed when dropped.
-struct SocketDir(PathBuf);
-
-impl SocketDir {
-    fn new() -> std::io::Result<SocketDir> {
-        let dir =
-            std::env::temp_dir().join(format!("axum-tcp-pool-example-{}", std::process::id()));
-        std::fs::create_dir(&dir)?;
-        Ok(SocketDir(dir))
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -37,7 +37,6 @@
 //!
 //! Stop it with Ctrl-C.
 
-use std::io;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -46,9 +45,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
-use testkit::example;
+use testkit::example::{self, read_reply, unexpected_reply};
 
 /// Marks the cache's pool and its connections.
 enum Cache {}
@@ -149,7 +148,7 @@ async fn user(
     cache
         .write_all(format!("SET {key} {name}\n").as_bytes())
         .await?;
-    let reply = read_reply(&mut cache).await?;
+    let reply = read_reply(&mut cache, MAX_LINE).await?;
     if reply != "OK" {
         return Err(unexpected_reply(&mut cache, &reply));
     }
@@ -171,7 +170,7 @@ async fn cache_lookup(
     key: &str,
 ) -> Result<Option<String>, TcpPoolError> {
     cache.write_all(format!("GET {key}\n").as_bytes()).await?;
-    let reply = read_reply(cache).await?;
+    let reply = read_reply(cache, MAX_LINE).await?;
     if let Some(value) = reply.strip_prefix("VALUE ") {
         Ok(Some(value.to_owned()))
     } else if reply == "NOT_FOUND" {
@@ -189,7 +188,7 @@ async fn directory_name(
     legacy
         .write_all(format!("LOOKUP {id}\n").as_bytes())
         .await?;
-    let reply = read_reply(legacy).await?;
+    let reply = read_reply(legacy, MAX_LINE).await?;
     if let Some(name) = reply.strip_prefix("USER ") {
         Ok(Some(name.to_owned()))
     } else if reply == "NO_SUCH_USER" {
@@ -197,46 +196,6 @@ async fn directory_name(
     } else {
         Err(unexpected_reply(legacy, &reply))
     }
-}
-
-/// Reads one reply line, without its newline (both backends send exactly one line per
-/// command, so the dropped `BufReader` holds nothing more).
-async fn read_reply<M>(conn: &mut TcpConnection<M>) -> Result<String, TcpPoolError> {
-    let mut line = String::new();
-    let read = BufReader::new(&mut *conn)
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .await;
-    match read {
-        Ok(0) => Err(TcpPoolError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the backend closed the connection",
-        ))),
-        Ok(_) => match line.strip_suffix('\n') {
-            Some(reply) => Ok(reply.to_owned()),
-            None => {
-                conn.discard(); // the rest of the line is still on the wire
-                Err(TcpPoolError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "backend reply too long",
-                )))
-            }
-        },
-        Err(err) => {
-            conn.discard();
-            Err(err.into())
-        }
-    }
-}
-
-/// A reply this client does not understand: close the connection, answer `502`.
-fn unexpected_reply<M>(conn: &mut TcpConnection<M>, reply: &str) -> TcpPoolError {
-    conn.discard();
-    tracing::warn!(reply, "unexpected reply from a backend");
-    TcpPoolError::Io(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "unexpected reply from a backend",
-    ))
 }
 
 /// Keys and values go into space-separated lines.

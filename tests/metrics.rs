@@ -56,16 +56,7 @@ fn assert_matches(scraped: &HashMap<String, f64>, pool: &str, max_size: u32, s: 
     for (name, want) in expected {
         assert_eq!(value(scraped, name, &l), want as f64, "{name} of {pool}");
     }
-    for reason in [
-        DiscardReason::IoError,
-        DiscardReason::Eof,
-        DiscardReason::Cancelled,
-        DiscardReason::UnreadBytes,
-        DiscardReason::ReplyNotRead,
-        DiscardReason::Panic,
-        DiscardReason::Explicit,
-        DiscardReason::HealthCheck,
-    ] {
+    for &reason in DiscardReason::ALL.iter() {
         let labels = format!("{l},reason=\"{}\"", reason.as_str());
         assert_eq!(
             value(scraped, names::DISCARDS, &labels),

@@ -5,7 +5,7 @@
 //! - [`backend`]: the scriptable line-protocol backend that counts what it sees;
 //! - [`proxy`]: the fault-injecting TCP proxy, and [`rng`], its seeded randomness;
 //! - [`echo`]: one line exchange, and the tagged handler of the chaos test and the soak;
-//! - [`app`]: the handlers the tests drive, and [`setup`](app::setup);
+//! - [`app`]: the handlers the tests drive, and [`setup`];
 //! - [`http`]: an axum server on a free loopback port, and real HTTP clients;
 //! - [`redis`]: a real `redis-server` per test; [`redis_kv`]: the `redis_kv` example's app;
 //! - [`require_binary`]: skip (or, in CI, fail) a test whose server binary is missing;

@@ -1,6 +1,6 @@
 //! A real `redis-server` started on a free loopback port and killed when dropped, with an
 //! admin client that talks RESP to it. Without the binary a test skips itself (or, with `CI`
-//! set, fails): see [`require_binary`](crate::require_binary).
+//! set, fails): see [`require_binary`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;

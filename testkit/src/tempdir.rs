@@ -8,7 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Creates one, failing the test if it cannot.
+    #[allow(clippy::new_without_default)] // it creates a directory: not a default value
     pub fn new() -> TempDir {
+        TempDir::try_new().expect("create temp dir")
+    }
+
+    /// Creates one.
+    pub fn try_new() -> std::io::Result<TempDir> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -20,10 +27,11 @@ impl TempDir {
             NEXT.fetch_add(1, SeqCst)
         );
         let path = std::env::temp_dir().join(name);
-        std::fs::create_dir(&path).expect("create temp dir");
-        TempDir(path)
+        std::fs::create_dir(&path)?;
+        Ok(TempDir(path))
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.0
     }

@@ -1,9 +1,11 @@
-//! Plumbing the examples share, none of it about the pool: logging to stderr, the HTTP
-//! listener on `127.0.0.1:$PORT`, serving until Ctrl-C with the `curl` lines to try, and
-//! backends run in the same process ([`spawn_kv_backend`], [`spawn_line_backend`]). Each
-//! example's own story (routes, handlers, pool settings) is in the example's file.
+//! Plumbing the examples share: logging to stderr, the HTTP listener on `127.0.0.1:$PORT`,
+//! serving until Ctrl-C with the `curl` lines to try, backends run in the same process
+//! ([`spawn_kv_backend`], [`spawn_line_backend`]), and reading their one-line replies so the
+//! connection stays clean ([`read_reply`], [`unexpected_reply`]). Each example's own story
+//! (routes, handlers, pool settings) is in the example's file.
 
 mod backends;
+mod reply;
 
 use std::io::{self, IsTerminal};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,6 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use backends::{spawn_kv_backend, spawn_line_backend};
+pub use reply::{read_reply, unexpected_reply};
 
 /// Logs (`tracing`, level `INFO` and above) to stderr, in colour only when stderr is a
 /// terminal, so that redirected output has no escape codes and stdout carries only what the

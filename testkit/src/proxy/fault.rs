@@ -91,7 +91,7 @@ pub struct ProxyStats {
     pub half_closes: usize,
     /// Connections closed because the backend behind the proxy could not be reached or closed.
     pub upstream_closes: usize,
-    /// Connections closed by [`Proxy::down`].
+    /// Connections closed by [`Proxy::down`](super::Proxy::down).
     pub killed: usize,
 }
 

@@ -4,18 +4,21 @@
 //! What it shows:
 //!
 //! - a [`TcpPool`] built with `connect()`, so the server does not start without its backend;
-//! - [`TcpPoolLayer::new`] (eager checkout) on the `/kv` routes only, so `/stats` and
+//! - a lazy [`TcpPoolLayer`] on the `/kv` routes only (`route_layer`), so `/stats` and
 //!   unknown paths never take a connection;
+//! - `PUT` taking [`LazyConnection`] before its body: it checks out only after the body has
+//!   arrived, so a slow upload holds no pool connection;
 //! - handlers that take the [`TcpConnection`] extractor, return `Result<_, TcpPoolError>` and
 //!   use `?` on I/O: a dead backend becomes `502`, an exhausted pool `503`;
-//! - reading every reply to its end (`BufReader` + `read_line`), and
-//!   [`TcpConnection::discard`] when a reply makes no sense, so only clean connections go
-//!   back to the pool;
+//! - reading every reply to its end (`BufReader` + `read_line`, in `example::read_reply`),
+//!   and [`TcpConnection::discard`] when a reply makes no sense (`example::unexpected_reply`),
+//!   so only clean connections go back to the pool (both in `testkit/src/example/reply.rs`,
+//!   shared with `two_pools`);
 //! - [`TcpPool::state`] as a `/stats` page.
 //!
 //! To be runnable with nothing else installed, the example starts its own tiny key-value
-//! backend in the same process, on a free loopback port (`support::spawn_kv_backend`, in
-//! `examples/support/mod.rs` with the other plumbing the examples share). Its protocol is
+//! backend in the same process, on a free loopback port (`example::spawn_kv_backend`, in
+//! `testkit/src/example/` with the other plumbing the examples share). Its protocol is
 //! one line per command and one line per reply:
 //!
 //! ```text
@@ -40,7 +43,6 @@
 //!
 //! Stop it with Ctrl-C: requests in flight finish, then it exits.
 
-use std::io;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -48,10 +50,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use axum_tcp_pool::{LazyConnection, TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use tokio::io::AsyncWriteExt;
 
-mod support;
+use testkit::example::{self, read_reply, unexpected_reply};
 
 /// The longest line, command or reply, either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -62,10 +64,10 @@ const MAX_VALUE: usize = 60 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The backend: in a real service, the address of your cache or legacy system.
-    let backend = support::spawn_kv_backend(MAX_LINE).await?;
+    let backend = example::spawn_kv_backend(MAX_LINE).await?;
 
     // `connect()` waits for `min_idle` connections, so a dead backend stops us here.
     let pool = TcpPool::builder(backend.to_string())
@@ -77,24 +79,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = Router::new()
         .route("/kv/{key}", get(get_value).put(put_value))
-        // `route_layer`: only the routes above check out a connection.
-        .route_layer(TcpPoolLayer::new(pool.clone()))
+        // `route_layer`: only the routes above check out, and lazily: when a handler asks.
+        .route_layer(TcpPoolLayer::new(pool.clone()).lazy())
         .route("/stats", get(stats))
         .with_state(pool);
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("key-value backend on {backend}");
-    println!("listening on http://{addr}");
-    println!("try:");
-    println!("  curl -X PUT localhost:{}/kv/hello -d world", addr.port());
-    println!("  curl localhost:{}/kv/hello", addr.port());
-    println!("  curl localhost:{}/stats", addr.port());
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    example::serve(app, &["-X PUT /kv/hello -d world", "/kv/hello", "/stats"]).await?;
     Ok(())
 }
 
@@ -112,7 +103,7 @@ async fn get_value(
         return Ok((StatusCode::BAD_REQUEST, why).into_response());
     }
     conn.write_all(format!("GET {key}\n").as_bytes()).await?;
-    let reply = read_reply(&mut conn).await?;
+    let reply = read_reply(&mut conn, MAX_LINE).await?;
     if let Some(value) = reply.strip_prefix("VALUE ") {
         Ok(value.to_owned().into_response())
     } else if reply == "NOT_FOUND" {
@@ -122,18 +113,20 @@ async fn get_value(
     }
 }
 
-/// `PUT /kv/{key}`, body = the value (UTF-8, one line): `200 OK`.
+/// `PUT /kv/{key}`, body = the value (UTF-8, one line): `200 OK`. The connection is checked
+/// out once the body is in.
 async fn put_value(
     Path(key): Path<String>,
-    mut conn: TcpConnection,
+    conn: LazyConnection,
     value: String,
 ) -> Result<Response, TcpPoolError> {
     if let Err(why) = check_key(&key).and_then(|()| check_value(&value)) {
         return Ok((StatusCode::BAD_REQUEST, why).into_response());
     }
+    let mut conn = conn.get().await?;
     conn.write_all(format!("SET {key} {value}\n").as_bytes())
         .await?;
-    let reply = read_reply(&mut conn).await?;
+    let reply = read_reply(&mut conn, MAX_LINE).await?;
     if reply == "OK" {
         Ok("OK\n".into_response())
     } else {
@@ -144,53 +137,6 @@ async fn put_value(
 /// `GET /stats`: the pool's sizes and counters. This route has no `TcpPoolLayer`.
 async fn stats(State(pool): State<TcpPool>) -> String {
     format!("{:#?}\n", pool.state())
-}
-
-/// Reads one reply line, without its newline.
-///
-/// The `BufReader` is dropped when this returns, with whatever it buffered beyond the line.
-/// That is safe here because the backend sends exactly one line per command; with a
-/// protocol that can send more, keep one reader for the whole exchange.
-async fn read_reply(conn: &mut TcpConnection) -> Result<String, TcpPoolError> {
-    let mut line = String::new();
-    let read = BufReader::new(&mut *conn)
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .await;
-    match read {
-        // End of file: `TcpConnection` has already marked the connection to be closed.
-        Ok(0) => Err(TcpPoolError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the backend closed the connection",
-        ))),
-        Ok(_) => match line.strip_suffix('\n') {
-            Some(reply) => Ok(reply.to_owned()),
-            None => {
-                // Too long: the rest of the line is still on the wire.
-                conn.discard();
-                Err(TcpPoolError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "backend reply longer than MAX_LINE",
-                )))
-            }
-        },
-        Err(err) => {
-            // A socket error is tracked already; a UTF-8 error is not, so say it here.
-            conn.discard();
-            Err(err.into())
-        }
-    }
-}
-
-/// A reply this client does not understand: we no longer trust where the connection
-/// stands in the protocol, so it is closed rather than reused, and the client gets `502`.
-fn unexpected_reply(conn: &mut TcpConnection, reply: &str) -> TcpPoolError {
-    conn.discard();
-    tracing::warn!(reply, "unexpected reply from the key-value backend");
-    TcpPoolError::Io(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "unexpected reply from the key-value backend",
-    ))
 }
 
 /// Keys go into a space-separated line: no whitespace or control characters.

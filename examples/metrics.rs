@@ -38,7 +38,7 @@ use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-mod support;
+use testkit::example;
 
 /// The longest line either side accepts (newline included).
 const MAX_LINE: u64 = 4096;
@@ -51,13 +51,13 @@ struct Metrics {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The global recorder: installed once, before anything records.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
 
     // A line-echo backend.
-    let backend = support::spawn_line_backend(MAX_LINE, |line| format!("{line}\n")).await?;
+    let backend = example::spawn_line_backend(MAX_LINE, |line| format!("{line}\n")).await?;
     let pool = TcpPool::builder(backend.to_string())
         .name("echo")
         .max_size(8)
@@ -71,19 +71,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/metrics", get(metrics))
         .with_state(Metrics { pool, prometheus });
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("echo backend on {backend}");
-    println!("listening on http://{addr}");
-    println!("try:");
-    for path in ["/echo/hello", "/forget/hello", "/metrics"] {
-        println!("  curl localhost:{}{path}", addr.port());
-    }
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    example::serve(app, &["/echo/hello", "/forget/hello", "/metrics"]).await?;
     Ok(())
 }
 

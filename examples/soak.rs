@@ -24,11 +24,6 @@
 //! was dropped. The exit status is 1 if either is not 0, or if a request hung or got a status
 //! outside 200/502/503/504.
 
-#[path = "../tests/common/echo.rs"]
-mod echo;
-#[path = "../tests/common/proxy.rs"]
-mod proxy;
-
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::io::{IsTerminal, Write};
@@ -41,12 +36,13 @@ use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpPool, TcpPoolLayer};
 use bytes::Bytes;
-use echo::tagged;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use proxy::{Fault, Proxy, Rng};
+use testkit::echo::tagged;
+use testkit::proxy::{Fault, Proxy};
+use testkit::rng::Rng;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 

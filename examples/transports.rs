@@ -31,7 +31,6 @@
 //! platforms only, for the Unix socket.)
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -43,7 +42,7 @@ use axum_tcp_pool::{BackendStream, TcpConnection, TcpPool, TcpPoolError, TcpPool
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-mod support;
+use testkit::{example, TempDir};
 
 /// The longest line either side accepts (newline included).
 const MAX_LINE: u64 = 64 * 1024;
@@ -52,11 +51,12 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The backends: in a real service, a socket path and a host name of your own.
-    let dir = SocketDir::new()?;
-    let socket = dir.0.join("backend.sock");
+    // A fresh directory for the backend's socket, removed when dropped.
+    let dir = TempDir::try_new()?;
+    let socket = dir.path().join("backend.sock");
     spawn_unix_backend(&socket)?;
     let (tls_addr, ca_pem) = spawn_tls_backend().await?;
 
@@ -87,19 +87,8 @@ async fn main() -> Result<(), Error> {
         .route("/stats", get(stats))
         .with_state([unix_pool, tls_pool]);
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("backends on unix:{} and {tls_addr} (TLS)", socket.display());
-    println!("listening on http://{addr}");
-    println!("try:");
-    println!("  curl localhost:{}/unix/hello", addr.port());
-    println!("  curl localhost:{}/tls/hello", addr.port());
-    println!("  curl localhost:{}/stats", addr.port());
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    example::serve(app, &["/unix/hello", "/tls/hello", "/stats"]).await?;
     Ok(())
 }
 
@@ -200,22 +189,4 @@ async fn spawn_tls_backend() -> Result<(SocketAddr, String), Error> {
         }
     });
     Ok((addr, ca.pem()))
-}
-
-/// A fresh directory for the backend's socket, removed when dropped.
-struct SocketDir(PathBuf);
-
-impl SocketDir {
-    fn new() -> std::io::Result<SocketDir> {
-        let dir =
-            std::env::temp_dir().join(format!("axum-tcp-pool-example-{}", std::process::id()));
-        std::fs::create_dir(&dir)?;
-        Ok(SocketDir(dir))
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -37,7 +37,6 @@
 //!
 //! Stop it with Ctrl-C.
 
-use std::io;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -46,9 +45,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
-mod support;
+use testkit::example::{self, read_reply, unexpected_reply};
 
 /// Marks the cache's pool and its connections.
 enum Cache {}
@@ -66,11 +65,11 @@ struct Pools {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    example::init_logging();
 
     // The backends: in a real service, the addresses of your cache and legacy system.
-    let cache_addr = support::spawn_kv_backend(MAX_LINE).await?;
-    let legacy_addr = support::spawn_line_backend(MAX_LINE, directory_command).await?;
+    let cache_addr = example::spawn_kv_backend(MAX_LINE).await?;
+    let legacy_addr = example::spawn_line_backend(MAX_LINE, directory_command).await?;
 
     // The marker is fixed when the pool is built; the layers and extractors follow from it.
     let cache: TcpPool<Cache> = TcpPool::builder(cache_addr.to_string())
@@ -97,19 +96,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/stats", get(stats))
         .with_state(Pools { cache, legacy });
 
-    let listener = support::listen().await?;
-    let addr = listener.local_addr()?;
     println!("cache backend on {cache_addr}, directory backend on {legacy_addr}");
-    println!("listening on http://{addr}");
-    println!("try:");
-    for path in ["/directory/1", "/users/1", "/cache/user:1", "/stats"] {
-        println!("  curl localhost:{}{path}", addr.port());
-    }
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(support::shutdown_signal())
-        .await?;
-    println!("shut down");
+    let tries = ["/directory/1", "/users/1", "/cache/user:1", "/stats"];
+    example::serve(app, &tries).await?;
     Ok(())
 }
 
@@ -159,7 +148,7 @@ async fn user(
     cache
         .write_all(format!("SET {key} {name}\n").as_bytes())
         .await?;
-    let reply = read_reply(&mut cache).await?;
+    let reply = read_reply(&mut cache, MAX_LINE).await?;
     if reply != "OK" {
         return Err(unexpected_reply(&mut cache, &reply));
     }
@@ -181,7 +170,7 @@ async fn cache_lookup(
     key: &str,
 ) -> Result<Option<String>, TcpPoolError> {
     cache.write_all(format!("GET {key}\n").as_bytes()).await?;
-    let reply = read_reply(cache).await?;
+    let reply = read_reply(cache, MAX_LINE).await?;
     if let Some(value) = reply.strip_prefix("VALUE ") {
         Ok(Some(value.to_owned()))
     } else if reply == "NOT_FOUND" {
@@ -199,7 +188,7 @@ async fn directory_name(
     legacy
         .write_all(format!("LOOKUP {id}\n").as_bytes())
         .await?;
-    let reply = read_reply(legacy).await?;
+    let reply = read_reply(legacy, MAX_LINE).await?;
     if let Some(name) = reply.strip_prefix("USER ") {
         Ok(Some(name.to_owned()))
     } else if reply == "NO_SUCH_USER" {
@@ -209,46 +198,6 @@ async fn directory_name(
     }
 }
 
-/// Reads one reply line, without its newline (both backends send exactly one line per
-/// command, so the dropped `BufReader` holds nothing more).
-async fn read_reply<M>(conn: &mut TcpConnection<M>) -> Result<String, TcpPoolError> {
-    let mut line = String::new();
-    let read = BufReader::new(&mut *conn)
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .await;
-    match read {
-        Ok(0) => Err(TcpPoolError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the backend closed the connection",
-        ))),
-        Ok(_) => match line.strip_suffix('\n') {
-            Some(reply) => Ok(reply.to_owned()),
-            None => {
-                conn.discard(); // the rest of the line is still on the wire
-                Err(TcpPoolError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "backend reply too long",
-                )))
-            }
-        },
-        Err(err) => {
-            conn.discard();
-            Err(err.into())
-        }
-    }
-}
-
-/// A reply this client does not understand: close the connection, answer `502`.
-fn unexpected_reply<M>(conn: &mut TcpConnection<M>, reply: &str) -> TcpPoolError {
-    conn.discard();
-    tracing::warn!(reply, "unexpected reply from a backend");
-    TcpPoolError::Io(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "unexpected reply from a backend",
-    ))
-}
-
 /// Keys and values go into space-separated lines.
 fn valid_word(s: &str) -> bool {
     !s.is_empty() && s.len() <= 250 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -256,7 +205,7 @@ fn valid_word(s: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // The in-process directory backend (it stands in for a real server; the cache is
-// `support::spawn_kv_backend`)
+// `example::spawn_kv_backend`)
 // ---------------------------------------------------------------------------------------
 
 /// The legacy directory: `LOOKUP id`, from a fixed table.

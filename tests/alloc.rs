@@ -2,8 +2,6 @@
 //! a checkout that finds an idle connection, through the tower service and through an axum
 //! router, without HTTP.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -12,7 +10,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
-use common::Backend;
+use testkit::Backend;
 use tower::{service_fn, Layer, ServiceExt};
 
 struct Counting;

@@ -1,8 +1,6 @@
 //! A slow upload does not hold a pool connection when the handler reads its body before it
 //! checks out (`LazyConnection`): with `max_size(1)`, other requests are served meanwhile.
 
-mod common;
-
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -10,7 +8,7 @@ use axum::extract::Path;
 use axum::routing::{get, put};
 use axum::Router;
 use axum_tcp_pool::{LazyConnection, TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use common::{bounded, read_line, serve, Backend, HttpClient};
+use testkit::{bounded, read_line, serve, Backend, HttpClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn store(
@@ -116,7 +114,7 @@ async fn under_an_eager_layer_a_slow_upload_holds_the_connection() {
     let backend = Backend::start().await;
     let (pool, addr) = app(&backend, TcpPoolLayer::new, false).await;
     let upload = start_slow_upload(addr).await;
-    common::wait_pool(&pool, "the upload's checkout", |s| s.in_use == 1).await;
+    testkit::wait_pool(&pool, "the upload's checkout", |s| s.in_use == 1).await;
     let r = HttpClient::new(addr).get("/echo/a").await;
     assert_eq!(r.status.as_u16(), 503, "{r:?}");
     let response = finish_upload(upload).await;

@@ -3,8 +3,6 @@
 //! Each leaves a reply half-read on the connection; each must close it (`Cancelled`), never
 //! hand the rest of that reply to the next request.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{Guarded, TcpConnection, TcpPool, TcpPoolLayer};
-use common::{bounded, read_line, serve, wait_pool, Backend, HttpClient};
+use testkit::{bounded, read_line, serve, wait_pool, Backend, HttpClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 use tower::ServiceBuilder;

@@ -6,8 +6,6 @@
 //! `CHAOS_ITERATIONS=<n>` sets the number of requests. The short run is part of `cargo test`;
 //! the long one is `cargo test --test chaos -- --ignored`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -18,10 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
-use common::echo::tagged;
-use common::proxy::{Fault, Proxy, Rng};
-use common::{read_line, Backend, HttpClient};
 use http::StatusCode;
+use testkit::echo::tagged;
+use testkit::proxy::{Fault, Proxy};
+use testkit::rng::Rng;
+use testkit::{read_line, Backend, HttpClient};
 use tokio::io::AsyncWriteExt;
 
 const MAX_SIZE: u32 = 4;
@@ -96,7 +95,7 @@ async fn run(requests: usize, seed: u64) {
         .idle_timeout(None)
         .build()
         .expect("valid pool");
-    let (addr, stop_tx, server) = common::serve_until_stopped(app(&pool)).await;
+    let (addr, stop_tx, server) = testkit::serve_until_stopped(app(&pool)).await;
     let client = HttpClient::new(addr);
 
     let mut plans = Rng::new(seed);
@@ -262,7 +261,7 @@ async fn run(requests: usize, seed: u64) {
     // Afterwards: nothing in use, and max_size concurrent requests are served again.
     proxy.set_all(Fault::none());
     proxy.up().await.expect("proxy up");
-    let s = common::wait_pool(&pool, &format!("seed {seed}: in_use back to 0"), |s| {
+    let s = testkit::wait_pool(&pool, &format!("seed {seed}: in_use back to 0"), |s| {
         s.in_use == 0
     })
     .await;
@@ -288,14 +287,14 @@ async fn run(requests: usize, seed: u64) {
 
     // No task or socket leaked: stop the server, drop the pool, and everything closes.
     let _ = stop_tx.send(());
-    common::bounded(&format!("seed {seed}: graceful shutdown"), server)
+    testkit::bounded(&format!("seed {seed}: graceful shutdown"), server)
         .await
         .expect("server task")
         .expect("server");
     drop(client);
     drop(pool);
     proxy
-        .wait_for(common::BOUND, |p| p.open == 0)
+        .wait_for(testkit::BOUND, |p| p.open == 0)
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -309,7 +308,7 @@ async fn run(requests: usize, seed: u64) {
         })
         .await;
     let metrics = tokio::runtime::Handle::current().metrics();
-    common::bounded(
+    testkit::bounded(
         &format!("seed {seed}: tasks back to {tasks_before}"),
         async {
             while metrics.num_alive_tasks() > tasks_before {

@@ -1,12 +1,10 @@
 //! Rule 2: only clean connections go back to the pool; everything else is closed, counted by
 //! reason, and never reaches the next request.
 
-mod common;
-
 use std::time::Duration;
 
 use axum_tcp_pool::{DiscardReason, TcpPool};
-use common::{app, setup, Backend, HttpClient};
+use testkit::{app, setup, Backend, HttpClient};
 
 /// After a dirty request: exactly one discard of `reason`, the backend saw the connection
 /// close, nothing is in use, and the next request gets its own reply on a new connection.
@@ -19,7 +17,7 @@ async fn assert_discarded(
     backend
         .wait_for("discarded connection closed", |s| s.open == 0)
         .await;
-    let s = common::wait_pool(pool, "connection released", |s| s.connections == 0).await;
+    let s = testkit::wait_pool(pool, "connection released", |s| s.connections == 0).await;
     assert_eq!(
         s.discards.get(reason),
         1,
@@ -95,7 +93,7 @@ async fn eof_from_the_backend_closes_the_connection_and_answers_502() {
     let (backend, pool, client) = setup(|b| b, app::eager).await;
     let r = client.get("/close").await;
     assert_eq!(r.status, 502, "{r:?}");
-    common::assert_no_leak(&r.body, &backend);
+    testkit::assert_no_leak(&r.body, &backend);
     assert_discarded(&backend, &pool, &client, DiscardReason::Eof).await;
 }
 
@@ -167,7 +165,7 @@ async fn outside_a_request_the_same_rule_holds() {
     let mut conn = pool.get().await.expect("connection");
     conn.write_all(b"ECHO hi\n").await.expect("write");
     assert_eq!(conn.discard_reason(), Some(DiscardReason::ReplyNotRead));
-    assert_eq!(common::read_line(&mut conn).await.expect("read"), "hi");
+    assert_eq!(testkit::read_line(&mut conn).await.expect("read"), "hi");
     assert_eq!(conn.discard_reason(), None);
     drop(conn);
     assert_eq!(pool.state().idle, 1);
@@ -231,11 +229,11 @@ async fn a_connection_dropped_outside_the_runtime_releases_its_slot() {
         dropped.is_ok(),
         "dropping a connection on a plain thread panicked"
     );
-    let s = common::wait_pool(&pool, "discard booked", |s| s.discards.explicit == 1).await;
+    let s = testkit::wait_pool(&pool, "discard booked", |s| s.discards.explicit == 1).await;
     assert_eq!(s.in_use, 0, "{s:?}");
     // Both slots are usable again.
     let a = pool.get().await.expect("first");
-    let b = common::bounded("second connection", pool.get())
+    let b = testkit::bounded("second connection", pool.get())
         .await
         .expect("second");
     drop((a, b));

@@ -1,12 +1,10 @@
 //! Rule 5: bad configuration is an error with a message that says what to fix, never a panic.
 //! And `connect()`, the fail-fast way to build.
 
-mod common;
-
 use std::time::Duration;
 
 use axum_tcp_pool::{TcpPool, TcpPoolBuilder, TcpPoolError};
-use common::Backend;
+use testkit::Backend;
 
 fn config_error(b: TcpPoolBuilder) -> String {
     match b.build() {
@@ -89,7 +87,7 @@ async fn connect_opens_min_idle_connections_before_returning() {
 async fn connect_fails_fast_when_the_backend_is_down() {
     let backend = Backend::start().await;
     backend.stop().await;
-    let result = common::bounded(
+    let result = testkit::bounded(
         "connect() to a down backend",
         TcpPool::builder(backend.addr_string())
             .min_idle(2)
@@ -126,7 +124,7 @@ async fn every_duration_setting_works_at_its_largest() {
     let pool = longest(backend.addr_string());
     for _ in 0..2 {
         drop(
-            common::bounded("checkout", pool.get())
+            testkit::bounded("checkout", pool.get())
                 .await
                 .expect("checkout"),
         );
@@ -134,7 +132,7 @@ async fn every_duration_setting_works_at_its_largest() {
     assert_eq!(backend.seen().accepts, 1, "reused");
     backend.stop().await;
     let refused = longest(backend.addr_string());
-    let err = common::bounded("refused", refused.get()).await.map(drop);
+    let err = testkit::bounded("refused", refused.get()).await.map(drop);
     assert!(
         matches!(err, Err(TcpPoolError::BackendUnreachable(_))),
         "{err:?}"

@@ -1,13 +1,11 @@
 //! Rule 4: errors are responses that say what happened and leak nothing; the pool recovers.
 //! Rule 6: after errors the pool serves `max_size` requests at once again.
 
-mod common;
-
 use std::time::Duration;
 
 use axum_tcp_pool::{TcpPool, TcpPoolError};
-use common::{app, assert_no_leak, serve, setup, HttpClient};
 use futures_util::future::join_all;
+use testkit::{app, assert_no_leak, serve, setup, HttpClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_answers_503_with_retry_after_then_recovers() {
@@ -241,7 +239,7 @@ async fn after_a_mix_of_failures_the_pool_serves_max_size_at_once() {
     backend
         .wait_for("dirty connections closed", |s| s.holding == 0)
         .await;
-    common::wait_pool(&pool, "in_use back to 0", |s| s.in_use == 0).await;
+    testkit::wait_pool(&pool, "in_use back to 0", |s| s.in_use == 0).await;
     // max_size requests at once, all holding a connection together. (Idle connections with
     // late bytes from the mix are discarded at checkout and replaced; the backend may count
     // a replacement before it notices the old one's EOF, so the pool's own count is checked.)
@@ -266,7 +264,7 @@ async fn after_a_mix_of_failures_the_pool_serves_max_size_at_once() {
 async fn no_checkout_misses_the_failure_of_a_connect_it_waited_for() {
     // Many checkouts against a down backend, a pool of one: each must be told of a failed
     // connect, including those that start while bb8 is still booking the previous failure.
-    let backend = common::Backend::start().await;
+    let backend = testkit::Backend::start().await;
     backend.stop().await;
     let pool = TcpPool::builder(backend.addr_string())
         .max_size(1)
@@ -274,7 +272,7 @@ async fn no_checkout_misses_the_failure_of_a_connect_it_waited_for() {
         .build()
         .expect("pool");
     for wave in 0..200 {
-        let results = common::bounded(
+        let results = testkit::bounded(
             &format!("wave {wave} of checkouts against a down backend"),
             join_all((0..50).map(|_| pool.get())),
         )
@@ -304,7 +302,7 @@ async fn a_failed_connect_does_not_fail_a_request_that_a_busy_connection_can_ser
     backend.stop_listening().await;
     let waiter = client.spawn_get("/echo/second");
     // The waiter's own connect attempt fails...
-    common::wait_pool(&pool, "the waiter's connect failed", |s| {
+    testkit::wait_pool(&pool, "the waiter's connect failed", |s| {
         s.connect_failures >= 1
     })
     .await;

@@ -2,16 +2,14 @@
 //! cold pool), each with its figures in its assertion messages. Assertions are on counters
 //! (pool state, proxy and backend counts), never on timing.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum_tcp_pool::TcpPool;
-use common::proxy::{Fault, Proxy};
-use common::{app, bounded, Backend, HttpClient};
 use futures_util::future::join_all;
+use testkit::proxy::{Fault, Proxy};
+use testkit::{app, bounded, Backend, HttpClient};
 
 /// A backend behind a proxy, a pool (configured by `f`) on the proxy, and the test app.
 async fn proxied(
@@ -22,7 +20,7 @@ async fn proxied(
     let pool = f(TcpPool::builder(proxy.addr().to_string()))
         .build()
         .expect("valid pool");
-    let addr = common::serve(app::eager(&pool)).await;
+    let addr = testkit::serve(app::eager(&pool)).await;
     (backend, proxy, pool, HttpClient::new(addr))
 }
 
@@ -30,13 +28,13 @@ async fn proxied(
 async fn wait_proxy(
     proxy: &Proxy,
     what: &str,
-    cond: impl Fn(&common::proxy::ProxyStats) -> bool,
-) -> common::proxy::ProxyStats {
-    match proxy.wait_for(common::BOUND, cond).await {
+    cond: impl Fn(&testkit::proxy::ProxyStats) -> bool,
+) -> testkit::proxy::ProxyStats {
+    match proxy.wait_for(testkit::BOUND, cond).await {
         Some(s) => s,
         None => panic!(
             "timed out after {:?} waiting for: {what}; proxy: {:?}",
-            common::BOUND,
+            testkit::BOUND,
             proxy.stats()
         ),
     }
@@ -247,7 +245,7 @@ async fn blackholed_connections_are_discarded_and_the_pool_recovers() {
         let r = client.get("/timeout").await;
         assert_eq!(r.status, 504, "{r:?}");
     }
-    let s = common::wait_pool(&pool, "stuck connections closed", |s| s.connections == 0).await;
+    let s = testkit::wait_pool(&pool, "stuck connections closed", |s| s.connections == 0).await;
     let p = wait_proxy(&proxy, "stuck connections closed at the backend", |p| {
         p.open == 0
     })
@@ -277,7 +275,7 @@ async fn blackholed_connections_are_discarded_and_the_pool_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thundering_herd_at_a_cold_pool_opens_at_most_max_size() {
-    let (backend, pool, client) = common::setup(
+    let (backend, pool, client) = testkit::setup(
         |b| b.max_size(4).checkout_timeout(Duration::from_secs(2)),
         app::eager,
     )
@@ -312,7 +310,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_closes_every_socket(
         .max_size(4)
         .build()
         .expect("valid pool");
-    let (addr, stop_tx, server) = common::serve_until_stopped(app::eager(&pool)).await;
+    let (addr, stop_tx, server) = testkit::serve_until_stopped(app::eager(&pool)).await;
     let client = HttpClient::new(addr);
     // Two extra requests complete first, so the pool also holds idle connections.
     for i in 0..2 {
@@ -389,7 +387,7 @@ async fn sliced_slow_replies_are_reassembled_and_a_reset_mid_reply_is_discarded(
     // The backend resets the connection after 3 bytes of the next reply.
     proxy.set_all(Fault::reset_after(3));
     let r = client.get("/echo/cut-short").await;
-    let s = common::wait_pool(&pool, "reset connection closed", |s| s.connections == 0).await;
+    let s = testkit::wait_pool(&pool, "reset connection closed", |s| s.connections == 0).await;
     let p = proxy.stats();
     let figures = format!(
         "reset after 3 bytes: status {}, {} resets at the proxy, discards io_error={} eof={}, {} connections left",

@@ -1,13 +1,11 @@
 //! Rule 3: a connection the backend closed, or that has bytes waiting, is never handed out;
 //! a configured probe runs on checkout; after a backend restart the first request succeeds.
 
-mod common;
-
 use std::io;
 use std::time::Duration;
 
 use axum_tcp_pool::{BackendStream, TcpPool, TcpPoolBuilder};
-use common::{app, read_line, setup, Backend};
+use testkit::{app, read_line, setup, Backend};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,14 +2,12 @@
 //! matches `pool.state()`, per pool and per discard reason.
 #![cfg(feature = "metrics")]
 
-mod common;
-
 use std::collections::HashMap;
 
 use axum_tcp_pool::{metrics as names, DiscardReason, PoolState, TcpPool};
-use common::{app, serve, wait_pool, Backend, HttpClient};
 use http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use testkit::{app, serve, wait_pool, Backend, HttpClient};
 
 /// `record_metrics` into `recorder`, rendered and parsed: series (`name{labels}`) to value.
 fn scrape<M>(recorder: &PrometheusRecorder, pool: &TcpPool<M>) -> HashMap<String, f64> {
@@ -58,16 +56,7 @@ fn assert_matches(scraped: &HashMap<String, f64>, pool: &str, max_size: u32, s: 
     for (name, want) in expected {
         assert_eq!(value(scraped, name, &l), want as f64, "{name} of {pool}");
     }
-    for reason in [
-        DiscardReason::IoError,
-        DiscardReason::Eof,
-        DiscardReason::Cancelled,
-        DiscardReason::UnreadBytes,
-        DiscardReason::ReplyNotRead,
-        DiscardReason::Panic,
-        DiscardReason::Explicit,
-        DiscardReason::HealthCheck,
-    ] {
+    for &reason in DiscardReason::ALL.iter() {
         let labels = format!("{l},reason=\"{}\"", reason.as_str());
         assert_eq!(
             value(scraped, names::DISCARDS, &labels),

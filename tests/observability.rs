@@ -1,12 +1,10 @@
 //! Discards and failures are counted by reason and logged at the right level: `debug` for
 //! routine discards, `warn` for backend failures.
 
-mod common;
-
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use common::{app, setup};
+use testkit::{app, setup};
 
 /// Collects everything the `fmt` subscriber writes.
 #[derive(Clone, Default)]

@@ -1,13 +1,11 @@
 //! Several pools in one router: each handler gets a connection to the backend of the pool its
 //! marker names, whatever the mix of eager and lazy layers; a missing layer is a `500`.
 
-mod common;
-
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use common::{assert_no_leak, read_line, serve, Backend, HttpClient};
 use http::StatusCode;
+use testkit::{assert_no_leak, read_line, serve, Backend, HttpClient};
 use tokio::io::AsyncWriteExt;
 
 /// Marks pool A.
@@ -129,8 +127,8 @@ async fn each_handler_reaches_the_backend_of_its_marker() {
         assert_eq!(s.a.seen().lines, 2, "{mode}: lines on A");
         assert_eq!(s.b.seen().lines, 2, "{mode}: lines on B");
         // Each pool opened connections to its own backend only, and got them all back clean.
-        common::wait_pool(&s.pool_a, "pool A idle", |st| st.in_use == 0).await;
-        common::wait_pool(&s.pool_b, "pool B idle", |st| st.in_use == 0).await;
+        testkit::wait_pool(&s.pool_a, "pool A idle", |st| st.in_use == 0).await;
+        testkit::wait_pool(&s.pool_b, "pool B idle", |st| st.in_use == 0).await;
         for (name, pool, backend) in [("A", s.pool_a.state(), &s.a), ("B", s.pool_b.state(), &s.b)]
         {
             let created = pool.connections_created as usize;
@@ -219,7 +217,7 @@ async fn a_missing_marker_layer_is_a_500() {
         let res = client.get("/a").await;
         assert_eq!(res.status, StatusCode::OK, "{res:?}");
         assert_eq!(res.body, a.addr.port().to_string());
-        common::wait_pool(&pool_a, "pool A idle", |st| st.in_use == 0).await;
+        testkit::wait_pool(&pool_a, "pool A idle", |st| st.in_use == 0).await;
         assert_eq!(pool_a.state().discards.total(), 0, "lazy={lazy}");
     }
 }

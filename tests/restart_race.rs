@@ -3,14 +3,12 @@
 
 #![cfg(target_os = "linux")]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum_tcp_pool::TcpPool;
-use common::bounded;
 use socket2::{Domain, Socket, Type};
+use testkit::bounded;
 
 /// Whether a socket on this host is in SYN_SENT towards `port` (read from `/proc/net/tcp`).
 fn syn_sent_to(port: u16) -> bool {

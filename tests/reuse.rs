@@ -1,12 +1,10 @@
 //! Rule 1: connections are reused, the backend never sees more than `max_size`, idle ones
 //! close after `idle_timeout`, old ones are replaced, `min_idle` is refilled. Rule 6: no leaks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{app, bounded, setup, Backend};
 use futures_util::future::join_all;
+use testkit::{app, bounded, setup, Backend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_connection() {
@@ -91,8 +89,8 @@ async fn requests_over_max_size_wait_for_a_free_connection() {
 /// Awaits a request whose `HOLD` may still need releasing.
 async fn loop_release(
     backend: &Backend,
-    mut h: tokio::task::JoinHandle<common::Reply>,
-) -> common::Reply {
+    mut h: tokio::task::JoinHandle<testkit::Reply>,
+) -> testkit::Reply {
     bounded("held request to finish", async {
         loop {
             tokio::select! {
@@ -125,8 +123,8 @@ async fn idle_connections_above_min_idle_close_after_idle_timeout() {
     backend
         .wait_for("idle connections closed", |s| s.open == 0)
         .await;
-    let s = common::wait_pool(&pool, "reaped", |s| s.connections == 0).await;
-    common::wait_pool(&pool, "reaper counted", |s| s.closed_idle_timeout >= 4).await;
+    let s = testkit::wait_pool(&pool, "reaped", |s| s.connections == 0).await;
+    testkit::wait_pool(&pool, "reaper counted", |s| s.closed_idle_timeout >= 4).await;
     assert_eq!(s.idle, 0, "{s:?}");
     // And the pool grows again on demand.
     assert_eq!(client.get("/echo/again").await.status, 200);
@@ -141,7 +139,7 @@ async fn min_idle_is_opened_and_refilled() {
     assert_eq!(client.get("/echo/after").await.status, 200);
     let seen = backend.wait_for("min_idle refilled", |s| s.open >= 2).await;
     assert!(seen.accepts >= 4, "{seen:?}");
-    common::wait_pool(&pool, "min_idle idle again", |s| s.idle >= 2).await;
+    testkit::wait_pool(&pool, "min_idle idle again", |s| s.idle >= 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +157,7 @@ async fn connections_older_than_max_lifetime_are_replaced() {
         .await;
     assert_eq!(client.get("/echo/two").await.status, 200);
     assert_eq!(backend.seen().accepts, 2);
-    common::wait_pool(&pool, "reaper counted", |s| s.closed_max_lifetime >= 1).await;
+    testkit::wait_pool(&pool, "reaper counted", |s| s.closed_max_lifetime >= 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,6 @@
 //! Tracing: a `tcp_pool.checkout` span per checkout with its wait time and outcome; events
 //! for connect failures, discards and a missing layer, with consistent fields.
 
-mod common;
-
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -11,8 +9,8 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
-use common::{app, serve, wait_pool, Backend, HttpClient};
 use http::StatusCode;
+use testkit::{app, serve, wait_pool, Backend, HttpClient};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};

@@ -2,11 +2,9 @@
 //! rule as TCP, against the test backend listening on a socket in a temporary directory.
 #![cfg(unix)]
 
-mod common;
-
 use axum_tcp_pool::{DiscardReason, TcpPool, TcpPoolError};
-use common::{app, assert_no_leak, serve, wait_pool, Backend, HttpClient, TempDir};
 use http::StatusCode;
+use testkit::{app, assert_no_leak, serve, wait_pool, Backend, HttpClient, TempDir};
 
 async fn setup(max_size: u32) -> (Backend, TcpPool, HttpClient) {
     let backend = Backend::start_unix().await;

@@ -1,14 +1,5 @@
-//! Shared plumbing for the examples: the HTTP listener on `127.0.0.1:$PORT`, Ctrl-C for a
-//! graceful shutdown, and line-protocol backends run in the same process (a key-value store,
-//! or any one-line-per-command protocol). None of it is
-//! about the pool; each example's own story (routes, handlers, pool settings, what it
-//! prints) is in the example's file.
-//!
-//! Each example includes it with `mod support;`. Cargo does not build `examples/support/`
-//! as an example of its own (only `examples/*.rs` and `examples/*/main.rs` are).
-
-// Not every example uses every helper.
-#![allow(dead_code)]
+//! Backends the examples run in their own process, so that they need nothing installed: any
+//! one-line-per-command protocol, and an in-memory key-value store on it.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,34 +9,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-/// The HTTP port when `PORT` is not set.
-pub const DEFAULT_PORT: u16 = 3000;
-
-/// Binds `127.0.0.1` on `PORT` (default 3000). The error says what to do when `PORT` is not
-/// a port number or the port is taken.
-pub async fn listen() -> Result<TcpListener, String> {
-    let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
-        Err(_) => DEFAULT_PORT,
-    };
-    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(|e| {
-            format!("cannot listen on 127.0.0.1:{port} ({e}); set PORT to use another port")
-        })
-}
-
-/// Resolves on Ctrl-C. If the signal handler cannot be installed, it never resolves (rather
-/// than shutting the server down at once).
-pub async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %err, "cannot listen for Ctrl-C; stop the process another way");
-        std::future::pending::<()>().await;
-    }
-}
 
 /// Starts a line-protocol backend on a free loopback port and returns its address.
 ///

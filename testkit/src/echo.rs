@@ -1,8 +1,6 @@
 //! One line exchange with an echo backend: [`read_line`], used by every test, and the tagged
 //! handler that the chaos test and the soak example share, so that both judge the same
-//! handler. Only axum, tokio and the crate are used, so that `examples/soak.rs` can include
-//! this file with `#[path]`.
-#![allow(dead_code)]
+//! handler.
 
 use std::time::Duration;
 

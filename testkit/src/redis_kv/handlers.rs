@@ -1,0 +1,94 @@
+//! The route handlers: one Redis command each.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum_tcp_pool::{LazyConnection, TcpConnection, TcpPool, TcpPoolError};
+use redis_protocol::resp2::types::BytesFrame;
+
+use super::command::{command, unexpected};
+use super::{ApiError, MAX_VALUE};
+
+/// `GET /kv/{key}`: `200` with the value, or `404`.
+pub(super) async fn get_value(
+    Path(key): Path<String>,
+    mut conn: TcpConnection,
+) -> Result<Response, ApiError> {
+    match command(&mut conn, [cmd("GET"), key.into()]).await? {
+        BytesFrame::BulkString(value) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+        }
+        BytesFrame::Null => Ok(not_found()),
+        other => Err(unexpected(&mut conn, "GET", &other)),
+    }
+}
+
+/// `PUT /kv/{key}`, body = the value: `204`.
+///
+/// Reads the body *before* it checks a connection out ([`LazyConnection`]): a slow upload
+/// holds no Redis connection.
+pub(super) async fn put_value(
+    Path(key): Path<String>,
+    conn: LazyConnection,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = axum::body::to_bytes(body, MAX_VALUE)
+        .await
+        .map_err(ApiError::Body)?;
+    let mut conn = conn.get().await?;
+    match command(&mut conn, [cmd("SET"), key.into(), value]).await? {
+        BytesFrame::SimpleString(ok) if ok == "OK" => Ok(StatusCode::NO_CONTENT.into_response()),
+        other => Err(unexpected(&mut conn, "SET", &other)),
+    }
+}
+
+/// `DELETE /kv/{key}`: `204` if it existed, `404` if not.
+pub(super) async fn delete_value(
+    Path(key): Path<String>,
+    mut conn: TcpConnection,
+) -> Result<Response, ApiError> {
+    match command(&mut conn, [cmd("DEL"), key.into()]).await? {
+        BytesFrame::Integer(1) => Ok(StatusCode::NO_CONTENT.into_response()),
+        BytesFrame::Integer(0) => Ok(not_found()),
+        other => Err(unexpected(&mut conn, "DEL", &other)),
+    }
+}
+
+/// `GET /health`: `200 ok` when Redis answers `PING`, `503` otherwise (also when no
+/// connection can be had: a load balancer wants `503` from a health check, not `502`).
+pub(super) async fn health(conn: Result<TcpConnection, TcpPoolError>) -> Response {
+    let unhealthy = |why: &dyn std::fmt::Display| {
+        tracing::warn!(error = %why, "health check failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: Redis is not answering\n",
+        )
+            .into_response()
+    };
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(err) => return unhealthy(&err),
+    };
+    match command(&mut conn, [cmd("PING")]).await {
+        Ok(BytesFrame::SimpleString(pong)) if pong == "PONG" => "ok\n".into_response(),
+        Ok(other) => {
+            conn.discard();
+            unhealthy(&format!("unexpected reply to PING: {other:?}"))
+        }
+        Err(err) => unhealthy(&err),
+    }
+}
+
+/// `GET /stats`: the pool's sizes and counters. This route has no `TcpPoolLayer`.
+pub(super) async fn stats(State(pool): State<TcpPool>) -> String {
+    format!("{:#?}\n", pool.state())
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+pub(super) fn cmd(name: &'static str) -> Bytes {
+    Bytes::from_static(name.as_bytes())
+}

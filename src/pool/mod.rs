@@ -2,6 +2,7 @@
 //! [`TcpConnection`], and the machinery under them: the bb8 manager, the checkout with
 //! fail-fast, and the health check.
 
+mod build;
 mod builder;
 mod checkout;
 mod config;

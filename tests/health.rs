@@ -149,3 +149,41 @@ async fn a_probe_that_hangs_is_bounded_by_connect_timeout() {
     assert!(seen.open <= 1, "{seen:?}");
     assert_eq!(pool.state().discards.health_check, 2);
 }
+
+/// A handler whose last read was short (a buffered reader: the socket was drained then) gives
+/// its connection back without a second look at the socket; bytes that arrive afterwards, while
+/// it is idle, are caught by the next checkout's peek and never handed to a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_drained_read_are_caught_at_the_next_checkout() {
+    use tokio::io::AsyncReadExt;
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .build()
+        .expect("pool");
+    let mut conn = pool.get().await.expect("conn");
+    conn.write_all(b"PARTIAL head tail\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let n = conn.read(&mut buf).await.expect("read the head");
+    assert_eq!(&buf[..n], b"head", "a short read: the tail is held back");
+    drop(conn);
+    let s = testkit::wait_pool(&pool, "returned clean", |s| s.idle == 1).await;
+    assert_eq!(
+        s.discards.total(),
+        0,
+        "nothing was waiting at return: {s:?}"
+    );
+    backend.release();
+    backend
+        .wait_for("tail written while idle", |s| s.replies == 1)
+        .await;
+    let mut conn = pool.get().await.expect("conn");
+    conn.write_all(b"ECHO next\n").await.expect("write");
+    assert_eq!(read_line(&mut conn).await.expect("read"), "next");
+    let s = pool.state();
+    assert_eq!(
+        (s.discards.health_check, backend.seen().accepts),
+        (1, 2),
+        "{s:?}"
+    );
+}

@@ -22,6 +22,9 @@ pub(crate) struct Tracker {
     written_since_read: bool,
     /// Any read or write was attempted during this checkout.
     used: bool,
+    /// The last read returned less than it asked for: the socket's receive queue was empty
+    /// right after it. (Not for TLS, whose session buffers what the socket held.)
+    drained: bool,
 }
 
 impl Tracker {
@@ -74,20 +77,28 @@ impl Tracker {
         self.dirty
     }
 
-    /// Records a read's outcome: `filled` bytes arrived, out of a buffer that `wanted` some.
-    pub(crate) fn read(&mut self, poll: &Poll<io::Result<()>>, filled: usize, wanted: bool) {
+    /// Whether the last read found the socket's receive queue emptied: a short read, after
+    /// which nothing was written. What arrived since is caught by the next checkout's peek.
+    pub(crate) fn drained_by_last_read(&self) -> bool {
+        self.drained && !self.written_since_read
+    }
+
+    /// Records a read's outcome: `filled` bytes arrived, into a buffer with room for `wanted`.
+    pub(crate) fn read(&mut self, poll: &Poll<io::Result<()>>, filled: usize, wanted: usize) {
         self.used = true;
         match poll {
             Poll::Pending => self.read_pending = true,
             Poll::Ready(Err(_)) => {
                 self.read_pending = false;
+                self.drained = false;
                 self.mark(DiscardReason::IoError);
             }
             Poll::Ready(Ok(())) => {
                 self.read_pending = false;
+                self.drained = filled < wanted;
                 if filled > 0 {
                     self.written_since_read = false;
-                } else if wanted {
+                } else if wanted > 0 {
                     self.mark(DiscardReason::Eof);
                 }
             }
@@ -130,11 +141,12 @@ mod tests {
         assert_eq!(t.verdict(), None);
         t.write(&Poll::Ready(Ok(3)), false);
         assert_eq!(t.verdict(), Some(DiscardReason::ReplyNotRead));
-        t.read(&Poll::Pending, 0, true);
+        t.read(&Poll::Pending, 0, 8);
         assert_eq!(t.verdict(), Some(DiscardReason::Cancelled));
-        t.read(&Poll::Ready(Ok(())), 2, true);
+        t.read(&Poll::Ready(Ok(())), 2, 8);
+        assert!(t.drained_by_last_read(), "a short read drains");
         assert_eq!(t.verdict(), None);
-        t.read(&Poll::Ready(Ok(())), 0, true);
+        t.read(&Poll::Ready(Ok(())), 0, 8);
         assert_eq!(t.verdict(), Some(DiscardReason::Eof));
         t.mark(DiscardReason::Explicit);
         assert_eq!(
@@ -147,14 +159,15 @@ mod tests {
     #[test]
     fn a_used_connection_dropped_in_an_abandoned_scope_is_cancelled() {
         let mut used = Tracker::default();
-        used.read(&Poll::Ready(Ok(())), 1, true);
+        used.read(&Poll::Ready(Ok(())), 1, 1);
+        assert!(!used.drained_by_last_read(), "a full read may leave bytes");
         let mut unused = Tracker::default();
         scope::abandon(|| {
             assert_eq!(used.on_drop(), Some(DiscardReason::Cancelled));
             assert_eq!(unused.on_drop(), None);
         });
         let mut outside = Tracker::default();
-        outside.read(&Poll::Ready(Ok(())), 1, true);
+        outside.read(&Poll::Ready(Ok(())), 1, 1);
         assert_eq!(outside.on_drop(), None);
     }
 }

@@ -196,7 +196,7 @@ impl<M> AsyncRead for TcpConnection<M> {
     ) -> Poll<io::Result<()>> {
         let conn = self.get_mut().pooled_mut();
         let before = buf.filled().len();
-        let wanted = buf.remaining() > 0;
+        let wanted = buf.remaining();
         let poll = Pin::new(&mut conn.stream).poll_read(cx, buf);
         conn.tracker
             .read(&poll, buf.filled().len() - before, wanted);

@@ -117,6 +117,18 @@ impl BackendStream {
         }
     }
 
+    /// Whether a read returns what the socket held (TCP, Unix), rather than what a session
+    /// decrypted and buffered (TLS): only then does a short read mean the socket is drained.
+    pub(crate) fn reads_from_socket(&self) -> bool {
+        match self {
+            BackendStream::Tcp(_) => true,
+            #[cfg(unix)]
+            BackendStream::Unix(_) => true,
+            #[cfg(feature = "tls")]
+            BackendStream::Tls(_) => false,
+        }
+    }
+
     /// Shuts both directions down at once (FIN now, before the pool opens a replacement).
     pub(crate) fn close_now(&self) {
         let _ = self.sock().shutdown(std::net::Shutdown::Both);

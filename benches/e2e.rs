@@ -719,6 +719,58 @@ fn profile(variant: &str, n: u64) {
     });
 }
 
+/// `--profile-http VARIANT N`: N requests through HTTP, from `PROFILE_CONCURRENCY`
+/// keep-alive connections (default 1) to a real server (as in a measurement, unpinned),
+/// for callgrind: the count includes the load generator, which is the same for every variant,
+/// so compare the differences.
+fn profile_http(variant: &str, n: u64) {
+    let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
+        eprintln!("unknown variant {variant}");
+        std::process::exit(2);
+    };
+    let concurrency: u64 = std::env::var("PROFILE_CONCURRENCY")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let rts = Runtimes::new(false);
+    let backend = rts
+        .backend
+        .block_on(EchoBackend::start())
+        .expect("start the echo backend");
+    let backend_addr = backend.addr_string();
+    let (server, _pools) = rts.server.block_on(async {
+        let (app, pools) = app(variant, &backend_addr, 16).await;
+        (Server::start(app).await, pools)
+    });
+    let per_task = n.div_ceil(concurrency);
+    let failed = rts.load.block_on(async move {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            workers.spawn(async move {
+                let mut sender = load::connect(server.addr).await.expect("connect");
+                let mut failed = 0u64;
+                for _ in 0..per_task {
+                    if !load::request(&mut sender).await {
+                        failed += 1;
+                    }
+                }
+                failed
+            });
+        }
+        let mut failed = 0;
+        while let Some(joined) = workers.join_next().await {
+            failed += joined.expect("load worker");
+        }
+        failed
+    });
+    println!(
+        "{} http {} requests, {concurrency} connections, {failed} failed",
+        variant.name(),
+        per_task * concurrency
+    );
+}
+
 const CHECKOUT_PROFILES: [&str; 4] = [
     "tcp_pool_get",
     "bb8_get_owned",
@@ -788,6 +840,15 @@ fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<Option<&'a str>> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--profile-http") {
+        let variant = args.get(i + 1).map_or("layer_eager", String::as_str);
+        let n = args
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        profile_http(variant, n);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let variant = args.get(i + 1).map_or("layer_eager", String::as_str);
         let n = args

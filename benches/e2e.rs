@@ -24,7 +24,7 @@
 //! seconds apart); the report gives their median and min – max over the repetitions.
 //!
 //! ```text
-//! cargo bench --bench e2e              # full: 7 repetitions, scale sweep, memory (~7 min)
+//! cargo bench --bench e2e              # full: 7 repetitions, scale sweep, memory (~5 min)
 //! cargo bench --bench e2e -- --quick   # short: 3 repetitions of 0.8 s (~1.5 min)
 //! cargo bench --bench e2e -- --reps 11 # more repetitions
 //! cargo bench --bench e2e -- --no-pin  # no CPU pinning (e.g. on one CPU)

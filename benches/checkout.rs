@@ -2,7 +2,8 @@
 //!
 //! | benchmark | what one cycle does |
 //! |---|---|
-//! | `bb8_get_owned` | `pool.bb8().get_owned()` and drop: raw bb8 with this crate's manager |
+//! | `bb8_get_owned` | `bb8::Pool::get_owned()` and drop: raw bb8, a TCP manager with this crate's two peeks (checkout and return) |
+//! | `bb8_get_owned_noio` | the same with the manager a user writes by hand: no I/O in `is_valid`, a flag in `has_broken` |
 //! | `tcp_pool_get` | `TcpPool::get()` and drop |
 //! | `layer_eager` | `TcpPoolService::call` (eager) on a request, the inner service extracts the `TcpConnection` and drops it |
 //! | `layer_lazy` | the same with a lazy layer: the extraction checks out |
@@ -26,7 +27,7 @@ use axum_core::extract::FromRequestParts;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, StatusCode};
-use support::{exchange, EchoBackend};
+use support::{exchange, Checks, EchoBackend};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -36,7 +37,7 @@ const CONTENDED_TASKS: u64 = 64;
 /// One way of checking a connection out and back in.
 #[derive(Clone)]
 enum Target<S> {
-    Bb8(TcpPool),
+    Bb8(bb8::Pool<support::Bb8Tcp>),
     TcpPool(TcpPool),
     Layer(S),
     Deadpool(deadpool::managed::Pool<support::DeadpoolTcp>),
@@ -49,7 +50,7 @@ where
 {
     async fn cycle(&mut self) {
         match self {
-            Target::Bb8(pool) => drop(pool.bb8().get_owned().await.expect("bb8 checkout")),
+            Target::Bb8(pool) => drop(pool.get_owned().await.expect("bb8 checkout")),
             Target::TcpPool(pool) => drop(pool.get().await.expect("checkout")),
             Target::Layer(svc) => {
                 let res = match svc.ready().await {
@@ -105,7 +106,7 @@ fn checkout(c: &mut Criterion) {
         .build()
         .expect("build the Tokio runtime");
     let rt: &Runtime = &rt;
-    let (_backend, pool, deadpool) = rt.block_on(async {
+    let (_backend, pool, bb8_peek, bb8_noio, deadpool) = rt.block_on(async {
         let backend = EchoBackend::start().await.expect("echo backend");
         let pool = TcpPool::builder(backend.addr_string())
             .max_size(POOL_SIZE)
@@ -114,6 +115,10 @@ fn checkout(c: &mut Criterion) {
             .connect()
             .await
             .expect("connect the pool to the echo backend");
+        let addr = backend.addr_string();
+        let bb8_pool = |checks| support::bb8_pool(&addr, checks, POOL_SIZE, Some(POOL_SIZE));
+        let bb8_peek = bb8_pool(Checks::Peek).await.expect("bb8 pool");
+        let bb8_noio = bb8_pool(Checks::NoIo).await.expect("bb8 pool");
         let deadpool = support::deadpool_pool(&backend.addr_string(), POOL_SIZE as usize);
         // Open all of deadpool's connections up front, as min_idle does for the others.
         let held: Vec<_> = futures_util::future::join_all((0..POOL_SIZE).map(|_| deadpool.get()))
@@ -122,11 +127,14 @@ fn checkout(c: &mut Criterion) {
             .map(|c| c.expect("deadpool connect"))
             .collect();
         drop(held);
-        (backend, pool, deadpool)
+        (backend, pool, bb8_peek, bb8_noio, deadpool)
     });
-    // Wait (bounded) until bb8 has opened min_idle connections.
+    // Wait (bounded) until the bb8 pools have opened min_idle connections.
     for _ in 0..500 {
-        if pool.state().idle == POOL_SIZE {
+        if pool.state().idle == POOL_SIZE
+            && bb8_peek.state().idle_connections == POOL_SIZE
+            && bb8_noio.state().idle_connections == POOL_SIZE
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -146,7 +154,8 @@ fn checkout(c: &mut Criterion) {
     let lazy = TcpPoolLayer::new(pool.clone()).lazy().layer(inner);
 
     let targets = [
-        ("bb8_get_owned", Target::Bb8(pool.clone())),
+        ("bb8_get_owned", Target::Bb8(bb8_peek.clone())),
+        ("bb8_get_owned_noio", Target::Bb8(bb8_noio.clone())),
         ("tcp_pool_get", Target::TcpPool(pool.clone())),
         ("layer_eager", Target::Layer(eager)),
         ("layer_lazy", Target::Layer(lazy)),

@@ -1,27 +1,34 @@
 //! End to end: an axum server in front of a loopback line-echo backend, under HTTP load, with
-//! six ways of getting a backend connection in the handler, measured side by side in one run.
+//! seven ways of getting a backend connection in the handler, measured side by side.
 //!
 //! | variant | the handler |
 //! |---|---|
 //! | `connect_per_request` | connects to the backend, exchanges, closes |
-//! | `bb8_state` | a `bb8::Pool` (plain TCP manager) in axum `State`, `pool.get()` |
-//! | `deadpool_state` | a `deadpool::managed::Pool` (plain TCP manager) in `State`, `pool.get()` |
+//! | `bb8_state` | a `bb8::Pool` in axum `State`, `pool.get()`, with the manager a user writes by hand: `is_valid` does no I/O, `has_broken` returns a flag the handler sets when the exchange fails (the baseline) |
+//! | `bb8_state_peek` | the same with this crate's two checks: a non-blocking peek on checkout (`is_valid`) and on return (`has_broken`) |
+//! | `deadpool_state` | a `deadpool::managed::Pool` in `State`, `pool.get()`, peeking on checkout (`recycle`) |
 //! | `layer_eager` | `TcpPoolLayer::new(pool)`, the `TcpConnection` extractor |
 //! | `layer_lazy` | `TcpPoolLayer::new(pool).lazy()`, the `TcpConnection` extractor |
 //! | `dedicated` | a backend connection opened with each HTTP connection and kept for it (the upper bound) |
 //!
 //! Every handler does one exchange: write a 16-byte line, read its 16-byte echo, answer
-//! `200 ok`. The pools have the same `max_size` and the same health check (a non-blocking peek).
+//! `200 ok`. The pools have the same `max_size`.
 //!
-//! One process, three Tokio runtimes, so the load generator cannot starve the server of
-//! worker threads: the server (multi-thread, one worker per CPU), the backend (one worker)
-//! and the load generator (one worker). Each (variant, concurrency) gets a fresh backend on a
-//! fresh port, a fresh server and fresh pools; the load generator warms up, then measures.
-//! The variants run in alternating order (forwards, then backwards) over several rounds.
+//! Method: one process, three Tokio runtimes. The server runtime has ONE worker thread and
+//! the backend runtime one; both are pinned to CPU 0. The load generator (one worker) and the
+//! main thread are pinned to CPU 1. So the server's CPU time per request decides req/s, and
+//! the load generator cannot take the server's core. Each (repetition, concurrency, variant)
+//! gets a fresh backend on a fresh port, a fresh server and fresh pools; the load generator
+//! warms up, then measures. The variant order rotates by one per repetition. Ratios to
+//! `bb8_state` are paired within a repetition (the runs of one repetition and concurrency are
+//! seconds apart); the report gives their median and min – max over the repetitions.
 //!
 //! ```text
-//! cargo bench --bench e2e             # full: 5 rounds, scale sweeps, memory (~4 min)
-//! cargo bench --bench e2e -- --quick  # short: 2 rounds of 1.2 s, concurrency 1, 16, 64 (~1 min)
+//! cargo bench --bench e2e              # full: 7 repetitions, scale sweep, memory (~5 min)
+//! cargo bench --bench e2e -- --quick   # short: 3 repetitions of 0.8 s (~1.5 min)
+//! cargo bench --bench e2e -- --reps 11 # more repetitions
+//! cargo bench --bench e2e -- --no-pin  # no CPU pinning (e.g. on one CPU)
+//! cargo bench --bench e2e -- --profile VARIANT N   # for callgrind, see `profile`
 //! ```
 //!
 //! Writes `target/bench-report/e2e.json`, `e2e.md` and `e2e.svg` (and, in the full run,
@@ -46,7 +53,7 @@ use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
 use hyper_util::rt::TokioIo;
 use report::{Memory, Sample};
-use support::{exchange, EchoBackend};
+use support::{exchange, Checks, EchoBackend};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
@@ -93,6 +100,7 @@ static GLOBAL: Counting = Counting;
 pub enum Variant {
     ConnectPerRequest,
     Bb8State,
+    Bb8StatePeek,
     DeadpoolState,
     LayerEager,
     LayerLazy,
@@ -100,9 +108,10 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::ConnectPerRequest,
         Variant::Bb8State,
+        Variant::Bb8StatePeek,
         Variant::DeadpoolState,
         Variant::LayerEager,
         Variant::LayerLazy,
@@ -114,6 +123,7 @@ impl Variant {
         match self {
             Variant::ConnectPerRequest => "connect_per_request",
             Variant::Bb8State => "bb8_state",
+            Variant::Bb8StatePeek => "bb8_state_peek",
             Variant::DeadpoolState => "deadpool_state",
             Variant::LayerEager => "layer_eager",
             Variant::LayerLazy => "layer_lazy",
@@ -136,12 +146,14 @@ async fn connect_per_request(State(addr): State<Arc<str>>) -> Reply {
     reply(result.await)
 }
 
+/// `bb8_state` and `bb8_state_peek` (the manager differs): the exchange marks the
+/// connection broken when it fails.
 async fn bb8_state(State(pool): State<bb8::Pool<support::Bb8Tcp>>) -> Reply {
     let mut conn = pool
         .get()
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    reply(exchange(&mut *conn).await)
+    reply(conn.exchange().await)
 }
 
 async fn deadpool_state(
@@ -203,8 +215,13 @@ async fn app(variant: Variant, backend: &str, max_size: u32) -> (App, Pools) {
                 .with_state(Arc::<str>::from(backend));
             (App::Shared(router), Pools::None)
         }
-        Variant::Bb8State => {
-            let pool = support::bb8_pool(backend, max_size)
+        Variant::Bb8State | Variant::Bb8StatePeek => {
+            let checks = if variant == Variant::Bb8State {
+                Checks::NoIo
+            } else {
+                Checks::Peek
+            };
+            let pool = support::bb8_pool(backend, checks, max_size, None)
                 .await
                 .expect("bb8 pool");
             let router = Router::new()
@@ -301,26 +318,61 @@ struct Runtimes {
     server: Runtime,
     backend: Runtime,
     load: Runtime,
+    /// Whether the threads are pinned (`sched_setaffinity` worked for every runtime).
+    pinned: bool,
 }
 
+/// The CPU the server and the backend run on; the load generator runs on [`LOAD_CPU`].
+const SERVER_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+/// Pins the calling thread to `cpu`; `false` if the kernel refused.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: `set` is a plain bit set owned by this frame; `sched_setaffinity(0, ..)` acts
+    // on the calling thread only and reads `size_of::<cpu_set_t>()` bytes of `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+static PIN_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Runtimes {
-    fn new() -> Runtimes {
-        let build = |workers: Option<usize>, name: &str| {
+    fn new(pin: bool) -> Runtimes {
+        let build = |name: &str, cpu: usize| {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(workers) = workers {
-                builder.worker_threads(workers);
+            builder.worker_threads(1).thread_name(name).enable_all();
+            if pin {
+                builder.on_thread_start(move || {
+                    if !pin_to(cpu) {
+                        PIN_FAILED.store(true, Relaxed);
+                    }
+                });
             }
-            builder
-                .thread_name(name)
-                .enable_all()
-                .build()
-                .expect("build a Tokio runtime")
+            builder.build().expect("build a Tokio runtime")
         };
-        Runtimes {
-            server: build(None, "server"),
-            backend: build(Some(1), "backend"),
-            load: build(Some(1), "load"),
+        let rts = Runtimes {
+            server: build("server", SERVER_CPU),
+            backend: build("backend", SERVER_CPU),
+            load: build("load", LOAD_CPU),
+            pinned: pin,
+        };
+        // The main thread only sets up and sleeps through the measurement: on the load's CPU.
+        let main_pinned = !pin || pin_to(LOAD_CPU);
+        // Wake every worker so that `on_thread_start` has run before the first measurement.
+        for rt in [&rts.server, &rts.backend, &rts.load] {
+            rt.block_on(async { tokio::spawn(async {}).await.expect("warm a worker") });
         }
+        let pinned = pin && main_pinned && !PIN_FAILED.load(Relaxed);
+        if pin && !pinned {
+            eprintln!(
+                "could not pin the threads to CPUs {SERVER_CPU} and {LOAD_CPU}: running unpinned"
+            );
+        }
+        Runtimes { pinned, ..rts }
     }
 }
 
@@ -366,11 +418,17 @@ fn measure(
         .load
         .spawn(load::run(server.addr, concurrency, measure_from, until));
     std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
-    let (allocs_before, completed_before) =
-        (ALLOCATIONS.load(Relaxed), load::COMPLETED.load(Relaxed));
+    let (allocs_before, completed_before, cpu_before) = (
+        ALLOCATIONS.load(Relaxed),
+        load::COMPLETED.load(Relaxed),
+        server_cpu_ns(),
+    );
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
-    let (allocs_after, completed_after) =
-        (ALLOCATIONS.load(Relaxed), load::COMPLETED.load(Relaxed));
+    let (allocs_after, completed_after, cpu_after) = (
+        ALLOCATIONS.load(Relaxed),
+        load::COMPLETED.load(Relaxed),
+        server_cpu_ns(),
+    );
     let mut result = rts.load.block_on(load).expect("load generator");
 
     // Counted while the pools are still open: what the run itself left in TIME_WAIT.
@@ -394,10 +452,37 @@ fn measure(
         elapsed: result.elapsed,
         latencies_ns: result.latencies_ns,
         allocs_per_request: (allocs_after.saturating_sub(allocs_before)) as f64 / completed as f64,
+        server_cpu_us_per_request: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1000.0 / completed as f64,
+            _ => f64::NAN,
+        },
         time_wait,
         backend_connections,
         pool_connections,
     }
+}
+
+/// CPU time (ns) the server's and the backend's worker threads have run so far, from
+/// `/proc/self/task/*/schedstat` (the threads are found by name); `None` where there is no
+/// such file.
+fn server_cpu_ns() -> Option<u64> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !matches!(name.trim(), "server" | "backend") {
+            continue;
+        }
+        let ran = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ran {
+            *total.get_or_insert(0) += ns;
+        }
+    }
+    total
 }
 
 /// Sockets in TIME_WAIT (state `06` in `/proc/net/tcp`) to or from `port`; 0 where there is
@@ -545,33 +630,50 @@ async fn wait_for_accepts(
 struct Settings {
     quick: bool,
     concurrencies: Vec<usize>,
-    rounds: usize,
+    reps: usize,
     timing: Timing,
     max_size: u32,
 }
 
-/// `--profile VARIANT N`: N requests through the variant's router with `oneshot` (no HTTP,
-/// one thread), for `valgrind --tool=callgrind` (run it with two N and take the difference
-/// per request); prints the allocations per request.
+/// `--profile VARIANT N`: N requests through the variant's router with `oneshot` (no HTTP),
+/// for `valgrind --tool=callgrind` (run it with two N and take the difference per request);
+/// prints the allocations per request. `PROFILE_CONCURRENCY=K` (default 1) keeps K requests
+/// in flight at once, from K tasks sharing the router and its pool of 16 (`PROFILE_POOL`
+/// changes it): with K = 64, 48 of them wait for a connection, as at concurrency 64 in the
+/// end-to-end run. One runtime with one worker, the backend on it too, like the server.
 ///
-/// `--profile tcp_pool_get|bb8_get_owned|deadpool_get N` does N bare checkouts and returns
-/// instead (the checkout bench's single-task cycles).
+/// `--profile tcp_pool_get|bb8_get_owned|bb8_get_owned_noio|deadpool_get N` does N bare
+/// checkouts and returns instead (the checkout bench's single-task cycles; `PROFILE_TASKS`).
 fn profile(variant: &str, n: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if ["tcp_pool_get", "bb8_get_owned", "deadpool_get"].contains(&variant) {
-        profile_checkout(&rt, variant, n);
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(default)
+            .max(1)
+    };
+    if CHECKOUT_PROFILES.contains(&variant) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        profile_checkout(&rt, variant, n, env("PROFILE_TASKS", 1));
         return;
     }
     let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
         eprintln!("unknown variant {variant}");
         std::process::exit(2);
     };
+    let concurrency = env("PROFILE_CONCURRENCY", 1);
+    let pool_size = env("PROFILE_POOL", 16) as u32;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let backend = EchoBackend::start().await.expect("backend");
-        let (app, _pools) = app(variant, &backend.addr_string(), 16).await;
+        let (app, _pools) = app(variant, &backend.addr_string(), pool_size).await;
         let router = match app {
             App::Shared(router) => router,
             App::Dedicated(addr) => Router::new()
@@ -585,42 +687,122 @@ fn profile(variant: &str, n: u64) {
                 .body(axum::body::Body::empty())
                 .expect("request")
         };
-        // In a task, as a server runs its requests.
-        let run = tokio::spawn(async move {
-            for _ in 0..100 {
-                let _ = router.clone().oneshot(request()).await;
-            }
-            let before = ALLOCATIONS.load(Relaxed);
-            for _ in 0..n {
-                let res = router.clone().oneshot(request()).await;
-                assert!(matches!(res, Ok(ref r) if r.status() == StatusCode::OK));
-            }
-            (ALLOCATIONS.load(Relaxed) - before) as f64 / n.max(1) as f64
-        });
-        let per = run.await.expect("profile task");
-        println!("{} allocations/request {per:.2}", variant.name());
+        // K tasks, as a server runs its requests; each does its share back to back, so K stay
+        // in flight. A barrier between warm-up and the counted part.
+        let per_task = n.div_ceil(concurrency);
+        let barrier = Arc::new(tokio::sync::Barrier::new(concurrency as usize + 1));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (router, barrier) = (router.clone(), barrier.clone());
+            tasks.spawn(async move {
+                for _ in 0..(200 / concurrency).max(4) {
+                    let _ = router.clone().oneshot(request()).await;
+                }
+                barrier.wait().await;
+                for _ in 0..per_task {
+                    let res = router.clone().oneshot(request()).await;
+                    assert!(matches!(res, Ok(ref r) if r.status() == StatusCode::OK));
+                }
+            });
+        }
+        barrier.wait().await;
+        let before = ALLOCATIONS.load(Relaxed);
+        while let Some(joined) = tasks.join_next().await {
+            joined.expect("profile task");
+        }
+        let total = per_task * concurrency;
+        let per = (ALLOCATIONS.load(Relaxed) - before) as f64 / total as f64;
+        println!(
+            "{} allocations/request {per:.2} ({total} requests, {concurrency} in flight, pool of {pool_size})",
+            variant.name()
+        );
     });
 }
 
-fn profile_checkout(rt: &Runtime, what: &str, n: u64) {
+/// `--profile-http VARIANT N`: N requests through HTTP, from `PROFILE_CONCURRENCY`
+/// keep-alive connections (default 1) to a real server (as in a measurement, unpinned),
+/// for callgrind: the count includes the load generator, which is the same for every variant,
+/// so compare the differences.
+fn profile_http(variant: &str, n: u64) {
+    let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
+        eprintln!("unknown variant {variant}");
+        std::process::exit(2);
+    };
+    let concurrency: u64 = std::env::var("PROFILE_CONCURRENCY")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let rts = Runtimes::new(false);
+    let backend = rts
+        .backend
+        .block_on(EchoBackend::start())
+        .expect("start the echo backend");
+    let backend_addr = backend.addr_string();
+    let (server, _pools) = rts.server.block_on(async {
+        let (app, pools) = app(variant, &backend_addr, 16).await;
+        (Server::start(app).await, pools)
+    });
+    let per_task = n.div_ceil(concurrency);
+    let failed = rts.load.block_on(async move {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            workers.spawn(async move {
+                let mut sender = load::connect(server.addr).await.expect("connect");
+                let mut failed = 0u64;
+                for _ in 0..per_task {
+                    if !load::request(&mut sender).await {
+                        failed += 1;
+                    }
+                }
+                failed
+            });
+        }
+        let mut failed = 0;
+        while let Some(joined) = workers.join_next().await {
+            failed += joined.expect("load worker");
+        }
+        failed
+    });
+    println!(
+        "{} http {} requests, {concurrency} connections, {failed} failed",
+        variant.name(),
+        per_task * concurrency
+    );
+}
+
+const CHECKOUT_PROFILES: [&str; 4] = [
+    "tcp_pool_get",
+    "bb8_get_owned",
+    "bb8_get_owned_noio",
+    "deadpool_get",
+];
+
+fn profile_checkout(rt: &Runtime, what: &str, n: u64, tasks: u64) {
     let what = what.to_string();
     rt.block_on(async move {
         let backend = EchoBackend::start().await.expect("backend");
-        let pool = TcpPool::builder(backend.addr_string())
+        let addr = backend.addr_string();
+        let pool = TcpPool::builder(addr.clone())
             .max_size(8)
             .build()
             .expect("pool");
-        let deadpool = support::deadpool_pool(&backend.addr_string(), 8);
+        let checks = if what == "bb8_get_owned_noio" {
+            Checks::NoIo
+        } else {
+            Checks::Peek
+        };
+        let bb8 = support::bb8_pool(&addr, checks, 8, None)
+            .await
+            .expect("bb8 pool");
+        let deadpool = support::deadpool_pool(&addr, 8);
         // `PROFILE_TASKS=64` runs the cycles in 64 tasks sharing the pool of 8 (every
         // checkout waits), as the contended checkout bench does.
-        let tasks: u64 = std::env::var("PROFILE_TASKS")
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(1);
         let before = ALLOCATIONS.load(Relaxed);
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..tasks {
-            let (pool, deadpool, what) = (pool.clone(), deadpool.clone(), what.clone());
+            let (pool, bb8, deadpool, what) =
+                (pool.clone(), bb8.clone(), deadpool.clone(), what.clone());
             set.spawn(async move {
                 for _ in 0..n / tasks {
                     // Held across a yield, so that with more tasks than connections the
@@ -630,8 +812,8 @@ fn profile_checkout(rt: &Runtime, what: &str, n: u64) {
                             let _conn = pool.get().await.expect("checkout");
                             tokio::task::yield_now().await;
                         }
-                        "bb8_get_owned" => {
-                            let _conn = pool.bb8().get_owned().await.expect("checkout");
+                        "bb8_get_owned" | "bb8_get_owned_noio" => {
+                            let _conn = bb8.get_owned().await.expect("checkout");
                             tokio::task::yield_now().await;
                         }
                         _ => {
@@ -650,8 +832,23 @@ fn profile_checkout(rt: &Runtime, what: &str, n: u64) {
     });
 }
 
+/// The position of `flag` in the arguments and the one after it.
+fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<Option<&'a str>> {
+    let i = args.iter().position(|a| a == flag)?;
+    Some(args.get(i + 1).map(String::as_str))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--profile-http") {
+        let variant = args.get(i + 1).map_or("layer_eager", String::as_str);
+        let n = args
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        profile_http(variant, n);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let variant = args.get(i + 1).map_or("layer_eager", String::as_str);
         let n = args
@@ -661,16 +858,17 @@ fn main() {
         profile(variant, n);
         return;
     }
-    // `cargo bench` passes `--bench`; anything else but `--quick` is ignored.
-    let quick = std::env::args().any(|a| a == "--quick");
-    let settings = if quick {
+    // `cargo bench` passes `--bench`; other arguments are ignored.
+    let quick = args.iter().any(|a| a == "--quick");
+    let pin = !args.iter().any(|a| a == "--no-pin");
+    let mut settings = if quick {
         Settings {
             quick,
             concurrencies: vec![1, 16, 64],
-            rounds: 2,
+            reps: 3,
             timing: Timing {
-                warm_up: Duration::from_millis(300),
-                measure: Duration::from_millis(1200),
+                warm_up: Duration::from_millis(200),
+                measure: Duration::from_millis(800),
             },
             max_size: 16,
         }
@@ -678,18 +876,27 @@ fn main() {
         Settings {
             quick,
             concurrencies: vec![1, 16, 64],
-            // Many short rounds rather than a few long ones: each ratio compares runs that
-            // were seconds apart, which is what keeps a shared machine's load out of it.
-            rounds: 5,
+            // Many short repetitions rather than a few long ones: each ratio compares runs
+            // that were seconds apart, which is what keeps a shared machine's load out of it.
+            reps: 7,
             timing: Timing {
-                warm_up: Duration::from_millis(400),
-                measure: Duration::from_millis(1600),
+                warm_up: Duration::from_millis(300),
+                measure: Duration::from_millis(1200),
             },
             max_size: 16,
         }
     };
+    if let Some(reps) = arg_after(&args, "--reps") {
+        match reps.and_then(|r| r.parse().ok()) {
+            Some(r) if r > 0 => settings.reps = r,
+            _ => {
+                eprintln!("--reps needs a positive number");
+                std::process::exit(2);
+            }
+        }
+    }
     let started = Instant::now();
-    let rts = Runtimes::new();
+    let rts = Runtimes::new(pin);
 
     // Memory first, while the process is young: later runs leave freed heap behind that would
     // hide the RSS growth.
@@ -700,14 +907,13 @@ fn main() {
         }
     }
 
-    // The comparison: every variant at every concurrency, in alternating order per round.
+    // The comparison: every variant at every concurrency in every repetition, the order
+    // rotated by one per repetition so that no variant always runs first or after another.
     let mut samples = Vec::new();
-    for round in 0..settings.rounds {
+    for rep in 0..settings.reps {
         for &concurrency in &settings.concurrencies {
             let mut order = Variant::ALL;
-            if round % 2 == 1 {
-                order.reverse();
-            }
+            order.rotate_left(rep % Variant::ALL.len());
             for variant in order {
                 let sample = measure(
                     &rts,
@@ -717,12 +923,13 @@ fn main() {
                     settings.timing,
                 );
                 eprintln!(
-                    "round {} c={:<4} {:<20} {:>9.0} req/s  p99 {:>8.1} us  errors {}",
-                    round + 1,
+                    "rep {} c={:<4} {:<20} {:>9.0} req/s  p99 {:>8.1} us  server CPU {:>6.1} us/req  errors {}",
+                    rep + 1,
                     concurrency,
                     variant.name(),
                     sample.rps(),
                     load::quantile_us(&sample.latencies_ns, 0.99),
+                    sample.server_cpu_us_per_request,
                     sample.errors
                 );
                 samples.push(sample);
@@ -734,8 +941,8 @@ fn main() {
     let mut scale = Vec::new();
     if !settings.quick {
         let timing = Timing {
-            warm_up: Duration::from_millis(400),
-            measure: Duration::from_millis(1500),
+            warm_up: Duration::from_millis(300),
+            measure: Duration::from_millis(1200),
         };
         let points = [1u32, 4, 16, 64, 256]
             .into_iter()
@@ -765,7 +972,8 @@ fn main() {
 
     let report = report::Report {
         quick: settings.quick,
-        rounds: settings.rounds,
+        reps: settings.reps,
+        pinned: rts.pinned,
         max_size: settings.max_size,
         warm_up: settings.timing.warm_up,
         measure: settings.timing.measure,

@@ -52,7 +52,8 @@ pub async fn run(
     total
 }
 
-async fn connect(server: SocketAddr) -> Option<SendRequest<Empty<Bytes>>> {
+/// One keep-alive HTTP/1.1 connection to `server`, its connection task spawned.
+pub async fn connect(server: SocketAddr) -> Option<SendRequest<Empty<Bytes>>> {
     let stream = TcpStream::connect(server).await.ok()?;
     stream.set_nodelay(true).ok()?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -63,7 +64,7 @@ async fn connect(server: SocketAddr) -> Option<SendRequest<Empty<Bytes>>> {
 }
 
 /// One request; `true` if it got a 200 and its whole body.
-async fn request(sender: &mut SendRequest<Empty<Bytes>>) -> bool {
+pub async fn request(sender: &mut SendRequest<Empty<Bytes>>) -> bool {
     if sender.ready().await.is_err() {
         return false;
     }

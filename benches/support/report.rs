@@ -1,4 +1,4 @@
-//! The end-to-end bench's figures: aggregation over rounds, the markdown table, the JSON and
+//! The end-to-end bench's figures: aggregation over repetitions, paired ratios, the markdown table, the JSON and
 //! the SVG chart, all written to `target/bench-report/`.
 
 use std::fmt::Write as _;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::load::quantile_us;
 
-/// One measurement: one variant, one concurrency, one max_size, one round.
+/// One measurement: one variant, one concurrency, one max_size, one repetition.
 #[derive(Debug)]
 pub struct Sample {
     pub variant: &'static str,
@@ -21,6 +21,8 @@ pub struct Sample {
     pub latencies_ns: Vec<u64>,
     /// Heap allocations in the whole process (client, server, backend) per request.
     pub allocs_per_request: f64,
+    /// CPU time of the server's and the backend's threads per request (µs).
+    pub server_cpu_us_per_request: f64,
     /// Sockets to or from the backend's port in TIME_WAIT after the run.
     pub time_wait: u64,
     /// Connections the backend accepted during the run (warm-up included).
@@ -35,7 +37,7 @@ impl Sample {
     }
 }
 
-/// The rounds of one (variant, concurrency, max_size), together.
+/// The repetitions of one (variant, concurrency, max_size), together.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub variant: &'static str,
@@ -46,8 +48,12 @@ pub struct Row {
     pub errors: u64,
     /// All requests over all measurement time.
     pub rps: f64,
-    /// Each round's req/s, in round order.
+    /// Each repetition's req/s, in repetition order.
     pub rps_rounds: Vec<f64>,
+    /// Each repetition's p99 (µs), in repetition order.
+    pub p99_rounds: Vec<f64>,
+    /// Each repetition's server CPU per request (µs), in repetition order.
+    pub cpu_rounds: Vec<f64>,
     pub rps_min: f64,
     pub rps_max: f64,
     pub p50_us: f64,
@@ -97,6 +103,11 @@ pub fn aggregate(samples: &[Sample], variants: &[&'static str]) -> Vec<Row> {
                 errors: group.iter().map(|s| s.errors).sum(),
                 rps: requests as f64 / seconds.max(1e-9),
                 rps_rounds: rps_each.clone().collect(),
+                p99_rounds: group
+                    .iter()
+                    .map(|s| quantile_us(&s.latencies_ns, 0.99))
+                    .collect(),
+                cpu_rounds: group.iter().map(|s| s.server_cpu_us_per_request).collect(),
                 rps_min: rps_each.clone().fold(f64::INFINITY, f64::min),
                 rps_max: rps_each.fold(0.0, f64::max),
                 p50_us: quantile_us(&latencies, 0.50),
@@ -132,7 +143,9 @@ pub struct Memory {
 
 pub struct Report {
     pub quick: bool,
-    pub rounds: usize,
+    pub reps: usize,
+    /// Server and backend on one CPU, load generator on the other.
+    pub pinned: bool,
     pub max_size: u32,
     pub warm_up: Duration,
     pub measure: Duration,
@@ -164,27 +177,88 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-/// The median over rounds of `row`'s req/s over `base`'s in the same round. The variants of
-/// one round and concurrency run back to back, so a load change on the machine between
-/// rounds affects both sides of each ratio alike.
-pub fn paired_ratio(row: &Row, base: &Row) -> f64 {
-    let mut ratios: Vec<f64> = row
-        .rps_rounds
-        .iter()
-        .zip(&base.rps_rounds)
-        .map(|(a, b)| ratio(*a, *b))
-        .filter(|r| r.is_finite())
-        .collect();
-    if ratios.is_empty() {
-        return f64::NAN;
+/// Median, min and max of per-repetition ratios.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// Of the finite values in `xs`; all NaN if none.
+    pub fn of(mut xs: Vec<f64>) -> Spread {
+        xs.retain(|x| x.is_finite());
+        if xs.is_empty() {
+            return Spread {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                n: 0,
+            };
+        }
+        xs.sort_by(f64::total_cmp);
+        let mid = xs.len() / 2;
+        let median = if xs.len() % 2 == 1 {
+            xs[mid]
+        } else {
+            (xs[mid - 1] + xs[mid]) / 2.0
+        };
+        Spread {
+            median,
+            min: xs[0],
+            max: xs[xs.len() - 1],
+            n: xs.len(),
+        }
     }
-    ratios.sort_by(f64::total_cmp);
-    let mid = ratios.len() / 2;
-    if ratios.len() % 2 == 1 {
-        ratios[mid]
-    } else {
-        (ratios[mid - 1] + ratios[mid]) / 2.0
+
+    /// `median [min–max]`.
+    pub fn show(&self) -> String {
+        format!("{:.3} [{:.3}–{:.3}]", self.median, self.min, self.max)
     }
+
+    /// Against a target that the value must reach (`at_least`) or stay under: "met" when the
+    /// whole spread is on the right side, "MISSED" when the whole spread is on the wrong
+    /// side, else "unresolved" (the spread is wider than the median's distance to the
+    /// target), with the side the median is on.
+    pub fn verdict(&self, target: f64, at_least: bool) -> String {
+        let good = |x: f64| if at_least { x >= target } else { x <= target };
+        if self.n == 0 {
+            "no data".into()
+        } else if good(self.min) && good(self.max) {
+            "met".into()
+        } else if !good(self.min) && !good(self.max) {
+            "MISSED".into()
+        } else {
+            format!(
+                "unresolved: spread wider than the distance to {target} (median {} it)",
+                if good(self.median) { "meets" } else { "misses" }
+            )
+        }
+    }
+}
+
+/// `row`'s per-repetition values over `base`'s in the same repetition (the variants of one
+/// repetition and concurrency run seconds apart, so a load change on the machine between
+/// repetitions affects both sides of each ratio alike).
+fn paired(a: &[f64], b: &[f64]) -> Spread {
+    Spread::of(a.iter().zip(b).map(|(a, b)| ratio(*a, *b)).collect())
+}
+
+/// req/s of `row` over `base`, paired by repetition.
+pub fn rps_ratio(row: &Row, base: &Row) -> Spread {
+    paired(&row.rps_rounds, &base.rps_rounds)
+}
+
+/// p99 of `row` over `base`, paired by repetition.
+pub fn p99_ratio(row: &Row, base: &Row) -> Spread {
+    paired(&row.p99_rounds, &base.p99_rounds)
+}
+
+/// Server CPU per request of `row` over `base`, paired by repetition.
+pub fn cpu_ratio(row: &Row, base: &Row) -> Spread {
+    paired(&row.cpu_rounds, &base.cpu_rounds)
 }
 
 fn json_number(x: f64) -> String {
@@ -196,9 +270,12 @@ fn json_number(x: f64) -> String {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
+    // Counted from /proc/cpuinfo: the calling thread may be pinned to one CPU.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok();
+    let cpus = cpuinfo.as_deref().map_or(0, |info| {
+        info.lines().filter(|l| l.starts_with("processor")).count()
+    });
+    let model = cpuinfo
         .and_then(|info| {
             info.lines()
                 .find(|l| l.starts_with("model name"))
@@ -228,15 +305,31 @@ impl Report {
     }
 
     pub fn json(&self, rows: &[Row]) -> String {
+        let list = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| json_number(*x))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let spread = |s: Option<Spread>| match s {
+            Some(s) if s.n > 0 => format!(
+                "{{\"median\": {}, \"min\": {}, \"max\": {}}}",
+                json_number(s.median),
+                json_number(s.min),
+                json_number(s.max)
+            ),
+            _ => "null".into(),
+        };
         let mut out = String::from("[\n");
         for (i, r) in rows.iter().enumerate() {
             let base = self.baseline(r);
             let _ = write!(
                 out,
                 "  {{\"variant\": \"{}\", \"concurrency\": {}, \"requests\": {}, \"errors\": {}, \
-                 \"rps\": {}, \"p50_us\": {}, \"p99_us\": {}, \"max_size\": {}, \"rounds\": {}, \
-                 \"rps_min\": {}, \"rps_max\": {}, \"rps_rounds\": [{}], \"rps_vs_bb8_state\": {}, \
-                 \"rps_vs_bb8_state_paired_median\": {}, \"p99_vs_bb8_state\": {}, \
+                 \"rps\": {}, \"p50_us\": {}, \"p99_us\": {}, \"max_size\": {}, \"reps\": {}, \
+                 \"rps_min\": {}, \"rps_max\": {}, \"rps_reps\": [{}], \"p99_reps\": [{}], \
+                 \"server_cpu_us_per_request_reps\": [{}], \
+                 \"rps_vs_bb8_state\": {}, \"p99_vs_bb8_state\": {}, \"server_cpu_vs_bb8_state\": {}, \
                  \"time_wait\": {}, \"backend_connections\": {}, \"pool_connections\": {}, \
                  \"allocs_per_request\": {}}}",
                 r.variant,
@@ -250,14 +343,12 @@ impl Report {
                 r.rounds,
                 json_number(r.rps_min),
                 json_number(r.rps_max),
-                r.rps_rounds
-                    .iter()
-                    .map(|x| json_number(*x))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                json_number(base.map_or(f64::NAN, |b| ratio(r.rps, b.rps))),
-                json_number(base.map_or(f64::NAN, |b| paired_ratio(r, b))),
-                json_number(base.map_or(f64::NAN, |b| ratio(r.p99_us, b.p99_us))),
+                list(&r.rps_rounds),
+                list(&r.p99_rounds),
+                list(&r.cpu_rounds),
+                spread(base.map(|b| rps_ratio(r, b))),
+                spread(base.map(|b| p99_ratio(r, b))),
+                spread(base.map(|b| cpu_ratio(r, b))),
                 r.time_wait,
                 r.backend_connections,
                 r.pool_connections
@@ -275,12 +366,10 @@ impl Report {
         if with_max_size {
             out.push_str("| variant | concurrency | max_size | req/s | × bb8_state | p50 µs | p99 µs | p99 × bb8_state | concurrency ÷ req/s, µs | errors |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         } else {
-            out.push_str("| variant | concurrency | req/s (min – max) | × bb8_state | p50 µs | p99 µs | p99 × bb8_state | errors | TIME_WAIT | backend conns | allocs/req |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+            out.push_str("| variant | c | req/s (min – max) | req/s × bb8_state | p50 µs | p99 µs | p99 × bb8_state | server CPU µs/req | CPU × bb8_state | errors | TIME_WAIT | backend conns | allocs/req |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         }
         for r in rows {
             let base = self.baseline(r);
-            let rps_ratio = base.map_or(f64::NAN, |b| ratio(r.rps, b.rps));
-            let p99_ratio = base.map_or(f64::NAN, |b| ratio(r.p99_us, b.p99_us));
             if with_max_size {
                 let _ = writeln!(
                     out,
@@ -289,26 +378,29 @@ impl Report {
                     r.concurrency,
                     r.max_size,
                     r.rps,
-                    rps_ratio,
+                    base.map_or(f64::NAN, |b| ratio(r.rps, b.rps)),
                     r.p50_us,
                     r.p99_us,
-                    p99_ratio,
+                    base.map_or(f64::NAN, |b| ratio(r.p99_us, b.p99_us)),
                     r.concurrency as f64 / r.rps.max(1e-9) * 1e6,
                     r.errors
                 );
             } else {
+                let show = |s: Option<Spread>| s.map_or("–".to_string(), |s| s.show());
                 let _ = writeln!(
                     out,
-                    "| `{}` | {} | {:.0} ({:.0} – {:.0}) | {:.3} | {:.1} | {:.1} | {:.3} | {} | {} | {} | {:.1} |",
+                    "| `{}` | {} | {:.0} ({:.0} – {:.0}) | {} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {:.1} |",
                     r.variant,
                     r.concurrency,
                     r.rps,
                     r.rps_min,
                     r.rps_max,
-                    rps_ratio,
+                    show(base.map(|b| rps_ratio(r, b))),
                     r.p50_us,
                     r.p99_us,
-                    p99_ratio,
+                    show(base.map(|b| p99_ratio(r, b))),
+                    Spread::of(r.cpu_rounds.clone()).median,
+                    show(base.map(|b| cpu_ratio(r, b))),
                     r.errors,
                     r.time_wait,
                     r.backend_connections,
@@ -319,49 +411,140 @@ impl Report {
         out
     }
 
+    fn concurrencies(&self) -> Vec<usize> {
+        let mut cs: Vec<usize> = Vec::new();
+        for r in &self.rows {
+            if !cs.contains(&r.concurrency) {
+                cs.push(r.concurrency);
+            }
+        }
+        cs
+    }
+
+    /// The ratios that decide the targets, one row per comparison, one column per
+    /// concurrency: median [min–max] of the per-repetition ratios.
+    pub fn summary(&self) -> String {
+        let cs = self.concurrencies();
+        let mut out = String::from("| ratio (median [min–max] over repetitions) |");
+        for c in &cs {
+            let _ = write!(out, " c={c} |");
+        }
+        out.push_str("\n|---|");
+        for _ in &cs {
+            out.push_str("--:|");
+        }
+        out.push('\n');
+        type Metric = fn(&Row, &Row) -> Spread;
+        let lines: [(&str, &str, &str, Metric); 9] = [
+            (
+                "`layer_eager` / `bb8_state` req/s",
+                "layer_eager",
+                "bb8_state",
+                rps_ratio,
+            ),
+            (
+                "`layer_lazy` / `bb8_state` req/s",
+                "layer_lazy",
+                "bb8_state",
+                rps_ratio,
+            ),
+            (
+                "`layer_eager` / `bb8_state` p99",
+                "layer_eager",
+                "bb8_state",
+                p99_ratio,
+            ),
+            (
+                "`layer_lazy` / `bb8_state` p99",
+                "layer_lazy",
+                "bb8_state",
+                p99_ratio,
+            ),
+            (
+                "the checks: `bb8_state_peek` / `bb8_state` req/s",
+                "bb8_state_peek",
+                "bb8_state",
+                rps_ratio,
+            ),
+            (
+                "the wrapper: `layer_eager` / `bb8_state_peek` req/s",
+                "layer_eager",
+                "bb8_state_peek",
+                rps_ratio,
+            ),
+            (
+                "the wrapper: `layer_lazy` / `bb8_state_peek` req/s",
+                "layer_lazy",
+                "bb8_state_peek",
+                rps_ratio,
+            ),
+            (
+                "`layer_eager` / `bb8_state` server CPU per request",
+                "layer_eager",
+                "bb8_state",
+                cpu_ratio,
+            ),
+            (
+                "`deadpool_state` / `bb8_state` req/s",
+                "deadpool_state",
+                "bb8_state",
+                rps_ratio,
+            ),
+        ];
+        for (label, a, b, metric) in lines {
+            let _ = write!(out, "| {label} |");
+            for &c in &cs {
+                match (
+                    find(&self.rows, a, c, self.max_size),
+                    find(&self.rows, b, c, self.max_size),
+                ) {
+                    (Some(a), Some(b)) => {
+                        let _ = write!(out, " {} |", metric(a, b).show());
+                    }
+                    _ => out.push_str(" – |"),
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// The targets of the issue, checked against this run.
     fn targets(&self) -> String {
         let mut out = String::new();
-        let mut concurrencies: Vec<usize> = self.rows.iter().map(|r| r.concurrency).collect();
-        concurrencies.dedup();
-        for c in concurrencies {
+        for c in self.concurrencies() {
             let get = |v: &str| find(&self.rows, v, c, self.max_size);
-            let (Some(bb8), Some(cpr)) = (get("bb8_state"), get("connect_per_request")) else {
+            let Some(bb8) = get("bb8_state") else {
                 continue;
             };
-            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
             for v in ["layer_eager", "layer_lazy"] {
                 let Some(r) = get(v) else { continue };
-                let paired = paired_ratio(r, bb8);
-                let p99 = ratio(r.p99_us, bb8.p99_us);
+                let rps = rps_ratio(r, bb8);
+                let p99 = p99_ratio(r, bb8);
                 let _ = writeln!(
                     out,
-                    "- c={c} `{v}`: req/s {paired:.3}× bb8_state (median of per-round ratios; pooled {:.3}×) (≥ 0.97: {}), p99 {p99:.3}× (≤ 1.05: {}); {:.2}× connect_per_request (faster: {}); TIME_WAIT {} vs {} for connect_per_request (none: {}); allocations {:+.1}/request vs bb8_state",
-                    ratio(r.rps, bb8.rps),
-                    verdict(paired >= 0.97),
-                    verdict(p99 <= 1.05),
-                    paired_ratio(r, cpr),
-                    verdict(paired_ratio(r, cpr) > 1.0),
-                    r.time_wait,
-                    cpr.time_wait,
-                    verdict(r.time_wait == 0),
+                    "- c={c} `{v}`: req/s {} × bb8_state (≥ 0.97: {}); p99 {} × (≤ 1.05: {}); allocations {:+.1}/request vs bb8_state",
+                    rps.show(),
+                    rps.verdict(0.97, true),
+                    p99.show(),
+                    p99.verdict(1.05, false),
                     r.allocs_per_request - bb8.allocs_per_request,
                 );
             }
-            if let (Some(dp), Some(eager)) = (get("deadpool_state"), get("layer_eager")) {
+            if let (Some(eager), Some(cpr)) = (get("layer_eager"), get("connect_per_request")) {
                 let _ = writeln!(
                     out,
-                    "- c={c} `layer_eager` vs `deadpool_state`: req/s {:.3}× (median of per-round ratios), p99 {:.3}×; `deadpool_state` vs `bb8_state`: {:.3}×",
-                    paired_ratio(eager, dp),
-                    ratio(eager.p99_us, dp.p99_us),
-                    paired_ratio(dp, bb8),
+                    "- c={c} `layer_eager` vs `connect_per_request`: req/s {}×; TIME_WAIT {} vs {}",
+                    rps_ratio(eager, cpr).show(),
+                    eager.time_wait,
+                    cpr.time_wait,
                 );
             }
             if let Some(d) = get("dedicated") {
                 let _ = writeln!(
                     out,
-                    "- c={c} `dedicated` (upper bound): {:.3}× bb8_state (median of per-round ratios)",
-                    paired_ratio(d, bb8)
+                    "- c={c} `dedicated` (upper bound): req/s {} × bb8_state",
+                    rps_ratio(d, bb8).show()
                 );
             }
         }
@@ -377,17 +560,25 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Machine: {}. {} round(s) per variant and concurrency, alternating order, {:.1} s warm-up + {:.1} s measured each; pools `max_size` {}. Whole run {:.0} s.\n",
+            "Machine: {}. {} repetition(s), variant order rotated per repetition, {:.1} s warm-up + {:.1} s measured each; a fresh backend, server and pool per run; pools `max_size` {}; {}. Whole run {:.0} s.\n",
             machine(),
-            self.rounds,
+            self.reps,
             self.warm_up.as_secs_f64(),
             self.measure.as_secs_f64(),
             self.max_size,
+            if self.pinned {
+                "server runtime (one worker) and backend pinned to CPU 0, load generator to CPU 1"
+            } else {
+                "NOT pinned"
+            },
             self.wall_time.as_secs_f64()
         );
-        out.push_str(&self.table(&self.rows, false));
-        out.push_str("\nreq/s: all rounds' requests over all rounds' measured time (min – max of the rounds). p50/p99: over every request of every round. TIME_WAIT: sockets to/from the backend's port in TIME_WAIT after the run (most of one round). backend conns: connections the backend accepted in one run, warm-up included (most of one round). allocs/req: heap allocations in the whole process (load generator, server, backend) per request.\n\n### Targets\n\n");
+        out.push_str(&self.summary());
+        out.push_str("\n### Targets\n\n");
         out.push_str(&self.targets());
+        out.push_str("\n### All variants\n\n");
+        out.push_str(&self.table(&self.rows, false));
+        out.push_str("\nreq/s: all repetitions' requests over all their measured time (min – max of the repetitions). × bb8_state: median [min–max] of the ratios paired within a repetition. p50/p99: over every request of every repetition; p99 × bb8_state: paired per repetition. server CPU: the server's and the backend's threads (both on CPU 0), from `/proc/self/task/*/schedstat`, per request, median over repetitions. TIME_WAIT: sockets to/from the backend's port in TIME_WAIT after the run (most of one repetition). backend conns: connections the backend accepted in one run, warm-up included (most of one repetition). allocs/req: heap allocations in the whole process (load generator, server, backend) per request.\n");
         if !self.scale.is_empty() {
             out.push_str("\n## Scale: `layer_eager` next to `bb8_state`\n\n");
             out.push_str(&self.table(&self.scale, true));

@@ -90,9 +90,18 @@ async fn echo(mut stream: TcpStream) {
 /// One exchange: write [`LINE`], read its echo.
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S) -> io::Result<()> {
     conn.write_all(LINE).await?;
-    let mut reply = [0u8; 16];
-    conn.read_exact(&mut reply).await?;
-    if &reply != LINE {
+    // Into a buffer larger than the reply, until the line is complete: what a buffered reader
+    // or a codec does (a `read_exact` of exactly the reply's length is the other pattern).
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < LINE.len() {
+        let n = conn.read(&mut buf[got..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "backend closed"));
+        }
+        got += n;
+    }
+    if &buf[..got] != LINE {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "wrong echo"));
     }
     Ok(())

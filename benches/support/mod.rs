@@ -97,7 +97,10 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S) -> io::Re
     while got < LINE.len() {
         let n = conn.read(&mut buf[got..]).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "backend closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed",
+            ));
         }
         got += n;
     }

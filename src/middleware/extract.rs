@@ -8,7 +8,7 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
 use crate::error::TcpPoolError;
-use crate::middleware::slot::{Slot, Taken};
+use crate::middleware::slot::{self, Slot, Taken};
 use crate::pool::TcpConnection;
 
 /// Extracts the request's connection: `TcpConnection<M>` from the layer over the pool of
@@ -52,12 +52,7 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let result = take(parts).await;
         if let Err(TcpPoolError::MissingLayer) = result {
-            // Say which layer is missing: the error (and so the response's log) cannot.
-            tracing::error!(
-                marker = type_name::<M>(),
-                "TcpConnection<{0}> extracted on a route without a TcpPoolLayer over a TcpPool<{0}>",
-                type_name::<M>(),
-            );
+            slot::log_missing_layer::<M>("TcpConnection");
         }
         result
     }

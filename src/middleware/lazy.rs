@@ -8,7 +8,7 @@ use axum_core::extract::FromRequestParts;
 use http::request::Parts;
 
 use crate::error::TcpPoolError;
-use crate::middleware::slot::{Slot, Taken};
+use crate::middleware::slot::{self, Slot, Taken};
 use crate::pool::TcpConnection;
 
 /// A connection not checked out yet: [`get`](Self::get) checks it out. Take it before the
@@ -86,11 +86,7 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let taken = Slot::<M>::take(parts).inspect_err(|err| {
             if let TcpPoolError::MissingLayer = err {
-                tracing::error!(
-                    marker = type_name::<M>(),
-                    "LazyConnection<{0}> extracted on a route without a TcpPoolLayer over a TcpPool<{0}>",
-                    type_name::<M>(),
-                );
+                slot::log_missing_layer::<M>("LazyConnection");
             }
         })?;
         Ok(LazyConnection { taken })

@@ -51,3 +51,13 @@ impl<M: 'static> Slot<M> {
         }
     }
 }
+
+/// Logs, at `error`, which layer a strict extractor (`extractor<M>`) missed: the error and
+/// its response cannot name the marker type.
+pub(crate) fn log_missing_layer<M>(extractor: &str) {
+    let marker = std::any::type_name::<M>();
+    tracing::error!(
+        marker,
+        "{extractor}<{marker}> extracted on a route without a TcpPoolLayer over a TcpPool<{marker}>",
+    );
+}

@@ -66,7 +66,8 @@ pin_project! {
     ///
     /// In eager mode it first checks a connection out (answering `503`/`502` itself if that
     /// fails), then calls the inner service with the connection in the request's extensions.
-    /// In lazy mode it is the inner service's future.
+    /// In lazy mode it is the inner service's future. Whatever the inner future still holds
+    /// when it is dropped, unfinished or after answering, is dropped as abandoned.
     ///
     /// ```
     /// use axum_tcp_pool::{ResponseFuture, TcpPoolService};

@@ -18,9 +18,11 @@ use crate::pool::TcpPool;
 ///
 /// # Cancellation
 ///
-/// Dropping the response future while it checks out never loses a connection; dropping it
-/// while the inner service runs drops the request's connection, which is closed if an
-/// exchange was in flight (see the [clean-connection rule](crate::TcpConnection#the-clean-connection-rule)).
+/// Dropping the response future while it checks out never loses a connection. Dropping it
+/// while the inner service runs closes every connection the request used, even between two
+/// reads; so does an inner service that answers while still holding unfinished work (a
+/// timeout layer between this one and the handler). See the
+/// [clean-connection rule](crate::TcpConnection#the-clean-connection-rule).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

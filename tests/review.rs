@@ -1,0 +1,404 @@
+//! An adversarial review of the 0.2 restructure: what a legitimate handler, middleware or body
+//! does with its connection, and whether the clean-connection rule reuses it when it is clean
+//! and closes it when it is not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use axum_tcp_pool::{Guarded, LazyConnection, TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use testkit::{assert_no_leak, bounded, read_line, serve, wait_pool, Backend, HttpClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+fn pool(backend: &Backend) -> TcpPool {
+    TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .build()
+        .expect("pool")
+}
+
+async fn echo(Path(tag): Path<String>, mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+    conn.write_all(format!("ECHO {tag}\n").as_bytes()).await?;
+    Ok(read_line(&mut conn).await?)
+}
+
+/// After `n` requests that each finished a clean exchange, the backend saw one connection and
+/// the pool closed none.
+async fn assert_reused(backend: &Backend, pool: &TcpPool, what: &str) {
+    let s = wait_pool(pool, "the connection is back", |s| s.in_use == 0).await;
+    assert_eq!(
+        (backend.seen().accepts, s.discards.total(), s.idle),
+        (1, 0, 1),
+        "{what}: a clean connection was closed instead of reused: {s:?}"
+    );
+}
+
+/// Reads a reply of a known length into chunks, keeping the connection until the stream is
+/// asked for more after the last byte (as `ReaderStream` over `conn.take(len)` does).
+fn framed_body(conn: TcpConnection, len: usize) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::unfold((conn, len), |(mut conn, remaining)| async move {
+        if remaining == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; remaining.min(3)];
+        match conn.read(&mut buf).await {
+            Ok(0) => Some((Err(std::io::ErrorKind::UnexpectedEof.into()), (conn, 0))),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), (conn, remaining - n)))
+            }
+            Err(e) => Some((Err(e), (conn, 0))),
+        }
+    })
+}
+
+/// Streams the backend's reply (`ECHO <tag>` answers `<tag>\n`) as the response body, with
+/// its length known up front, the way a proxy forwards a length-framed value.
+async fn stream_with_length(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
+    conn.write_all(format!("ECHO {tag}\n").as_bytes())
+        .await
+        .expect("write");
+    let len = tag.len() + 1;
+    (
+        [(http::header::CONTENT_LENGTH, len.to_string())],
+        Body::from_stream(Guarded::new(framed_body(conn, len))),
+    )
+        .into_response()
+}
+
+/// The same, chunked (no length header): hyper polls the body until it ends.
+async fn stream_chunked(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
+    conn.write_all(format!("ECHO {tag}\n").as_bytes())
+        .await
+        .expect("write");
+    Body::from_stream(Guarded::new(framed_body(conn, tag.len() + 1))).into_response()
+}
+
+/// The same, chunked and not guarded.
+async fn stream_unguarded(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
+    conn.write_all(format!("ECHO {tag}\n").as_bytes())
+        .await
+        .expect("write");
+    Body::from_stream(framed_body(conn, tag.len() + 1)).into_response()
+}
+
+fn stream_app(pool: &TcpPool) -> Router {
+    Router::new()
+        .route("/len/{tag}", get(stream_with_length))
+        .route("/chunked/{tag}", get(stream_chunked))
+        .route("/unguarded/{tag}", get(stream_unguarded))
+        .route("/echo/{tag}", get(echo))
+        .route_layer(TcpPoolLayer::new(pool.clone()))
+}
+
+/// A `Guarded` body that ran to its end reuses its connection: the documented promise is
+/// that only a body dropped *before* its end closes it. With a `Content-Length`, hyper stops
+/// polling the body once it has that many bytes and drops it without asking for the end, so
+/// the guard sees an unfinished stream and closes a connection whose reply was read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_body_with_a_content_length_that_was_sent_whole_reuses_its_connection() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    let client = HttpClient::new(serve(stream_app(&pool)).await);
+    for tag in ["abcdefg", "hijklmn", "opq"] {
+        let r = client.get(&format!("/len/{tag}")).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("{tag}\n").as_str()), "{r:?}");
+    }
+    assert_reused(&backend, &pool, "Guarded body with Content-Length").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_chunked_body_that_ran_to_its_end_reuses_its_connection() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    let client = HttpClient::new(serve(stream_app(&pool)).await);
+    for tag in ["abcdefg", "hijklmn", "opq"] {
+        let r = client.get(&format!("/chunked/{tag}")).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("{tag}\n").as_str()), "{r:?}");
+        let r = client.get(&format!("/unguarded/{tag}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    }
+    assert_reused(&backend, &pool, "Guarded chunked body").await;
+}
+
+/// A `Guarded` task that finishes its exchange returns its connection clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_task_that_finished_reuses_its_connection() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    async fn spawned(Path(tag): Path<String>, mut conn: TcpConnection) -> String {
+        let task = tokio::spawn(Guarded::new(async move {
+            conn.write_all(format!("ECHO {tag}\n").as_bytes()).await?;
+            read_line(&mut conn).await
+        }));
+        task.await.expect("task").expect("exchange")
+    }
+    async fn returned(Path(tag): Path<String>, mut conn: TcpConnection) -> String {
+        // The task hands the connection back; the handler drops it.
+        let task = tokio::spawn(Guarded::new(async move {
+            conn.write_all(format!("ECHO {tag}\n").as_bytes()).await?;
+            let line = read_line(&mut conn).await?;
+            Ok::<_, std::io::Error>((line, conn))
+        }));
+        let (line, conn) = task.await.expect("task").expect("exchange");
+        drop(conn);
+        line
+    }
+    let app = Router::new()
+        .route("/spawned/{tag}", get(spawned))
+        .route("/returned/{tag}", get(returned))
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let client = HttpClient::new(serve(app).await);
+    for tag in ["a", "b", "c"] {
+        assert_eq!(client.get(&format!("/spawned/{tag}")).await.body, tag);
+        assert_eq!(client.get(&format!("/returned/{tag}")).await.body, tag);
+    }
+    assert_reused(&backend, &pool, "Guarded task").await;
+}
+
+/// Middleware that uses the connection, nested routers, a fallback: every clean connection
+/// is reused, eager and lazy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_nested_routers_and_fallbacks_reuse_clean_connections() {
+    for lazy in [false, true] {
+        let backend = Backend::start().await;
+        let pool = pool(&backend);
+        let layer = |p: &TcpPool| {
+            let l = TcpPoolLayer::new(p.clone());
+            if lazy {
+                l.lazy()
+            } else {
+                l
+            }
+        };
+        // A middleware that does an exchange of its own and then runs the handler, which
+        // does none.
+        async fn audit(mut conn: TcpConnection, req: Request, next: Next) -> Response {
+            conn.write_all(b"ECHO audit\n").await.expect("write");
+            let line = read_line(&mut conn).await.expect("read");
+            let mut res = next.run(req).await;
+            res.headers_mut()
+                .insert("x-audit", http::HeaderValue::from_str(&line).expect("header"));
+            res
+        }
+        async fn plain() -> &'static str {
+            "plain"
+        }
+        async fn fallback(mut conn: TcpConnection) -> String {
+            conn.write_all(b"ECHO fallback\n").await.expect("write");
+            read_line(&mut conn).await.expect("read")
+        }
+        async fn lazy_get(Path(tag): Path<String>, conn: LazyConnection, body: Bytes) -> String {
+            let mut conn = conn.get().await.expect("checkout");
+            conn.write_all(format!("ECHO {tag}{}\n", body.len()).as_bytes())
+                .await
+                .expect("write");
+            read_line(&mut conn).await.expect("read")
+        }
+        async fn option(conn: Option<TcpConnection>) -> String {
+            let mut conn = conn.expect("a connection");
+            conn.write_all(b"ECHO opt\n").await.expect("write");
+            read_line(&mut conn).await.expect("read")
+        }
+        let inner = Router::new()
+            .route("/echo/{tag}", get(echo))
+            .route("/lazy/{tag}", get(lazy_get))
+            .route("/option", get(option))
+            .route(
+                "/audited",
+                get(plain).route_layer(middleware::from_fn(audit)),
+            )
+            .fallback(fallback);
+        let app = Router::new()
+            .nest("/api", inner)
+            .layer(layer(&pool));
+        let client = HttpClient::new(serve(app).await);
+        for i in 0..3 {
+            let r = client.get(&format!("/api/echo/e{i}")).await;
+            assert_eq!(r.body, format!("e{i}"), "{r:?}");
+            let r = client.get(&format!("/api/lazy/l{i}")).await;
+            assert_eq!(r.body, format!("l{i}0"), "{r:?}");
+            let r = client.get("/api/option").await;
+            assert_eq!(r.body, "opt", "{r:?}");
+            let r = client.get("/api/audited").await;
+            assert_eq!(
+                (r.body.as_str(), r.headers.get("x-audit").map(|v| v.as_bytes())),
+                ("plain", Some(&b"audit"[..])),
+                "{r:?}"
+            );
+            let r = client.get("/api/nowhere").await;
+            assert_eq!(r.body, "fallback", "{r:?}");
+        }
+        assert_reused(&backend, &pool, if lazy { "lazy" } else { "eager" }).await;
+    }
+}
+
+/// Two pools with markers, both used by one handler: each reuses its one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_markers_each_reuse_their_connection() {
+    enum A {}
+    enum B {}
+    let (ba, bb) = (Backend::start().await, Backend::start().await);
+    let (pa, pb) = (pool(&ba), pool(&bb));
+    async fn both(mut a: TcpConnection<A>, b: LazyConnection<B>) -> String {
+        a.write_all(b"ECHO a\n").await.expect("write a");
+        let la = read_line(&mut a).await.expect("read a");
+        let mut b = b.get().await.expect("checkout b");
+        b.write_all(b"ECHO b\n").await.expect("write b");
+        let lb = read_line(&mut b).await.expect("read b");
+        format!("{la}{lb}")
+    }
+    let app = Router::new()
+        .route("/both", get(both))
+        .route_layer(TcpPoolLayer::new(pa.clone().with_marker::<A>()))
+        .route_layer(TcpPoolLayer::new(pb.clone().with_marker::<B>()).lazy());
+    let client = HttpClient::new(serve(app).await);
+    for _ in 0..5 {
+        assert_eq!(client.get("/both").await.body, "ab");
+    }
+    assert_reused(&ba, &pa, "marker A").await;
+    assert_reused(&bb, &pb, "marker B").await;
+}
+
+/// A connection whose previous checkout was used, then handed to a request that never uses
+/// it and is cancelled: nothing of the first checkout (its `used` flag) may make the second's
+/// cancellation close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_connection_of_a_cancelled_request_is_reused_whatever_its_last_checkout_did() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    let parked = Arc::new(Notify::new());
+    let app = Router::new()
+        .route("/echo/{tag}", get(echo))
+        .route(
+            "/park",
+            get({
+                let parked = parked.clone();
+                move |_conn: TcpConnection| async move {
+                    parked.notify_one();
+                    std::future::pending::<()>().await;
+                    "never"
+                }
+            }),
+        )
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let client = HttpClient::new(serve(app).await);
+    assert_eq!(client.get("/echo/first").await.body, "first");
+    let notified = parked.notified();
+    let request = client.spawn_try_get("/park");
+    bounded("the request holds the connection", notified).await;
+    request.abort();
+    let _ = request.await;
+    wait_pool(&pool, "the parked connection is back", |s| s.in_use == 0).await;
+    assert_eq!(client.get("/echo/second").await.body, "second");
+    assert_reused(&backend, &pool, "unused in a cancelled request").await;
+}
+
+/// A request cancelled while its handler waits in `LazyConnection::get` loses no connection
+/// and closes none: the connection it waited for is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_in_lazy_get_leaves_the_pool_whole() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .checkout_timeout(Duration::from_secs(3600))
+        .build()
+        .expect("pool");
+    async fn hold(mut conn: TcpConnection) -> String {
+        conn.write_all(b"HOLD held\n").await.expect("write");
+        read_line(&mut conn).await.expect("read")
+    }
+    /// Notifies when the handler is dropped.
+    struct Dropped(Arc<Notify>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+    let dropped = Arc::new(Notify::new());
+    let lazy = {
+        let dropped = dropped.clone();
+        move |conn: LazyConnection| async move {
+            let _signal = Dropped(dropped);
+            let mut conn = conn.get().await.expect("checkout");
+            conn.write_all(b"ECHO lazy\n").await.expect("write");
+            read_line(&mut conn).await.expect("read")
+        }
+    };
+    let app = Router::new()
+        .route("/hold", get(hold))
+        .route("/lazy", get(lazy))
+        .route_layer(TcpPoolLayer::new(pool.clone()).lazy());
+    let client = HttpClient::new(serve(app).await);
+    let holder = client.spawn_get("/hold");
+    backend.wait_for("the pool is exhausted", |s| s.holding == 1).await;
+    let waiter = client.spawn_try_get("/lazy");
+    wait_pool(&pool, "the lazy request waits", |s| s.gets >= 2).await;
+    let gone = dropped.notified();
+    waiter.abort();
+    let _ = waiter.await;
+    bounded("the server drops the waiting request", gone).await;
+    backend.release();
+    assert_eq!(holder.await.expect("holder").body, "held");
+    assert_eq!(client.get("/lazy").await.body, "lazy");
+    assert_reused(&backend, &pool, "after a cancelled lazy get").await;
+}
+
+/// Every error body the crate writes ends with a newline and leaks nothing, including a
+/// `LazyConnection` on a route without a layer and one taken twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_body_ends_with_a_newline_and_leaks_nothing() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .checkout_timeout(Duration::from_secs(3600))
+        .build()
+        .expect("pool");
+    async fn lazy_only(_c: LazyConnection) -> &'static str {
+        "unreachable"
+    }
+    async fn lazy_twice(_a: LazyConnection, _b: LazyConnection) -> &'static str {
+        "unreachable"
+    }
+    async fn mixed(_a: TcpConnection, _b: LazyConnection) -> &'static str {
+        "unreachable"
+    }
+    async fn io_error(conn: LazyConnection) -> Result<String, TcpPoolError> {
+        let mut conn = conn.get().await?;
+        conn.write_all(b"CLOSE\n").await?;
+        Ok(read_line(&mut conn).await?)
+    }
+    let app = Router::new()
+        .route("/nolayer", get(lazy_only))
+        .merge(
+            Router::new()
+                .route("/twice", get(lazy_twice))
+                .route("/mixed", get(mixed))
+                .route("/io", get(io_error))
+                .route("/echo/{tag}", get(echo))
+                .route_layer(TcpPoolLayer::new(pool.clone()).lazy()),
+        );
+    let client = HttpClient::new(serve(app).await);
+    for (path, status) in [
+        ("/nolayer", 500),
+        ("/twice", 500),
+        ("/mixed", 500),
+        ("/io", 502),
+    ] {
+        let r = client.get(path).await;
+        assert_eq!(r.status.as_u16(), status, "{path}: {r:?}");
+        assert!(r.body.ends_with('\n'), "{path}: {r:?}");
+        assert_no_leak(&r.body, &backend);
+    }
+    backend.stop().await;
+    let r = client.get("/echo/down").await;
+    assert_eq!(r.status.as_u16(), 502, "{r:?}");
+    assert!(r.body.ends_with('\n'), "{r:?}");
+    assert_no_leak(&r.body, &backend);
+}

@@ -402,3 +402,125 @@ async fn every_error_body_ends_with_a_newline_and_leaks_nothing() {
     assert!(r.body.ends_with('\n'), "{r:?}");
     assert_no_leak(&r.body, &backend);
 }
+
+/// A cold pool, many requests at once, a checkout timeout far beyond the test's bound: each
+/// outcome must come from the backend (200, or 502 from a failed connect), never from waiting
+/// the timeout out.
+fn cold_pool(backend_addr: String) -> TcpPool {
+    TcpPool::builder(backend_addr)
+        .max_size(4)
+        .checkout_timeout(Duration::from_secs(3600))
+        .build()
+        .expect("pool")
+}
+
+const HERD: usize = 1000;
+
+async fn herd(client: &HttpClient) -> Vec<Result<testkit::Reply, String>> {
+    let tasks: Vec<_> = (0..HERD)
+        .map(|i| client.spawn_try_get(&format!("/echo/h{i}")))
+        .collect();
+    let mut out = Vec::with_capacity(HERD);
+    for t in tasks {
+        out.push(t.await.expect("request task"));
+    }
+    out
+}
+
+fn echo_app(pool: &TcpPool) -> Router {
+    Router::new()
+        .route("/echo/{tag}", get(echo))
+        .route_layer(TcpPoolLayer::new(pool.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_a_cold_pool_over_a_down_backend_all_get_502() {
+    let backend = Backend::start().await;
+    backend.stop().await;
+    let pool = cold_pool(backend.addr_string());
+    let client = HttpClient::new(serve(echo_app(&pool)).await);
+    let replies = herd(&client).await;
+    let statuses: std::collections::BTreeMap<String, usize> =
+        replies.iter().fold(Default::default(), |mut m, r| {
+            let k = match r {
+                Ok(r) => r.status.as_u16().to_string(),
+                Err(e) => e.clone(),
+            };
+            *m.entry(k).or_default() += 1;
+            m
+        });
+    assert_eq!(statuses.get("502"), Some(&HERD), "{statuses:?}");
+    for r in replies.iter().flatten().take(3) {
+        assert!(r.body.ends_with('\n'), "{r:?}");
+        assert_no_leak(&r.body, &backend);
+    }
+    let s = pool.state();
+    assert_eq!((s.in_use, s.connections), (0, 0), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_a_cold_pool_are_served_by_max_size_connections() {
+    let backend = Backend::start().await;
+    let pool = cold_pool(backend.addr_string());
+    let client = HttpClient::new(serve(echo_app(&pool)).await);
+    let replies = herd(&client).await;
+    for (i, r) in replies.iter().enumerate() {
+        let r = r.as_ref().expect("request");
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("h{i}").as_str()), "{r:?}");
+    }
+    let s = wait_pool(&pool, "all back", |s| s.in_use == 0).await;
+    assert_eq!(s.discards.total(), 0, "{s:?}");
+    assert!(backend.seen().max_open <= 4, "{:?}", backend.seen());
+}
+
+/// A backend that accepts connections and closes each at once: new connections fail their
+/// health check (or their first exchange), so every request gets 502, promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_a_backend_that_accepts_and_closes_all_get_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let pool = cold_pool(addr.to_string());
+    let client = HttpClient::new(serve(echo_app(&pool)).await);
+    let replies = bounded("the herd", herd(&client)).await;
+    let bad: Vec<_> = replies
+        .iter()
+        .filter(|r| !matches!(r, Ok(r) if r.status == 502))
+        .take(5)
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    acceptor.abort();
+}
+
+/// The backend comes back while a thousand checkouts of a cold pool are failing: each ends
+/// with 200 or 502, none waits the checkout timeout out (503, or the test's bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_restart_during_a_cold_herd_ends_every_request_with_200_or_502() {
+    let backend = Backend::start().await;
+    backend.stop().await;
+    let pool = cold_pool(backend.addr_string());
+    let client = HttpClient::new(serve(echo_app(&pool)).await);
+    let herd = {
+        let client = client.clone();
+        tokio::spawn(async move { herd(&client).await })
+    };
+    wait_pool(&pool, "connects fail", |s| s.connect_failures >= 2).await;
+    backend.restart().await;
+    let replies = bounded("the herd", herd).await.expect("herd");
+    let bad: Vec<_> = replies
+        .iter()
+        .filter(|r| !matches!(r, Ok(r) if r.status == 200 || r.status == 502))
+        .take(5)
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    let r = client.get("/echo/after").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
+    let s = wait_pool(&pool, "all back", |s| s.in_use == 0).await;
+    assert!(s.connections <= 4, "{s:?}");
+}

@@ -407,9 +407,13 @@ async fn every_error_body_ends_with_a_newline_and_leaks_nothing() {
 /// outcome must come from the backend (200, or 502 from a failed connect), never from waiting
 /// the timeout out.
 fn cold_pool(backend_addr: String) -> TcpPool {
+    cold_pool_waiting(backend_addr, Duration::from_secs(3600))
+}
+
+fn cold_pool_waiting(backend_addr: String, checkout_timeout: Duration) -> TcpPool {
     TcpPool::builder(backend_addr)
         .max_size(4)
-        .checkout_timeout(Duration::from_secs(3600))
+        .checkout_timeout(checkout_timeout)
         .build()
         .expect("pool")
 }
@@ -502,9 +506,18 @@ async fn a_thousand_requests_at_a_backend_that_accepts_and_closes_all_get_502() 
 /// with 200 or 502, none waits the checkout timeout out (503, or the test's bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_restart_during_a_cold_herd_ends_every_request_with_200_or_502() {
+    restart_during_a_cold_herd(Duration::from_secs(3600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_restart_during_a_cold_herd_with_the_longest_checkout_timeout() {
+    restart_during_a_cold_herd(Duration::MAX).await;
+}
+
+async fn restart_during_a_cold_herd(checkout_timeout: Duration) {
     let backend = Backend::start().await;
     backend.stop().await;
-    let pool = cold_pool(backend.addr_string());
+    let pool = cold_pool_waiting(backend.addr_string(), checkout_timeout);
     let client = HttpClient::new(serve(echo_app(&pool)).await);
     let herd = {
         let client = client.clone();
@@ -523,4 +536,83 @@ async fn a_backend_restart_during_a_cold_herd_ends_every_request_with_200_or_502
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
     let s = wait_pool(&pool, "all back", |s| s.in_use == 0).await;
     assert!(s.connections <= 4, "{s:?}");
+}
+
+/// What a stream can do today under a `Content-Length`: let go of the connection with its
+/// last chunk (here: the state after the last read holds no connection). Reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_body_with_a_content_length_that_drops_its_connection_with_the_last_chunk_reuses_it(
+) {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    async fn handler(Path(tag): Path<String>, mut conn: TcpConnection) -> Response {
+        conn.write_all(format!("ECHO {tag}\n").as_bytes())
+            .await
+            .expect("write");
+        let len = tag.len() + 1;
+        let chunks = futures_util::stream::unfold(Some((conn, len)), |state| async move {
+            let (mut conn, remaining) = state?;
+            let mut buf = vec![0u8; remaining.min(3)];
+            let n = match conn.read(&mut buf).await {
+                Ok(0) => return Some((Err(std::io::ErrorKind::UnexpectedEof.into()), None)),
+                Ok(n) => n,
+                Err(e) => return Some((Err(e), None)),
+            };
+            buf.truncate(n);
+            // The last chunk: the connection is dropped here, before it is yielded.
+            let next = (remaining > n).then_some((conn, remaining - n));
+            Some((Ok::<_, std::io::Error>(Bytes::from(buf)), next))
+        });
+        (
+            [(http::header::CONTENT_LENGTH, len.to_string())],
+            Body::from_stream(Guarded::new(chunks)),
+        )
+            .into_response()
+    }
+    let app = Router::new()
+        .route("/len/{tag}", get(handler))
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let client = HttpClient::new(serve(app).await);
+    for tag in ["abcdefg", "hijklmn", "opq"] {
+        let r = client.get(&format!("/len/{tag}")).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("{tag}\n").as_str()), "{r:?}");
+    }
+    assert_reused(&backend, &pool, "Guarded body that lets go with its last chunk").await;
+}
+
+/// An eager request cancelled while it waits for a checkout loses no connection and closes
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool_whole() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .checkout_timeout(Duration::from_secs(3600))
+        .build()
+        .expect("pool");
+    async fn hold(mut conn: TcpConnection) -> String {
+        conn.write_all(b"HOLD held\n").await.expect("write");
+        read_line(&mut conn).await.expect("read")
+    }
+    let app = Router::new()
+        .route("/hold", get(hold))
+        .route("/echo/{tag}", get(echo))
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let client = HttpClient::new(serve(app).await);
+    let holder = client.spawn_get("/hold");
+    backend.wait_for("the pool is exhausted", |s| s.holding == 1).await;
+    let waiters: Vec<_> = (0..8).map(|i| client.spawn_try_get(&format!("/echo/w{i}"))).collect();
+    wait_pool(&pool, "the requests wait", |s| s.gets >= 9).await;
+    for w in &waiters {
+        w.abort();
+    }
+    for w in waiters {
+        let _ = w.await;
+    }
+    backend.release();
+    assert_eq!(holder.await.expect("holder").body, "held");
+    for i in 0..3 {
+        assert_eq!(client.get(&format!("/echo/n{i}")).await.body, format!("n{i}"));
+    }
+    assert_reused(&backend, &pool, "after cancelled eager checkouts").await;
 }

@@ -41,7 +41,10 @@ async fn assert_reused(backend: &Backend, pool: &TcpPool, what: &str) {
 
 /// Reads a reply of a known length into chunks, keeping the connection until the stream is
 /// asked for more after the last byte (as `ReaderStream` over `conn.take(len)` does).
-fn framed_body(conn: TcpConnection, len: usize) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+fn framed_body(
+    conn: TcpConnection,
+    len: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
     futures_util::stream::unfold((conn, len), |(mut conn, remaining)| async move {
         if remaining == 0 {
             return None;
@@ -108,7 +111,11 @@ async fn a_guarded_body_with_a_content_length_that_was_sent_whole_reuses_its_con
     let client = HttpClient::new(serve(stream_app(&pool)).await);
     for tag in ["abcdefg", "hijklmn", "opq"] {
         let r = client.get(&format!("/len/{tag}")).await;
-        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("{tag}\n").as_str()), "{r:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, format!("{tag}\n").as_str()),
+            "{r:?}"
+        );
     }
     assert_reused(&backend, &pool, "Guarded body with Content-Length").await;
 }
@@ -120,7 +127,11 @@ async fn a_guarded_chunked_body_that_ran_to_its_end_reuses_its_connection() {
     let client = HttpClient::new(serve(stream_app(&pool)).await);
     for tag in ["abcdefg", "hijklmn", "opq"] {
         let r = client.get(&format!("/chunked/{tag}")).await;
-        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("{tag}\n").as_str()), "{r:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, format!("{tag}\n").as_str()),
+            "{r:?}"
+        );
         let r = client.get(&format!("/unguarded/{tag}")).await;
         assert_eq!(r.status.as_u16(), 200, "{r:?}");
     }
@@ -183,8 +194,10 @@ async fn middleware_nested_routers_and_fallbacks_reuse_clean_connections() {
             conn.write_all(b"ECHO audit\n").await.expect("write");
             let line = read_line(&mut conn).await.expect("read");
             let mut res = next.run(req).await;
-            res.headers_mut()
-                .insert("x-audit", http::HeaderValue::from_str(&line).expect("header"));
+            res.headers_mut().insert(
+                "x-audit",
+                http::HeaderValue::from_str(&line).expect("header"),
+            );
             res
         }
         async fn plain() -> &'static str {
@@ -215,9 +228,7 @@ async fn middleware_nested_routers_and_fallbacks_reuse_clean_connections() {
                 get(plain).route_layer(middleware::from_fn(audit)),
             )
             .fallback(fallback);
-        let app = Router::new()
-            .nest("/api", inner)
-            .layer(layer(&pool));
+        let app = Router::new().nest("/api", inner).layer(layer(&pool));
         let client = HttpClient::new(serve(app).await);
         for i in 0..3 {
             let r = client.get(&format!("/api/echo/e{i}")).await;
@@ -228,7 +239,10 @@ async fn middleware_nested_routers_and_fallbacks_reuse_clean_connections() {
             assert_eq!(r.body, "opt", "{r:?}");
             let r = client.get("/api/audited").await;
             assert_eq!(
-                (r.body.as_str(), r.headers.get("x-audit").map(|v| v.as_bytes())),
+                (
+                    r.body.as_str(),
+                    r.headers.get("x-audit").map(|v| v.as_bytes())
+                ),
                 ("plain", Some(&b"audit"[..])),
                 "{r:?}"
             );
@@ -337,7 +351,9 @@ async fn a_request_cancelled_in_lazy_get_leaves_the_pool_whole() {
         .route_layer(TcpPoolLayer::new(pool.clone()).lazy());
     let client = HttpClient::new(serve(app).await);
     let holder = client.spawn_get("/hold");
-    backend.wait_for("the pool is exhausted", |s| s.holding == 1).await;
+    backend
+        .wait_for("the pool is exhausted", |s| s.holding == 1)
+        .await;
     let waiter = client.spawn_try_get("/lazy");
     wait_pool(&pool, "the lazy request waits", |s| s.gets >= 2).await;
     let gone = dropped.notified();
@@ -374,16 +390,14 @@ async fn every_error_body_ends_with_a_newline_and_leaks_nothing() {
         conn.write_all(b"CLOSE\n").await?;
         Ok(read_line(&mut conn).await?)
     }
-    let app = Router::new()
-        .route("/nolayer", get(lazy_only))
-        .merge(
-            Router::new()
-                .route("/twice", get(lazy_twice))
-                .route("/mixed", get(mixed))
-                .route("/io", get(io_error))
-                .route("/echo/{tag}", get(echo))
-                .route_layer(TcpPoolLayer::new(pool.clone()).lazy()),
-        );
+    let app = Router::new().route("/nolayer", get(lazy_only)).merge(
+        Router::new()
+            .route("/twice", get(lazy_twice))
+            .route("/mixed", get(mixed))
+            .route("/io", get(io_error))
+            .route("/echo/{tag}", get(echo))
+            .route_layer(TcpPoolLayer::new(pool.clone()).lazy()),
+    );
     let client = HttpClient::new(serve(app).await);
     for (path, status) in [
         ("/nolayer", 500),
@@ -470,7 +484,11 @@ async fn a_thousand_requests_at_a_cold_pool_are_served_by_max_size_connections()
     let replies = herd(&client).await;
     for (i, r) in replies.iter().enumerate() {
         let r = r.as_ref().expect("request");
-        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("h{i}").as_str()), "{r:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, format!("h{i}").as_str()),
+            "{r:?}"
+        );
     }
     let s = wait_pool(&pool, "all back", |s| s.in_use == 0).await;
     assert_eq!(s.discards.total(), 0, "{s:?}");
@@ -575,9 +593,18 @@ async fn a_guarded_body_with_a_content_length_that_drops_its_connection_with_the
     let client = HttpClient::new(serve(app).await);
     for tag in ["abcdefg", "hijklmn", "opq"] {
         let r = client.get(&format!("/len/{tag}")).await;
-        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, format!("{tag}\n").as_str()), "{r:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_str()),
+            (200, format!("{tag}\n").as_str()),
+            "{r:?}"
+        );
     }
-    assert_reused(&backend, &pool, "Guarded body that lets go with its last chunk").await;
+    assert_reused(
+        &backend,
+        &pool,
+        "Guarded body that lets go with its last chunk",
+    )
+    .await;
 }
 
 /// An eager request cancelled while it waits for a checkout loses no connection and closes
@@ -600,8 +627,12 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
         .route_layer(TcpPoolLayer::new(pool.clone()));
     let client = HttpClient::new(serve(app).await);
     let holder = client.spawn_get("/hold");
-    backend.wait_for("the pool is exhausted", |s| s.holding == 1).await;
-    let waiters: Vec<_> = (0..8).map(|i| client.spawn_try_get(&format!("/echo/w{i}"))).collect();
+    backend
+        .wait_for("the pool is exhausted", |s| s.holding == 1)
+        .await;
+    let waiters: Vec<_> = (0..8)
+        .map(|i| client.spawn_try_get(&format!("/echo/w{i}")))
+        .collect();
     wait_pool(&pool, "the requests wait", |s| s.gets >= 9).await;
     for w in &waiters {
         w.abort();
@@ -612,7 +643,68 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
     backend.release();
     assert_eq!(holder.await.expect("holder").body, "held");
     for i in 0..3 {
-        assert_eq!(client.get(&format!("/echo/n{i}")).await.body, format!("n{i}"));
+        assert_eq!(
+            client.get(&format!("/echo/n{i}")).await.body,
+            format!("n{i}")
+        );
     }
     assert_reused(&backend, &pool, "after cancelled eager checkouts").await;
+}
+
+/// The rustdoc of `TcpConnection` promises `Cancelled` for a connection "left behind by a
+/// timeout layer inside" the pool layer. A timeout middleware written the usual axum way
+/// (`from_fn` around `tokio::time::timeout(.., next.run(req))`, or `HandleErrorLayer` over
+/// `tower::timeout`, whose future is an `async` block too) drops the handler it gave up on
+/// inside its own poll, out of the pool layer's sight: the half-read connection goes back
+/// clean and the next request reads the first one's tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_up_on() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    async fn slow(mut conn: TcpConnection) -> &'static str {
+        conn.write_all(b"PARTIAL head tail\n").await.expect("write");
+        let mut head = [0u8; 4];
+        conn.read_exact(&mut head).await.expect("head");
+        std::future::pending::<()>().await;
+        "never"
+    }
+    async fn timeout_mw(req: Request, next: Next) -> Response {
+        match tokio::time::timeout(Duration::from_millis(100), next.run(req)).await {
+            Ok(res) => res,
+            Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
+        }
+    }
+    // The next request: writes its command, says so, then reads its reply.
+    let written = Arc::new(Notify::new());
+    let next = {
+        let written = written.clone();
+        move |mut conn: TcpConnection| async move {
+            conn.write_all(b"ECHO next\n").await.expect("write");
+            written.notify_one();
+            read_line(&mut conn).await.expect("read")
+        }
+    };
+    let app = Router::new()
+        .route("/slow", get(slow))
+        .route("/next", get(next))
+        .route_layer(middleware::from_fn(timeout_mw))
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let client = HttpClient::new(serve(app).await);
+    let r = client.get("/slow").await;
+    assert_eq!(r.status.as_u16(), 408, "{r:?}");
+    wait_pool(&pool, "the connection is back", |s| s.in_use == 0).await;
+    let notified = written.notified();
+    let request = client.spawn_get("/next");
+    bounded("the next request wrote", notified).await;
+    // Now the first request's tail arrives.
+    backend.release();
+    let r = bounded("the next reply", request).await.expect("request");
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "next"),
+        "the next request read the abandoned reply's tail: {:?}",
+        pool.state()
+    );
+    let s = pool.state();
+    assert_eq!(s.discards.cancelled, 1, "{s:?}");
 }

@@ -708,3 +708,61 @@ async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_u
     let s = pool.state();
     assert_eq!(s.discards.cancelled, 1, "{s:?}");
 }
+
+/// An eager layer holds the connection while an upload arrives; the client gives up mid-body.
+/// The connection was never used in this checkout: it must be reused, not closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_abandoned_mid_body_under_an_eager_layer_leaves_its_connection_reusable() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    async fn store(conn: LazyConnection, body: Bytes) -> String {
+        let mut conn = conn.get().await.expect("checkout");
+        conn.write_all(format!("ECHO {}\n", body.len()).as_bytes())
+            .await
+            .expect("write");
+        read_line(&mut conn).await.expect("read")
+    }
+    let app = Router::new()
+        .route("/kv", axum::routing::put(store))
+        .route("/echo/{tag}", get(echo))
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let addr = serve(app).await;
+    let client = HttpClient::new(addr);
+    assert_eq!(client.get("/echo/used").await.body, "used");
+    let mut upload = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    upload
+        .write_all(b"PUT /kv HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nh")
+        .await
+        .expect("head");
+    wait_pool(&pool, "the upload holds the connection", |s| s.in_use == 1).await;
+    drop(upload);
+    wait_pool(&pool, "the connection is back", |s| s.in_use == 0).await;
+    assert_eq!(client.get("/echo/after").await.body, "after");
+    assert_reused(
+        &backend,
+        &pool,
+        "an unused connection of an abandoned upload",
+    )
+    .await;
+}
+
+/// Two layers of one marker (outer lazy, inner eager): the outer provides, the inner checks
+/// nothing out, and the connection is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_layers_of_one_marker_check_out_once_and_reuse() {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
+    let app = Router::new()
+        .route("/echo/{tag}", get(echo))
+        .route_layer(TcpPoolLayer::new(pool.clone()))
+        .layer(TcpPoolLayer::new(pool.clone()).lazy());
+    let client = HttpClient::new(serve(app).await);
+    for i in 0..5 {
+        assert_eq!(
+            client.get(&format!("/echo/t{i}")).await.body,
+            format!("t{i}")
+        );
+    }
+    assert_eq!(pool.state().gets, 5);
+    assert_reused(&backend, &pool, "two layers of one marker").await;
+}

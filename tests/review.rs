@@ -659,14 +659,10 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
 /// clean and the next request reads the first one's tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_up_on() {
-    let backend = Backend::start().await;
-    let pool = pool(&backend);
-    async fn slow(mut conn: TcpConnection) -> &'static str {
-        conn.write_all(b"PARTIAL head tail\n").await.expect("write");
-        let mut head = [0u8; 4];
-        conn.read_exact(&mut head).await.expect("head");
+    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
+        read_head(&mut conn).await;
         std::future::pending::<()>().await;
-        "never"
+        http::StatusCode::OK
     }
     async fn timeout_mw(req: Request, next: Next) -> Response {
         match tokio::time::timeout(Duration::from_millis(100), next.run(req)).await {
@@ -674,24 +670,70 @@ async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_u
             Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
         }
     }
-    // The next request: writes its command, says so, then reads its reply.
+    let slow_route = get(slow).route_layer(middleware::from_fn(timeout_mw));
+    the_next_request_reads_its_own_reply(slow_route, 408).await;
+}
+
+/// The README's advice for a timeout inside the router: "around the exchange in the handler".
+/// That closes the connection only if the timeout fires while a read or write is in flight;
+/// an exchange that awaits anything else between two reads (another backend, a channel, a
+/// computation) is left half-read, looks clean, and its tail reaches the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_around_an_exchange_that_awaits_something_else_between_two_reads_closes_it() {
+    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
+        let exchange = async {
+            read_head(&mut conn).await;
+            // Something that is not this connection: here, an answer that never comes.
+            std::future::pending::<()>().await;
+            let mut tail = [0u8; 5];
+            conn.read_exact(&mut tail).await
+        };
+        match tokio::time::timeout(Duration::from_millis(100), exchange).await {
+            Ok(_) => http::StatusCode::OK,
+            Err(_) => http::StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+    the_next_request_reads_its_own_reply(get(slow), 504).await;
+}
+
+/// Starts a reply in two parts (`PARTIAL head tail`: the tail comes on `release`) and reads
+/// its head: the exchange is now between two reads.
+async fn read_head(conn: &mut TcpConnection) {
+    conn.write_all(b"PARTIAL head tail\n").await.expect("write");
+    let mut head = [0u8; 4];
+    conn.read_exact(&mut head).await.expect("head");
+    assert_eq!(&head, b"head");
+}
+
+/// Serves `slow` (which reads the head of a two-part reply and is then given up on with
+/// `status`) beside a route that writes a command and reads its reply. The tail of the first
+/// reply arrives after the second request wrote its command: the second request must read
+/// its own reply, so the first connection must have been closed (`Cancelled`). On the
+/// half-read connection it reads `tail`, or fails (the backend closes a connection that sends
+/// a command while a reply is held), whichever comes first at the backend.
+async fn the_next_request_reads_its_own_reply(slow: axum::routing::MethodRouter, status: u16) {
+    let backend = Backend::start().await;
+    let pool = pool(&backend);
     let written = Arc::new(Notify::new());
     let next = {
         let written = written.clone();
         move |mut conn: TcpConnection| async move {
             conn.write_all(b"ECHO next\n").await.expect("write");
             written.notify_one();
-            read_line(&mut conn).await.expect("read")
+            // On the abandoned connection this reads the first reply's tail, or (the backend
+            // closes a connection that pipelines a command into a held reply) end-of-file.
+            read_line(&mut conn)
+                .await
+                .unwrap_or_else(|e| format!("read failed: {e}"))
         }
     };
     let app = Router::new()
-        .route("/slow", get(slow))
+        .route("/slow", slow)
         .route("/next", get(next))
-        .route_layer(middleware::from_fn(timeout_mw))
         .route_layer(TcpPoolLayer::new(pool.clone()));
     let client = HttpClient::new(serve(app).await);
     let r = client.get("/slow").await;
-    assert_eq!(r.status.as_u16(), 408, "{r:?}");
+    assert_eq!(r.status.as_u16(), status, "{r:?}");
     wait_pool(&pool, "the connection is back", |s| s.in_use == 0).await;
     let notified = written.notified();
     let request = client.spawn_get("/next");
@@ -702,7 +744,7 @@ async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_u
     assert_eq!(
         (r.status.as_u16(), r.body.as_str()),
         (200, "next"),
-        "the next request read the abandoned reply's tail: {:?}",
+        "the next request was given the abandoned, half-read connection: {:?}",
         pool.state()
     );
     let s = pool.state();

@@ -11,7 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use axum_tcp_pool::{Guarded, LazyConnection, TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use axum_tcp_pool::{
+    DiscardReason, Guarded, LazyConnection, TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer,
+};
 use testkit::{assert_no_leak, bounded, read_line, serve, wait_pool, Backend, HttpClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -670,8 +672,70 @@ async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_u
             Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
         }
     }
-    let slow_route = get(slow).route_layer(middleware::from_fn(timeout_mw));
-    the_next_request_reads_its_own_reply(slow_route, 408).await;
+    the_next_request_reads_its_own_reply(
+        |pool| {
+            get(slow)
+                .route_layer(middleware::from_fn(timeout_mw))
+                .route_layer(TcpPoolLayer::new(pool))
+        },
+        408,
+        DiscardReason::Cancelled,
+    )
+    .await;
+}
+
+/// The same middleware outside the pool layer drops the pool layer's response future, which
+/// closes the connection: the way that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_from_fn_timeout_outside_the_pool_layer_closes_the_connection_it_gave_up_on() {
+    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
+        read_head(&mut conn).await;
+        std::future::pending::<()>().await;
+        http::StatusCode::OK
+    }
+    async fn timeout_mw(req: Request, next: Next) -> Response {
+        match tokio::time::timeout(Duration::from_millis(100), next.run(req)).await {
+            Ok(res) => res,
+            Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
+        }
+    }
+    the_next_request_reads_its_own_reply(
+        |pool| {
+            get(slow)
+                .route_layer(TcpPoolLayer::new(pool))
+                .route_layer(middleware::from_fn(timeout_mw))
+        },
+        408,
+        DiscardReason::Cancelled,
+    )
+    .await;
+}
+
+/// A handler whose own timeout fires between two reads knows it left the exchange half-done:
+/// `discard()` closes the connection. The way that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_discards_after_its_own_timeout_closes_the_connection() {
+    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
+        let exchange = async {
+            read_head(&mut conn).await;
+            std::future::pending::<()>().await;
+            let mut tail = [0u8; 5];
+            conn.read_exact(&mut tail).await
+        };
+        match tokio::time::timeout(Duration::from_millis(100), exchange).await {
+            Ok(_) => http::StatusCode::OK,
+            Err(_) => {
+                conn.discard();
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+    the_next_request_reads_its_own_reply(
+        |pool| get(slow).route_layer(TcpPoolLayer::new(pool)),
+        504,
+        DiscardReason::Explicit,
+    )
+    .await;
 }
 
 /// The README's advice for a timeout inside the router: "around the exchange in the handler".
@@ -693,7 +757,12 @@ async fn a_timeout_around_an_exchange_that_awaits_something_else_between_two_rea
             Err(_) => http::StatusCode::GATEWAY_TIMEOUT,
         }
     }
-    the_next_request_reads_its_own_reply(get(slow), 504).await;
+    the_next_request_reads_its_own_reply(
+        |pool| get(slow).route_layer(TcpPoolLayer::new(pool)),
+        504,
+        DiscardReason::Cancelled,
+    )
+    .await;
 }
 
 /// Starts a reply in two parts (`PARTIAL head tail`: the tail comes on `release`) and reads
@@ -711,7 +780,11 @@ async fn read_head(conn: &mut TcpConnection) {
 /// its own reply, so the first connection must have been closed (`Cancelled`). On the
 /// half-read connection it reads `tail`, or fails (the backend closes a connection that sends
 /// a command while a reply is held), whichever comes first at the backend.
-async fn the_next_request_reads_its_own_reply(slow: axum::routing::MethodRouter, status: u16) {
+async fn the_next_request_reads_its_own_reply(
+    slow: fn(TcpPool) -> axum::routing::MethodRouter,
+    status: u16,
+    reason: DiscardReason,
+) {
     let backend = Backend::start().await;
     let pool = pool(&backend);
     let written = Arc::new(Notify::new());
@@ -727,10 +800,10 @@ async fn the_next_request_reads_its_own_reply(slow: axum::routing::MethodRouter,
                 .unwrap_or_else(|e| format!("read failed: {e}"))
         }
     };
-    let app = Router::new()
-        .route("/slow", slow)
-        .route("/next", get(next))
-        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let app = Router::new().route("/slow", slow(pool.clone())).route(
+        "/next",
+        get(next).route_layer(TcpPoolLayer::new(pool.clone())),
+    );
     let client = HttpClient::new(serve(app).await);
     let r = client.get("/slow").await;
     assert_eq!(r.status.as_u16(), status, "{r:?}");
@@ -748,7 +821,7 @@ async fn the_next_request_reads_its_own_reply(slow: axum::routing::MethodRouter,
         pool.state()
     );
     let s = pool.state();
-    assert_eq!(s.discards.cancelled, 1, "{s:?}");
+    assert_eq!(s.discards.get(reason), 1, "{s:?}");
 }
 
 /// An eager layer holds the connection while an upload arrives; the client gives up mid-body.

@@ -41,7 +41,9 @@ pin_project! {
     /// The layer can see only the request's own future. Wrap what you hand a connection to:
     /// a spawned task (aborted, or its runtime shut down) or a streaming response body (which
     /// the server drops when the client resets). Finished means the future returned, or the
-    /// stream returned `None`.
+    /// stream returned `None`. A body with a `Content-Length` is dropped once that many bytes
+    /// are sent, without being asked for its end: its stream must let go of the connection
+    /// with its last chunk, or the connection is closed.
     ///
     /// ```no_run
     /// use axum::body::Body;

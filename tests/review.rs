@@ -881,3 +881,67 @@ async fn two_layers_of_one_marker_check_out_once_and_reuse() {
     assert_eq!(pool.state().gets, 5);
     assert_reused(&backend, &pool, "two layers of one marker").await;
 }
+
+/// A backend that speaks first (a greeting on connect, as SMTP, MySQL or FTP servers send).
+/// A new connection that waited idle before its first checkout (here: `min_idle`) has the
+/// greeting waiting when the checkout health check peeks, so it is closed as `HealthCheck`;
+/// the configured probe runs only after that peek, so it cannot read the greeting either. A
+/// connection checked out right after its connect is served only because it wins the race
+/// against the greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_greets_on_connect_keeps_its_idle_connections() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (greeted_tx, mut greeted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let greeted_tx = greeted_tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tokio::io::split(s);
+                if w.write_all(b"HELLO\n").await.is_err() {
+                    return;
+                }
+                let _ = greeted_tx.send(());
+                let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(r));
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = format!("{}\n", line.trim_start_matches("ECHO "));
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let pool = TcpPool::builder(addr.to_string())
+        .max_size(2)
+        .min_idle(2)
+        .connect()
+        .await
+        .expect("pool");
+    for _ in 0..2 {
+        bounded("a greeting sent", greeted_rx.recv()).await;
+    }
+    /// Reads the greeting if this is a new connection's first exchange, then the reply.
+    async fn greeted(mut conn: TcpConnection) -> Result<String, TcpPoolError> {
+        conn.write_all(b"ECHO x\n").await?;
+        let mut line = read_line(&mut conn).await?;
+        if line == "HELLO" {
+            line = read_line(&mut conn).await?;
+        }
+        Ok(line)
+    }
+    let app = Router::new()
+        .route("/", get(greeted))
+        .route_layer(TcpPoolLayer::new(pool.clone()));
+    let client = HttpClient::new(serve(app).await);
+    let r = client.get("/").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "x"), "{r:?}");
+    let s = pool.state();
+    assert_eq!(
+        s.discards.health_check, 0,
+        "idle greeted connections were closed: {s:?}"
+    );
+    acceptor.abort();
+}

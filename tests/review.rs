@@ -945,3 +945,30 @@ async fn a_backend_that_greets_on_connect_keeps_its_idle_connections() {
     );
     acceptor.abort();
 }
+
+/// tower-http's `TimeoutLayer` keeps the future it gave up on until it is dropped, so right
+/// inside the pool layer in one tower stack it is caught (tests/cancellation.rs). Put on a
+/// route with `route_layer` before the pool layer (the usual axum spelling), axum wraps each
+/// layer in a response-mapping future that drops the timeout's future, handler included, as
+/// soon as it answers: out of the pool layer's sight again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tower_http_timeout_route_layered_inside_the_pool_layer_closes_the_connection() {
+    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
+        read_head(&mut conn).await;
+        std::future::pending::<()>().await;
+        http::StatusCode::OK
+    }
+    the_next_request_reads_its_own_reply(
+        |pool| {
+            get(slow)
+                .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    Duration::from_millis(100),
+                ))
+                .route_layer(TcpPoolLayer::new(pool))
+        },
+        408,
+        DiscardReason::Cancelled,
+    )
+    .await;
+}

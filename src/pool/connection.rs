@@ -30,7 +30,7 @@ use crate::transport::BackendStream;
 /// | a read or write returned an I/O error, or a write accepted nothing from a non-empty buffer | `IoError` |
 /// | a read saw end-of-file | `Eof` |
 /// | a read or write was in flight when it was dropped (the client went away, a timeout fired, a `select!` lost) | `Cancelled` |
-/// | it was used by a request that did not finish (under the layer: cancelled, or left behind by a tower-http `TimeoutLayer` right inside it), or by a [`Guarded`](crate::Guarded) task or body dropped unfinished, even between two reads | `Cancelled` |
+/// | it was used by a request that did not finish (under the layer: cancelled, or left behind by a timeout directly under it in one tower stack, `ServiceBuilder::new().layer(TcpPoolLayer::new(pool)).layer(TimeoutLayer::new(..))`), or by a [`Guarded`](crate::Guarded) task or body dropped unfinished, even between two reads | `Cancelled` |
 /// | bytes were written after the last read (a reply never read) | `ReplyNotRead` |
 /// | the backend sent bytes that were not read (a non-blocking peek when it comes back) | `UnreadBytes` |
 /// | it was dropped while its thread was panicking | `Panic` |
@@ -44,11 +44,12 @@ use crate::transport::BackendStream;
 /// first reply, must call [`discard`](Self::discard)); bytes a wrapper such as `BufReader`
 /// or `Framed` read ahead and you did not consume; I/O through [`get_mut`](Self::get_mut);
 /// a connection handed to a task or a body that is not [`Guarded`](crate::Guarded); and
-/// work given up on *inside* the request, between two reads: a handler's own
-/// `tokio::time::timeout` around an exchange that awaits something else, a `from_fn`
-/// timeout or `HandleErrorLayer` over `tower::timeout` inside the pool layer, a timeout on
-/// the handler (`get(h.layer(..))`). Put such timeouts outside the pool layer, or call
-/// [`discard`](Self::discard) when a handler's own timeout fires.
+/// work given up on *inside* the request, between two reads: a timeout `route_layer`ed
+/// before the pool layer or put on the handler (`get(h.layer(..))`), which axum drops as soon
+/// as it answers; a `from_fn` timeout, or `HandleErrorLayer` over `tower::timeout`, inside
+/// the pool layer; a handler's own `tokio::time::timeout` around an exchange that awaits
+/// something else. Put timeouts outside the pool layer, or call [`discard`](Self::discard)
+/// when a handler's own timeout fires.
 ///
 /// ```no_run
 /// use axum_tcp_pool::{TcpConnection, TcpPoolError};

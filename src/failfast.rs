@@ -40,6 +40,9 @@ pub(crate) struct FailFast {
     connecting: AtomicU64,
     /// The highest number of a failed attempt.
     last_failed: AtomicU64,
+    /// Connections lent to a request or task right now (checked out and past their health
+    /// check, not yet back): the ones that could come back to a waiting checkout.
+    lent: AtomicU64,
 }
 
 impl Default for FailFast {
@@ -51,6 +54,7 @@ impl Default for FailFast {
             attempts: AtomicU64::new(0),
             connecting: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
+            lent: AtomicU64::new(0),
         }
     }
 }
@@ -137,6 +141,16 @@ impl FailFast {
         }
     }
 
+    /// A connection passed its checkout and is lent to a request or task.
+    pub(crate) fn lend(&self) {
+        self.lent.fetch_add(1, Relaxed);
+    }
+
+    /// A lent connection came back to the pool (clean or to be closed).
+    pub(crate) fn give_back(&self) {
+        self.lent.fetch_sub(1, Relaxed);
+    }
+
     /// Watches for failures on behalf of a checkout that is about to start. Registered before
     /// the checkout starts, so no failure in between is missed; costs nothing until polled.
     pub(crate) fn watch(&self) -> Watch<'_> {
@@ -183,21 +197,18 @@ pin_project! {
 }
 
 impl Watch<'_> {
-    /// Pending until a connect attempt fails. `in_use_elsewhere` says whether a connection is
-    /// checked out elsewhere, which could come back to this checkout: then it keeps waiting.
-    /// (An idle connection is no such hope: bb8 hands idle ones to waiters, so one idle now is
-    /// brand-new and not yet checked.)
-    pub(crate) fn poll_woken(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        in_use_elsewhere: impl FnOnce() -> bool,
-    ) -> Poll<Woken> {
+    /// Pending until a connect attempt fails. While a connection is lent to a request or
+    /// task, which could come back to this checkout, it keeps waiting. Connections idle or
+    /// under a health check are no such hope: bb8 hands idle ones to waiters, so one idle now
+    /// is brand-new and not yet checked, and one under a check goes to its own checkout or is
+    /// closed.
+    pub(crate) fn poll_woken(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
         let mut this = self.project();
         if this.notified.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         this.notified.set(this.fail_fast.failed.notified());
-        if in_use_elsewhere() {
+        if this.fail_fast.lent.load(Relaxed) > 0 {
             return Poll::Ready(Woken::Recheck);
         }
         if this.fail_fast.last_failed.load(SeqCst) > *this.since {

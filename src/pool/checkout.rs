@@ -28,7 +28,11 @@ pub(crate) async fn checkout<M>(
     poll_fn(|cx| loop {
         if let Poll::Ready(result) = get.as_mut().poll(cx) {
             return Poll::Ready(match result {
-                Ok(conn) => Ok(TcpConnection::new(conn)),
+                Ok(mut conn) => {
+                    conn.lent = true;
+                    shared.fail_fast.lend();
+                    Ok(TcpConnection::new(conn))
+                }
                 Err(bb8::RunError::User(e)) => Err(e),
                 Err(bb8::RunError::TimedOut) => Err(TcpPoolError::CheckoutTimeout),
             });
@@ -40,11 +44,7 @@ pub(crate) async fn checkout<M>(
             }
         }
         let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
-        let in_use_elsewhere = || {
-            let state = pool.state();
-            state.connections > state.idle_connections
-        };
-        match watch.as_mut().poll_woken(cx, in_use_elsewhere) {
+        match watch.as_mut().poll_woken(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Woken::Recheck) => {}
             Poll::Ready(Woken::Fail(err)) => return Poll::Ready(Err(err)),

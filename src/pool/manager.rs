@@ -35,6 +35,7 @@ impl bb8::ManageConnection for TcpManager {
                     stream,
                     tracker: Tracker::default(),
                     fresh: true,
+                    lent: false,
                     attempt: attempt.number(),
                     runtime: tokio::runtime::Handle::try_current().ok(),
                 })
@@ -52,10 +53,13 @@ impl bb8::ManageConnection for TcpManager {
     }
 
     fn has_broken(&self, conn: &mut PooledStream) -> bool {
+        let shared = &self.shared;
+        if std::mem::take(&mut conn.lent) {
+            shared.fail_fast.give_back();
+        }
         let Some(reason) = clean::returned(&conn.tracker, &mut conn.stream) else {
             return false;
         };
-        let shared = &self.shared;
         shared.counters.discarded(reason);
         let (pool, addr) = (shared.config.name(), shared.config.addr());
         if reason.is_backend_failure() {

@@ -11,6 +11,8 @@ pub(crate) struct PooledStream {
     pub(crate) tracker: Tracker,
     /// Not yet handed out by a successful checkout.
     pub(crate) fresh: bool,
+    /// Lent to a request or task by a checkout, not yet back (see `FailFast::lend`).
+    pub(crate) lent: bool,
     /// The number of the connect attempt that opened it.
     pub(crate) attempt: u64,
     /// The runtime that opened it, lent to a drop on a thread without one.

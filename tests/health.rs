@@ -34,11 +34,7 @@ async fn the_first_request_after_a_backend_restart_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unexpected_bytes_on_an_idle_connection_are_never_handed_out() {
-    let backend = Backend::start().await;
-    let pool = TcpPool::builder(backend.addr_string())
-        .max_size(1)
-        .build()
-        .expect("pool");
+    let (backend, pool) = one_connection_pool().await;
     let mut conn = pool.get().await.expect("conn");
     // Read the reply to a first request, then send a second one through the raw socket
     // (untracked), so its reply arrives while the connection sits idle.
@@ -156,11 +152,7 @@ async fn a_probe_that_hangs_is_bounded_by_connect_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_drained_read_are_caught_at_the_next_checkout() {
     use tokio::io::AsyncReadExt;
-    let backend = Backend::start().await;
-    let pool = TcpPool::builder(backend.addr_string())
-        .max_size(1)
-        .build()
-        .expect("pool");
+    let (backend, pool) = one_connection_pool().await;
     let mut conn = pool.get().await.expect("conn");
     conn.write_all(b"PARTIAL head tail\n").await.expect("write");
     let mut buf = [0u8; 64];
@@ -186,4 +178,14 @@ async fn bytes_after_a_drained_read_are_caught_at_the_next_checkout() {
         (1, 2),
         "{s:?}"
     );
+}
+
+/// A backend and a pool of one connection to it.
+async fn one_connection_pool() -> (Backend, TcpPool) {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .build()
+        .expect("pool");
+    (backend, pool)
 }

@@ -656,8 +656,22 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
     assert_reused(&backend, &pool, "after cancelled eager checkouts").await;
 }
 
-/// The rustdoc of `TcpConnection` promises `Cancelled` for a connection "left behind by a
-/// timeout layer inside" the pool layer. A timeout middleware written the usual axum way
+/// Reads the head of a reply, then waits (no read in flight) until a timeout gives up on it.
+async fn slow_after_head(mut conn: TcpConnection) -> http::StatusCode {
+    read_head(&mut conn).await;
+    std::future::pending::<()>().await;
+    http::StatusCode::OK
+}
+
+/// A timeout middleware written the usual axum way.
+async fn timeout_mw(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(Duration::from_millis(100), next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
+}
+
+/// A known limit (README Limits). A timeout middleware written the usual axum way
 /// (`from_fn` around `tokio::time::timeout(.., next.run(req))`, or `HandleErrorLayer` over
 /// `tower::timeout`, whose future is an `async` block too) drops the handler it gave up on
 /// inside its own poll, out of the pool layer's sight: the half-read connection goes back
@@ -665,20 +679,9 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known limit (README Limits): a timeout inside the pool layer drops the handler out of the layer's sight; put it outside"]
 async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_up_on() {
-    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
-        read_head(&mut conn).await;
-        std::future::pending::<()>().await;
-        http::StatusCode::OK
-    }
-    async fn timeout_mw(req: Request, next: Next) -> Response {
-        match tokio::time::timeout(Duration::from_millis(100), next.run(req)).await {
-            Ok(res) => res,
-            Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
-        }
-    }
     the_next_request_reads_its_own_reply(
         |pool| {
-            get(slow)
+            get(slow_after_head)
                 .route_layer(middleware::from_fn(timeout_mw))
                 .route_layer(TcpPoolLayer::new(pool))
         },
@@ -692,20 +695,9 @@ async fn a_from_fn_timeout_inside_the_pool_layer_closes_the_connection_it_gave_u
 /// closes the connection: the way that works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_from_fn_timeout_outside_the_pool_layer_closes_the_connection_it_gave_up_on() {
-    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
-        read_head(&mut conn).await;
-        std::future::pending::<()>().await;
-        http::StatusCode::OK
-    }
-    async fn timeout_mw(req: Request, next: Next) -> Response {
-        match tokio::time::timeout(Duration::from_millis(100), next.run(req)).await {
-            Ok(res) => res,
-            Err(_) => http::StatusCode::REQUEST_TIMEOUT.into_response(),
-        }
-    }
     the_next_request_reads_its_own_reply(
         |pool| {
-            get(slow)
+            get(slow_after_head)
                 .route_layer(TcpPoolLayer::new(pool))
                 .route_layer(middleware::from_fn(timeout_mw))
         },

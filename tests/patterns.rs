@@ -952,14 +952,9 @@ async fn a_backend_that_greets_on_connect_keeps_its_idle_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known limit (README Limits): a timeout inside the pool layer drops the handler out of the layer's sight; put it outside"]
 async fn a_tower_http_timeout_route_layered_inside_the_pool_layer_closes_the_connection() {
-    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
-        read_head(&mut conn).await;
-        std::future::pending::<()>().await;
-        http::StatusCode::OK
-    }
     the_next_request_reads_its_own_reply(
         |pool| {
-            get(slow)
+            get(slow_after_head)
                 .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
                     http::StatusCode::REQUEST_TIMEOUT,
                     Duration::from_millis(100),
@@ -976,19 +971,14 @@ async fn a_tower_http_timeout_route_layered_inside_the_pool_layer_closes_the_con
 /// response future, which closes the connection: what the docs advise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tower_http_timeout_route_layered_outside_the_pool_layer_closes_the_connection() {
-    async fn slow(mut conn: TcpConnection) -> http::StatusCode {
-        read_head(&mut conn).await;
-        std::future::pending::<()>().await;
-        http::StatusCode::OK
-    }
     the_next_request_reads_its_own_reply(
         |pool| {
-            get(slow).route_layer(TcpPoolLayer::new(pool)).route_layer(
-                tower_http::timeout::TimeoutLayer::with_status_code(
+            get(slow_after_head)
+                .route_layer(TcpPoolLayer::new(pool))
+                .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
                     http::StatusCode::REQUEST_TIMEOUT,
                     Duration::from_millis(100),
-                ),
-            )
+                ))
         },
         408,
         DiscardReason::Cancelled,

@@ -56,10 +56,7 @@ impl<M> LazyConnection<M> {
     /// # Ok(()) }
     /// ```
     pub async fn get(self) -> Result<TcpConnection<M>, TcpPoolError> {
-        match self.taken {
-            Taken::Ready(conn) => Ok(conn),
-            Taken::Pool(pool) => pool.get().await,
-        }
+        self.taken.connection().await
     }
 }
 

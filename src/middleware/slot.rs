@@ -36,6 +36,16 @@ pub(crate) enum Taken<M> {
     Pool(TcpPool<M>),
 }
 
+impl<M> Taken<M> {
+    /// The connection: the one checked out already, or one checked out now.
+    pub(crate) async fn connection(self) -> Result<TcpConnection<M>, TcpPoolError> {
+        match self {
+            Taken::Ready(conn) => Ok(conn),
+            Taken::Pool(pool) => pool.get().await,
+        }
+    }
+}
+
 impl<M: 'static> Slot<M> {
     /// Empties the request's slot for marker `M`: the connection, or the pool to check one
     /// out from. Fails if no layer of marker `M` put a slot there, or it was emptied before.

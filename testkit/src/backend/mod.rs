@@ -5,8 +5,9 @@ mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -51,6 +52,8 @@ pub(crate) struct Inner {
     release: Notify,
     /// Bumped to close every open connection.
     kill: watch::Sender<u64>,
+    /// Added before each reply, in microseconds (0: none); see [`Backend::set_delay`].
+    delay_us: AtomicU64,
 }
 
 impl Inner {
@@ -69,6 +72,13 @@ impl Inner {
     fn bump(&self) {
         self.changed.send_replace(());
     }
+    /// The delay to add before the next reply, if any.
+    pub(crate) fn delay(&self) -> Option<Duration> {
+        match self.delay_us.load(SeqCst) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
 }
 
 /// A line-protocol backend on 127.0.0.1. Commands, one per line:
@@ -79,6 +89,8 @@ impl Inner {
 /// - `CLOSE`: closes the connection without replying;
 /// - `PARTIAL <head> <tail>`: replies `<head>` at once and `<tail>` once released;
 /// - `PING`: replies `PONG`.
+///
+/// [`set_delay`](Backend::set_delay) makes it slow (a delay before each reply), at run time.
 pub struct Backend {
     /// The TCP address (for a Unix socket backend: `0.0.0.0:0`, unused; see `unix`).
     pub addr: SocketAddr,
@@ -153,6 +165,7 @@ impl Backend {
             changed: watch::channel(()).0,
             release: Notify::new(),
             kill: watch::channel(0).0,
+            delay_us: AtomicU64::new(0),
         });
         let backend = Backend {
             addr,
@@ -240,6 +253,14 @@ impl Backend {
             }
         })
         .await
+    }
+
+    /// Makes the backend slow: from now on each reply is written `delay` after its command
+    /// was read (after the release, for `HOLD`), on every connection, open or new.
+    /// `Duration::ZERO` makes it fast again.
+    pub fn set_delay(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.inner.delay_us.store(us, SeqCst);
     }
 
     /// Answers every `HOLD` received so far (and any received before the next wait).

@@ -43,6 +43,13 @@ pub(super) async fn serve_conn<S: Conn>(stream: S, inner: &Inner, mut kill: watc
             }
             _ => "ERR unknown command\n".to_string(),
         };
+        if let Some(delay) = inner.delay() {
+            // A slow backend; a kill still closes the connection at once.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = kill.changed() => return,
+            }
+        }
         if w.write_all(reply.as_bytes()).await.is_err() {
             return;
         }

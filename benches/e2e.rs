@@ -29,6 +29,8 @@
 //! cargo bench --bench e2e -- --reps 11 # more repetitions
 //! cargo bench --bench e2e -- --no-pin  # no CPU pinning (e.g. on one CPU)
 //! cargo bench --bench e2e -- --profile VARIANT N   # for callgrind, see `profile`
+//! cargo bench --bench e2e -- --replicas            # three endpoints, one slow (see `replicas`)
+//! cargo bench --bench e2e -- --replicas --quick
 //! ```
 //!
 //! Writes `target/bench-report/e2e.json`, `e2e.md` and `e2e.svg` (and, in the full run,
@@ -36,6 +38,8 @@
 
 #[path = "support/load.rs"]
 mod load;
+#[path = "support/replicas.rs"]
+mod replicas;
 #[path = "support/report.rs"]
 mod report;
 mod support;
@@ -856,6 +860,10 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(10_000);
         profile(variant, n);
+        return;
+    }
+    if args.iter().any(|a| a == "--replicas") {
+        replicas::run(&args);
         return;
     }
     // `cargo bench` passes `--bench`; other arguments are ignored.

@@ -33,6 +33,11 @@ pub struct EchoBackend {
 impl EchoBackend {
     /// Starts it on the current runtime.
     pub async fn start() -> io::Result<EchoBackend> {
+        EchoBackend::start_slow(None).await
+    }
+
+    /// The same, answering each read `delay` late (a slow replica; a timer, not CPU).
+    pub async fn start_slow(delay: Option<std::time::Duration>) -> io::Result<EchoBackend> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicU64::new(0));
@@ -45,7 +50,7 @@ impl EchoBackend {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
                             counter.fetch_add(1, Relaxed);
-                            conns.spawn(echo(stream));
+                            conns.spawn(echo(stream, delay));
                         }
                         Err(_) => continue,
                     },
@@ -72,13 +77,16 @@ impl Drop for EchoBackend {
     }
 }
 
-async fn echo(mut stream: TcpStream) {
+async fn echo(mut stream: TcpStream, delay: Option<std::time::Duration>) {
     let _ = stream.set_nodelay(true);
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
                 if stream.write_all(&buf[..n]).await.is_err() {
                     return;
                 }

@@ -269,7 +269,7 @@ fn json_number(x: f64) -> String {
     }
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     // Counted from /proc/cpuinfo: the calling thread may be pinned to one CPU.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok();
     let cpus = cpuinfo.as_deref().map_or(0, |info| {

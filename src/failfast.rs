@@ -146,6 +146,11 @@ impl FailFast {
         self.lent.fetch_add(1, Relaxed);
     }
 
+    /// Connections lent out now.
+    pub(crate) fn lent(&self) -> u64 {
+        self.lent.load(Relaxed)
+    }
+
     /// A lent connection came back to the pool (clean or to be closed).
     pub(crate) fn give_back(&self) {
         self.lent.fetch_sub(1, Relaxed);

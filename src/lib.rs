@@ -10,6 +10,7 @@ mod clean;
 mod error;
 mod failfast;
 mod pool;
+mod replicas;
 mod state;
 mod transport;
 
@@ -23,7 +24,8 @@ pub use clean::{DiscardReason, Guarded};
 pub use error::TcpPoolError;
 pub use middleware::{LazyConnection, ResponseFuture, TcpPoolLayer, TcpPoolService};
 pub use pool::{ProbeFn, ProbeFuture, TcpConnection, TcpPool, TcpPoolBuilder};
-pub use state::{Discards, PoolState};
+pub use replicas::{Balance, OutlierDetection};
+pub use state::{Discards, EndpointState, PoolState};
 pub use transport::BackendStream;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]

@@ -81,7 +81,7 @@ impl Discards {
 /// println!("{} open, {} idle, {} in use, {} timeouts", s.connections, s.idle, s.in_use, s.gets_timed_out);
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolState {
     /// Open connections (idle and in use).
@@ -115,6 +115,62 @@ pub struct PoolState {
     pub closed_max_lifetime: u64,
     /// Connections closed instead of being reused, by reason.
     pub discards: Discards,
+    /// Each endpoint in the pool's set, in its order; the fields above are sums over these
+    /// (and over endpoints removed since the pool was built, so totals never go down).
+    pub endpoints: Vec<EndpointState>,
+}
+
+/// One endpoint of a pool: its sizes and its outlier-detection state. In
+/// [`PoolState::endpoints`].
+///
+/// ```no_run
+/// # async fn f(pool: axum_tcp_pool::TcpPool) {
+/// for e in &pool.state().endpoints {
+///     println!("{}: {} in use, ejected: {}, {} checkouts", e.addr, e.in_use, e.ejected, e.checkouts);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointState {
+    /// The endpoint's address (as given, or as resolved from a host name).
+    pub addr: String,
+    /// Open connections to it (idle and in use).
+    pub connections: u32,
+    /// Its idle connections.
+    pub idle: u32,
+    /// Its connections checked out right now.
+    pub in_use: u32,
+    /// Taken out of rotation by outlier detection right now.
+    pub ejected: bool,
+    /// Failures in a row since its last clean return.
+    pub consecutive_failures: u32,
+    /// Times it was ejected since the pool was built.
+    pub times_ejected: u64,
+    /// Successful checkouts of its connections.
+    pub checkouts: u64,
+}
+
+impl PoolState {
+    /// Adds `other`'s sizes and counters to these (not its endpoints).
+    pub(crate) fn add(&mut self, other: &PoolState) {
+        self.connections += other.connections;
+        self.idle += other.idle;
+        self.in_use += other.in_use;
+        self.gets += other.gets;
+        self.gets_waited += other.gets_waited;
+        self.gets_timed_out += other.gets_timed_out;
+        self.wait_time += other.wait_time;
+        self.connections_created += other.connections_created;
+        self.connect_failures += other.connect_failures;
+        self.closed_broken += other.closed_broken;
+        self.closed_invalid += other.closed_invalid;
+        self.closed_idle_timeout += other.closed_idle_timeout;
+        self.closed_max_lifetime += other.closed_max_lifetime;
+        for &reason in DiscardReason::ALL {
+            *self.discards.count_mut(reason) += other.discards.get(reason);
+        }
+    }
 }
 
 /// Counters for what bb8 cannot know.
@@ -128,6 +184,8 @@ pub(crate) struct Counters {
     restart_timeouts: AtomicU64,
     /// Discards, indexed by [`DiscardReason::index`].
     discards: [AtomicU64; DiscardReason::COUNT],
+    /// Successful checkouts.
+    checkouts: AtomicU64,
 }
 
 impl Counters {
@@ -141,6 +199,14 @@ impl Counters {
 
     pub(crate) fn restart_timed_out(&self) {
         self.restart_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn checked_out(&self) {
+        self.checkouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn checkouts(&self) -> u64 {
+        self.checkouts.load(Relaxed)
     }
 
     pub(crate) fn discarded(&self, reason: DiscardReason) {
@@ -169,6 +235,7 @@ impl Counters {
             closed_idle_timeout: st.connections_closed_idle_timeout,
             closed_max_lifetime: st.connections_closed_max_lifetime,
             discards,
+            endpoints: Vec::new(),
         }
     }
 }

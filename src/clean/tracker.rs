@@ -72,6 +72,11 @@ impl Tracker {
         self.dirty
     }
 
+    /// Whether any read or write was attempted during this checkout.
+    pub(crate) fn used(&self) -> bool {
+        self.used
+    }
+
     /// The mark left by [`on_drop`](Self::on_drop) or a failed check, if any.
     pub(crate) fn marked(&self) -> Option<DiscardReason> {
         self.dirty

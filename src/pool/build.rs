@@ -3,12 +3,10 @@
 use std::sync::Arc;
 
 use crate::error::TcpPoolError;
-use crate::failfast::FailFast;
 use crate::pool::builder::TcpPoolBuilder;
-use crate::pool::manager::{FailureSink, TcpManager};
-use crate::pool::shared::Shared;
+use crate::pool::config::Config;
 use crate::pool::TcpPool;
-use crate::state::Counters;
+use crate::replicas::{resolve, Ejections, Endpoint, Endpoints};
 
 impl TcpPoolBuilder {
     /// Validates the settings and builds the pool. No I/O: connections are opened on demand
@@ -36,42 +34,40 @@ impl TcpPoolBuilder {
     /// # }
     /// ```
     pub fn build(self) -> Result<TcpPool, TcpPoolError> {
-        let (builder, shared) = self.prepare()?;
-        let pool = builder.build_unchecked(TcpManager {
-            shared: shared.clone(),
-        });
-        Ok(TcpPool::new(pool, shared))
+        let (config, ejections, runtime) = self.prepare()?;
+        let endpoints = config
+            .addrs()
+            .zip(0..)
+            .map(|(addr, id)| Endpoint::start(&config, addr, addr, id, &ejections))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::finish(config, endpoints, ejections, runtime))
     }
 
-    /// Validates the settings and makes the bb8 builder and the shared state.
-    fn prepare(self) -> Result<(bb8::Builder<TcpManager>, Arc<Shared>), TcpPoolError> {
-        let config = self.config;
-        let connector = config.validate()?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(TcpPoolError::config(
+    /// Validates the settings; the shared settings, ejection budget and runtime.
+    fn prepare(
+        self,
+    ) -> Result<(Arc<Config>, Arc<Ejections>, tokio::runtime::Handle), TcpPoolError> {
+        self.config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TcpPoolError::config(
                 "build() must be called from within a Tokio runtime (bb8 spawns its background tasks there)",
-            ));
+            )
+        })?;
+        Ok((Arc::new(self.config), Arc::default(), runtime))
+    }
+
+    fn finish(
+        config: Arc<Config>,
+        endpoints: Vec<Endpoint>,
+        ejections: Arc<Ejections>,
+        runtime: tokio::runtime::Handle,
+    ) -> TcpPool {
+        let resolve_every = config.resolve_every;
+        let set = Endpoints::new(config, endpoints, ejections, runtime);
+        if let Some(every) = resolve_every {
+            resolve::spawn(&set, every);
         }
-        let builder = bb8::Pool::builder()
-            .max_size(config.max_size)
-            .min_idle((config.min_idle > 0).then_some(config.min_idle))
-            .test_on_check_out(true)
-            .max_lifetime(config.max_lifetime)
-            .idle_timeout(config.idle_timeout)
-            .connection_timeout(config.checkout_timeout)
-            // Fail fast: one attempt per request; waiting requests are told at once.
-            .retry_connection(false)
-            .reaper_rate(config.reaper_rate())
-            // Reuse the most recently returned connection, so surplus ones go idle and expire.
-            .queue_strategy(bb8::QueueStrategy::Lifo);
-        let shared = Arc::new(Shared {
-            config,
-            connector,
-            counters: Counters::default(),
-            fail_fast: FailFast::default(),
-        });
-        let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
-        Ok((builder, shared))
+        TcpPool::new(set)
     }
 
     /// Builds the pool and waits until `min_idle` connections (at least one) are open: the
@@ -96,18 +92,15 @@ impl TcpPoolBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self) -> Result<TcpPool, TcpPoolError> {
-        let (builder, shared) = self.prepare()?;
-        let manager = TcpManager {
-            shared: shared.clone(),
-        };
-        if shared.config.min_idle > 0 {
-            // bb8 opens the min_idle connections concurrently and, with retries off, returns
-            // the first connect error at once. (Checking them out one by one instead would
-            // make bb8 open more to keep min_idle of them idle.)
-            let pool = builder.build(manager).await?;
-            return Ok(TcpPool::new(pool, shared));
+        let single = self.config.endpoints.is_empty() && self.config.resolve_every.is_none();
+        if single && self.config.min_idle > 0 {
+            let (config, ejections, runtime) = self.prepare()?;
+            let endpoint = Endpoint::start_filled(&config, &config.addr, 0, &ejections).await?;
+            return Ok(Self::finish(config, vec![endpoint], ejections, runtime));
         }
-        let pool = TcpPool::new(builder.build_unchecked(manager), shared);
+        // Several endpoints: one connection from any of them (with failover) proves the
+        // backend reachable; min_idle is then opened in the background on each.
+        let pool = self.build()?;
         drop(pool.get().await?);
         Ok(pool)
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::pool::config::Config;
 use crate::pool::probe::{self, ProbeFn};
 use crate::pool::TcpPool;
+use crate::replicas::{Balance, OutlierDetection};
 
 impl TcpPool {
     /// Starts configuring a pool for `addr`. See [`TcpPoolBuilder`] for the settings.
@@ -33,8 +34,12 @@ impl TcpPool {
 ///
 /// | setting | default | meaning |
 /// |---|---|---|
-/// | [`max_size`](Self::max_size) | 10 | most connections open at once |
-/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open and refilled in the background |
+/// | [`endpoint`](Self::endpoint) | none | another address of the same backend (a replica) |
+/// | [`balance`](Self::balance) | `LeastLoaded` | how a checkout chooses among the endpoints |
+/// | [`outlier_detection`](Self::outlier_detection) | 5 failures eject for 30 s | when an endpoint is taken out of rotation |
+/// | [`resolve_endpoints`](Self::resolve_endpoints) | off | each address is a host name whose addresses are the endpoints, looked up again at this interval |
+/// | [`max_size`](Self::max_size) | 10 | most connections open at once, per endpoint |
+/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open and refilled in the background, per endpoint |
 /// | [`checkout_timeout`](Self::checkout_timeout) | 5 s | how long a request may wait for a free connection |
 /// | [`connect_timeout`](Self::connect_timeout) | 2 s | one connect attempt (and one health probe) |
 /// | [`idle_timeout`](Self::idle_timeout) | 10 min | idle connections are closed after this (then refilled up to `min_idle`) |
@@ -44,6 +49,65 @@ impl TcpPool {
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
 /// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
 /// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
+///
+/// # Several endpoints
+///
+/// One pool can span several replicas of a backend: [`endpoint`](Self::endpoint) adds one
+/// (same transport settings for all), [`TcpPool::set_endpoints`] replaces the set at run time,
+/// and [`resolve_endpoints`](Self::resolve_endpoints) takes the set from DNS. Each endpoint
+/// has its own bb8 pool, so `max_size`, `min_idle`, fail-fast and the health check are per
+/// endpoint; the layer, the extractor and the clean-connection rule are the same.
+///
+/// - **Balancing.** A checkout takes an endpoint that is not ejected, chosen by
+///   [`Balance`] (default: least loaded of two at random).
+/// - **Failover.** If the connect to that endpoint fails, the same checkout tries another it
+///   has not tried, within the one `checkout_timeout` (an ejected one only when no other is
+///   left). `502` only when every endpoint it could try failed; `503` when none had a free
+///   connection in time.
+/// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure, an I/O error
+///   or end-of-file met by a handler on a connection ([`DiscardReason::IoError`] /
+///   [`DiscardReason::Eof`]), or a brand-new connection failing its health check. A
+///   connection given back clean after use resets the count (a successful connect alone does
+///   not); an idle connection found closed at checkout does not count. After
+///   `consecutive_failures` in a row the endpoint takes no new checkout for
+///   `base_ejection_time × n` (at most `max_ejection_time`), n being the ejections in a row,
+///   this one included. When it ends the endpoint takes traffic again, and one more failure
+///   ejects it again, for longer; n falls back by one for each `base_ejection_time` it then
+///   serves without being ejected. At most `max_ejected_percent` of the endpoints (rounded
+///   down) are ejected at once; a pool of one endpoint never ejects it.
+/// - **State.** [`PoolState`](crate::PoolState)'s fields are sums over the endpoints;
+///   [`PoolState::endpoints`](crate::PoolState::endpoints) has each one's figures, and
+///   [`TcpConnection::endpoint`](crate::TcpConnection::endpoint) says where a connection goes.
+///   Spans and events carry an `endpoint` field; metrics have per-endpoint series.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use std::time::Duration;
+/// use axum_tcp_pool::{Balance, OutlierDetection, TcpPool};
+///
+/// let pool = TcpPool::builder("10.0.0.1:6379")
+///     .endpoint("10.0.0.2:6379")
+///     .endpoint("10.0.0.3:6379")
+///     .balance(Balance::LeastLoaded)
+///     .outlier_detection(
+///         OutlierDetection::new()
+///             .consecutive_failures(5)
+///             .base_ejection_time(Duration::from_secs(30))
+///             .max_ejection_time(Duration::from_secs(300))
+///             .max_ejected_percent(50),
+///     )
+///     .max_size(16)
+///     .build()?;
+/// pool.set_endpoints(["10.0.0.2:6379", "10.0.0.4:6379"])?;
+/// assert_eq!(pool.state().endpoints.len(), 2);
+/// # Ok(()) }
+/// ```
+///
+/// [`DiscardReason::IoError`]: crate::DiscardReason::IoError
+/// [`DiscardReason::Eof`]: crate::DiscardReason::Eof
+///
+/// # Validation
 ///
 /// Nothing is validated until [`build`](Self::build) or [`connect`](Self::connect), which
 /// return [`TcpPoolError::Config`](crate::TcpPoolError::Config) (never panic) for an invalid value.
@@ -69,8 +133,60 @@ pub struct TcpPoolBuilder {
 }
 
 impl TcpPoolBuilder {
-    /// The most connections the pool opens at once (default 10; must be at least 1). The
-    /// backend never sees more than this many connections from this pool.
+    /// Adds an endpoint: another address of the same backend, used with the same settings.
+    /// Repeatable. See [Several endpoints](Self#several-endpoints).
+    ///
+    /// ```
+    /// let b = axum_tcp_pool::TcpPool::builder("10.0.0.1:6379").endpoint("10.0.0.2:6379");
+    /// ```
+    pub fn endpoint(mut self, addr: impl Into<String>) -> Self {
+        self.config.endpoints.push(addr.into());
+        self
+    }
+
+    /// How a checkout chooses among the endpoints (default [`Balance::LeastLoaded`]).
+    ///
+    /// ```
+    /// use axum_tcp_pool::{Balance, TcpPool};
+    /// let b = TcpPool::builder("10.0.0.1:6379").endpoint("10.0.0.2:6379").balance(Balance::RoundRobin);
+    /// ```
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.config.balance = balance;
+        self
+    }
+
+    /// When an endpoint is ejected, and for how long (default [`OutlierDetection::new`];
+    /// [`OutlierDetection::disabled`] turns it off).
+    ///
+    /// ```
+    /// use axum_tcp_pool::{OutlierDetection, TcpPool};
+    /// let b = TcpPool::builder("10.0.0.1:6379")
+    ///     .endpoint("10.0.0.2:6379")
+    ///     .outlier_detection(OutlierDetection::new().consecutive_failures(3));
+    /// ```
+    pub fn outlier_detection(mut self, outlier: OutlierDetection) -> Self {
+        self.config.outlier = outlier;
+        self
+    }
+
+    /// Treats each address as a host name whose lookup gives a set of endpoints (a headless
+    /// service of a container platform), looked up now and again every `every`. Until the
+    /// first lookup ends, the name itself is the endpoint; a lookup that fails or finds
+    /// nothing keeps the endpoints the name had; an address that goes away is removed like
+    /// with [`TcpPool::set_endpoints`]. TLS checks each endpoint against the host name.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("cache.default.svc.cluster.local:6379")
+    ///     .resolve_endpoints(Duration::from_secs(30));
+    /// ```
+    pub fn resolve_endpoints(mut self, every: Duration) -> Self {
+        self.config.resolve_every = Some(every);
+        self
+    }
+
+    /// The most connections the pool opens at once, per endpoint (default 10; must be at
+    /// least 1). The backend never sees more than this many connections from this pool.
     ///
     /// ```
     /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").max_size(32);

@@ -1,44 +1,144 @@
-//! The checkout: bb8's `get`, raced against the pool's fail-fast watch.
+//! The checkout: choose an endpoint, take a connection from its bb8 pool (raced against the
+//! endpoint's fail-fast watch), and fail over to another endpoint when it cannot connect.
 
 use std::future::{poll_fn, Future};
+use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::error::TcpPoolError;
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
-use crate::pool::manager::TcpManager;
-use crate::pool::shared::Shared;
+use crate::replicas::{Endpoint, Endpoints};
 
-/// Checks a connection out of `pool`: bb8's own checkout, failed early by the fail-fast
-/// watch when a connect attempt made for it fails and no connection could come back to it.
+/// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
+/// the balancer chooses, and a connect failure moves the checkout to an endpoint it has not
+/// tried, within one `checkout_timeout`. `BackendUnreachable` only when every endpoint it
+/// could try failed.
+/// `span`, if any, gets the `endpoint` field of each endpoint tried.
 pub(crate) async fn checkout<M>(
-    pool: &bb8::Pool<TcpManager>,
-    shared: &Shared,
+    set: &Endpoints,
+    span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
+    let endpoints = set.current();
+    if let [one] = &*endpoints {
+        match checkout_one(one, None, span).await {
+            // Removed while this checkout waited: try the set as it is now.
+            Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
+            result => return result,
+        }
+    }
+    failover(set, endpoints, span).await
+}
+
+/// The checkout over several endpoints (or one just removed).
+async fn failover<M>(
+    set: &Endpoints,
+    mut endpoints: Arc<[Arc<Endpoint>]>,
+    span: Option<&tracing::Span>,
+) -> Result<TcpConnection<M>, TcpPoolError> {
+    let deadline = Instant::now().checked_add(set.config.checkout_timeout);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = None;
+    // A set replaced while this checkout ran is taken afresh, a bounded number of times.
+    let mut refreshes = 0;
+    loop {
+        let Some(i) = set.pick(&endpoints, &tried) else {
+            let now = set.current();
+            if refreshes < 3 && !Arc::ptr_eq(&now, &endpoints) {
+                refreshes += 1;
+                endpoints = now;
+                tried.clear();
+                continue;
+            }
+            break;
+        };
+        tried.push(i);
+        let endpoint = &endpoints[i];
+        let _waiting = Waiting::new(endpoint);
+        let result = match deadline {
+            Some(at) => match timeout_at(at, checkout_one(endpoint, Some(at), span)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    endpoint.shared.counters.restart_timed_out();
+                    Err(TcpPoolError::CheckoutTimeout)
+                }
+            },
+            None => checkout_one(endpoint, None, span).await,
+        };
+        match result {
+            Err(TcpPoolError::BackendUnreachable(e)) => {
+                tracing::debug!(
+                    pool = set.config.name(),
+                    addr = &*endpoint.shared.addr,
+                    endpoint = &*endpoint.shared.addr,
+                    error = %e,
+                    "endpoint failed, trying another"
+                );
+                last_error = Some(e);
+            }
+            result => return result,
+        }
+    }
+    Err(TcpPoolError::BackendUnreachable(last_error.unwrap_or_else(
+        || io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
+    )))
+}
+
+/// Counts a checkout as waiting on an endpoint, for the balancer, until dropped.
+struct Waiting<'a>(&'a Endpoint);
+
+impl<'a> Waiting<'a> {
+    fn new(endpoint: &'a Endpoint) -> Self {
+        endpoint.shared.waiting.fetch_add(1, Relaxed);
+        Waiting(endpoint)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.shared.waiting.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Checks a connection out of one endpoint: bb8's own checkout, failed early by the fail-fast
+/// watch when a connect attempt made for it fails and no connection could come back to it.
+/// A restarted checkout keeps `deadline` (or else the first one's `checkout_timeout`).
+async fn checkout_one<M>(
+    endpoint: &Endpoint,
+    deadline: Option<Instant>,
+    span: Option<&tracing::Span>,
+) -> Result<TcpConnection<M>, TcpPoolError> {
+    let (pool, shared) = (&endpoint.pool, &*endpoint.shared);
+    if let Some(span) = span {
+        span.record("endpoint", &*shared.addr);
+    }
     // Registered before the checkout starts, so no failure in between is missed.
     let mut watch = pin!(shared.fail_fast.watch());
     let mut get = pin!(pool.get_owned());
     // When this call began to wait (read only if it waits), and the deadline a restarted
     // checkout keeps (bb8 would give the restarted one a full `checkout_timeout` of its own).
     let mut waiting_since = None;
-    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    let mut restart_deadline: Option<Pin<Box<Sleep>>> = None;
     poll_fn(|cx| loop {
         if let Poll::Ready(result) = get.as_mut().poll(cx) {
             return Poll::Ready(match result {
                 Ok(mut conn) => {
                     conn.lent = true;
                     shared.fail_fast.lend();
+                    shared.counters.checked_out();
                     Ok(TcpConnection::new(conn))
                 }
                 Err(bb8::RunError::User(e)) => Err(e),
                 Err(bb8::RunError::TimedOut) => Err(TcpPoolError::CheckoutTimeout),
             });
         }
-        if let Some(deadline) = deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
+        if let Some(at) = restart_deadline.as_mut() {
+            if at.as_mut().poll(cx).is_ready() {
                 shared.counters.restart_timed_out();
                 return Poll::Ready(Err(TcpPoolError::CheckoutTimeout));
             }
@@ -52,13 +152,12 @@ pub(crate) async fn checkout<M>(
                 watch.as_mut().restarted();
                 get.set(pool.get_owned());
                 shared.counters.restarted();
-                if deadline.is_none() {
+                if restart_deadline.is_none() {
                     // No deadline for a timeout too long to be represented: the checkout
                     // then waits as long as bb8's own timeout lets it.
-                    let timeout = shared.config.checkout_timeout;
-                    deadline = waiting_since
-                        .checked_add(timeout)
-                        .map(|at| Box::pin(sleep_until(at)));
+                    let at = deadline
+                        .or_else(|| waiting_since.checked_add(shared.config.checkout_timeout));
+                    restart_deadline = at.map(|at| Box::pin(sleep_until(at)));
                 }
             }
         }

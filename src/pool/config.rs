@@ -6,33 +6,44 @@ use std::time::Duration;
 
 use crate::error::TcpPoolError;
 use crate::pool::probe::Probe;
+use crate::replicas::{Balance, OutlierDetection};
 use crate::transport::{Address, Connector};
 
-/// The settings of one pool, as given to the builder. Fields are set by the builder and read
-/// within the `pool` module; [`Config::validate`] makes the [`Connector`] that connects.
+/// The settings of one pool, as given to the builder (shared by all its endpoints);
+/// [`Config::connector`] makes the [`Connector`] of one endpoint.
 #[derive(Clone)]
 pub(crate) struct Config {
-    /// The address as given, for logs.
-    pub(super) addr: String,
+    /// The first address, as given.
+    pub(crate) addr: String,
+    /// The other endpoints, as given.
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) balance: Balance,
+    pub(crate) outlier: OutlierDetection,
+    /// Resolve each address's host name at this interval, its addresses being the endpoints.
+    pub(crate) resolve_every: Option<Duration>,
     /// The `pool` label of logs and metrics; the address if not set.
-    pub(super) name: Option<String>,
-    pub(super) max_size: u32,
-    pub(super) min_idle: u32,
-    pub(super) checkout_timeout: Duration,
-    pub(super) connect_timeout: Duration,
-    pub(super) idle_timeout: Option<Duration>,
-    pub(super) max_lifetime: Option<Duration>,
-    pub(super) nodelay: bool,
-    pub(super) keepalive: Option<Duration>,
-    pub(super) probe: Option<Probe>,
+    pub(crate) name: Option<String>,
+    pub(crate) max_size: u32,
+    pub(crate) min_idle: u32,
+    pub(crate) checkout_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) nodelay: bool,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) probe: Option<Probe>,
     #[cfg(feature = "tls")]
-    pub(super) tls: Option<crate::transport::TlsConfig>,
+    pub(crate) tls: Option<crate::transport::TlsConfig>,
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Config");
         d.field("addr", &self.addr)
+            .field("endpoints", &self.endpoints)
+            .field("balance", &self.balance)
+            .field("outlier", &self.outlier)
+            .field("resolve_every", &self.resolve_every)
             .field("name", &self.name)
             .field("max_size", &self.max_size)
             .field("min_idle", &self.min_idle)
@@ -50,9 +61,13 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    pub(super) fn new(addr: String) -> Self {
+    pub(crate) fn new(addr: String) -> Self {
         Config {
             addr,
+            endpoints: Vec::new(),
+            balance: Balance::default(),
+            outlier: OutlierDetection::new(),
+            resolve_every: None,
             name: None,
             max_size: 10,
             min_idle: 0,
@@ -84,10 +99,24 @@ impl Config {
         self.max_size
     }
 
-    /// Checks every value bb8 would panic on, and a few it would accept but that cannot work;
-    /// returns the connector for the validated address and transport settings.
-    pub(super) fn validate(&self) -> Result<Connector, TcpPoolError> {
-        let address = Address::parse(&self.addr)?;
+    /// Every address configured: the first, then the other endpoints.
+    pub(crate) fn addrs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.addr.as_str()).chain(self.endpoints.iter().map(String::as_str))
+    }
+
+    /// Checks every value bb8 would panic on, and a few it would accept but that cannot work,
+    /// every address included (with the transport settings: a TLS server name for each).
+    pub(crate) fn validate(&self) -> Result<(), TcpPoolError> {
+        check_endpoints(self.addrs())?;
+        for addr in self.addrs() {
+            self.connector(addr, addr)?;
+        }
+        self.outlier.validate()?;
+        if self.resolve_every == Some(Duration::ZERO) {
+            return Err(TcpPoolError::config(
+                "resolve_endpoints interval must be greater than zero",
+            ));
+        }
         if self.name.as_deref() == Some("") {
             return Err(TcpPoolError::config(
                 "name must not be empty (it labels the pool's logs and metrics); leave it unset to use the address",
@@ -130,10 +159,19 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The connector for the endpoint at `addr`; TLS takes its server name (unless one is
+    /// configured) from `name_addr`, the address as given before any resolution.
+    pub(crate) fn connector(&self, addr: &str, name_addr: &str) -> Result<Connector, TcpPoolError> {
+        let address = Address::parse(addr)?;
+        #[cfg(not(feature = "tls"))]
+        let _ = name_addr;
         Ok(Connector {
             #[cfg(feature = "tls")]
             tls: match &self.tls {
-                Some(tls) => Some(tls.handshake(&address)?),
+                Some(tls) => Some(tls.handshake(&Address::parse(name_addr)?)?),
                 None => None,
             },
             address,
@@ -145,7 +183,7 @@ impl Config {
 
     /// How often bb8's reaper looks for idle and expired connections: often enough that short
     /// timeouts are honoured (a quarter of the shortest one), at most bb8's default of 30 s.
-    pub(super) fn reaper_rate(&self) -> Duration {
+    pub(crate) fn reaper_rate(&self) -> Duration {
         let shortest = [self.idle_timeout, self.max_lifetime]
             .into_iter()
             .flatten()
@@ -155,6 +193,25 @@ impl Config {
             None => Duration::from_secs(30),
         }
     }
+}
+
+/// A set of endpoints: at least one, none twice.
+pub(crate) fn check_endpoints<'a>(
+    addrs: impl Iterator<Item = &'a str>,
+) -> Result<(), TcpPoolError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for addr in addrs {
+        if seen.contains(&addr) {
+            return Err(TcpPoolError::config(format!(
+                "endpoint {addr:?} is listed twice: list each endpoint once"
+            )));
+        }
+        seen.push(addr);
+    }
+    if seen.is_empty() {
+        return Err(TcpPoolError::config("a pool needs at least one endpoint"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -98,6 +98,18 @@ impl<M> TcpConnection<M> {
         &self.pooled().stream
     }
 
+    /// The address of the endpoint this connection goes to (one of the pool's
+    /// [endpoints](crate::TcpPool::endpoints)).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: axum_tcp_pool::TcpConnection) {
+    /// tracing::info!(endpoint = conn.endpoint(), "served");
+    /// # }
+    /// ```
+    pub fn endpoint(&self) -> &str {
+        &self.pooled().endpoint.addr
+    }
+
     /// The stream, mutably, for socket options or I/O the rule must not see. Call
     /// [`discard`](Self::discard) unless such an exchange ended cleanly.
     ///

@@ -44,6 +44,11 @@ pub(crate) async fn check(shared: &Shared, conn: &mut PooledStream) -> Result<()
 /// backend count as unreachable (see [`FailFast::check_failed`](crate::failfast::FailFast)).
 fn failed(shared: &Shared, conn: &mut PooledStream, err: io::Error) -> TcpPoolError {
     conn.tracker.mark(DiscardReason::HealthCheck);
+    if conn.fresh {
+        // A brand-new connection that fails its check is the backend failing an exchange (an
+        // idle one found closed is routine: restarts and idle timeouts do that).
+        shared.failed();
+    }
     let max_size = shared.config.max_size;
     if shared
         .fail_fast
@@ -57,7 +62,8 @@ fn failed(shared: &Shared, conn: &mut PooledStream, err: io::Error) -> TcpPoolEr
     }
     tracing::debug!(
         pool = shared.config.name(),
-        addr = %shared.config.addr,
+        addr = &*shared.addr,
+                    endpoint = &*shared.addr,
         reason = DiscardReason::HealthCheck.as_str(),
         error = %err,
         "connection failed its health check"

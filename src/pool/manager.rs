@@ -1,18 +1,27 @@
-//! The bb8 connection manager: connect, the checkout health check, and the return-time
-//! verdict of the clean-connection rule.
+//! The bb8 connection manager of one endpoint: connect, the checkout health check, and the
+//! return-time verdict of the clean-connection rule, which also feeds outlier detection.
 
+use std::io;
 use std::sync::Arc;
 
-use crate::clean::{self, Tracker};
+use crate::clean;
 use crate::error::TcpPoolError;
 use crate::pool::health;
 use crate::pool::pooled::PooledStream;
 use crate::pool::shared::Shared;
 
-/// The [`bb8::ManageConnection`] behind a pool.
+/// The [`bb8::ManageConnection`] behind one endpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct TcpManager {
     pub(crate) shared: Arc<Shared>,
+}
+
+/// The error of a connect to an endpoint taken out of the set (not a backend failure).
+fn removed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the endpoint was removed from the pool",
+    )
 }
 
 impl bb8::ManageConnection for TcpManager {
@@ -24,50 +33,89 @@ impl bb8::ManageConnection for TcpManager {
         let attempt = shared.fail_fast.begin_attempt();
         // `attempt` ends after a failure is recorded (bb8 wakes the waiters, through the error
         // sink, only after `connect` has returned).
+        if shared.is_removed() {
+            // Fails the checkouts still waiting here at once, so they move to another endpoint.
+            let e = removed();
+            attempt.failed(&e);
+            return Err(TcpPoolError::BackendUnreachable(e));
+        }
         match shared.connector.connect().await {
             Ok(stream) => {
                 tracing::debug!(
                     pool = shared.config.name(),
-                    addr = %shared.config.addr(),
+                    addr = &*shared.addr,
+                    endpoint = &*shared.addr,
                     "opened backend connection"
                 );
-                Ok(PooledStream {
-                    stream,
-                    tracker: Tracker::default(),
-                    fresh: true,
-                    lent: false,
-                    attempt: attempt.number(),
-                    runtime: tokio::runtime::Handle::try_current().ok(),
-                })
+                Ok(PooledStream::new(stream, attempt.number(), shared.clone()))
             }
             Err(e) => {
                 attempt.failed(&e);
                 shared.connect_failed(&e, "connect to backend failed");
+                shared.failed();
                 Err(TcpPoolError::BackendUnreachable(e))
             }
         }
     }
 
     async fn is_valid(&self, conn: &mut PooledStream) -> Result<(), TcpPoolError> {
+        if self.shared.is_removed() {
+            return Err(TcpPoolError::Io(removed()));
+        }
         health::check(&self.shared, conn).await
     }
 
     fn has_broken(&self, conn: &mut PooledStream) -> bool {
         let shared = &self.shared;
-        if std::mem::take(&mut conn.lent) {
+        let lent = std::mem::take(&mut conn.lent);
+        if lent {
             shared.fail_fast.give_back();
         }
-        let Some(reason) = clean::returned(&conn.tracker, &mut conn.stream) else {
+        let marked = conn.tracker.marked();
+        let verdict = clean::returned(&conn.tracker, &mut conn.stream);
+        if lent {
+            // Outlier detection: what the handler met on it. A clean return after use ends
+            // the failures in a row; an idle connection found closed is neither.
+            match marked {
+                Some(reason) if reason.is_backend_failure() => shared.failed(),
+                None if verdict.is_none() && conn.tracker.used() => shared.outlier.succeeded(),
+                _ => {}
+            }
+        }
+        if shared.is_removed() {
+            // Draining: the endpoint was taken out of the set; nothing goes back.
+            tracing::debug!(
+                pool = shared.config.name(),
+                addr = &*shared.addr,
+                endpoint = &*shared.addr,
+                "closing connection of a removed endpoint"
+            );
+            conn.stream.close_now();
+            return true;
+        }
+        let Some(reason) = verdict else {
             return false;
         };
         shared.counters.discarded(reason);
-        let (pool, addr) = (shared.config.name(), shared.config.addr());
+        let (pool, endpoint) = (shared.config.name(), &*shared.addr);
         if reason.is_backend_failure() {
             // The backend failed during an exchange: worth an operator's attention.
-            tracing::warn!(pool, %addr, reason = reason.as_str(), "closing connection instead of reusing it");
+            tracing::warn!(
+                pool,
+                addr = endpoint,
+                endpoint,
+                reason = reason.as_str(),
+                "closing connection instead of reusing it"
+            );
         } else {
             // Routine: the request or the handler decided, or an idle connection went stale.
-            tracing::debug!(pool, %addr, reason = reason.as_str(), "closing connection instead of reusing it");
+            tracing::debug!(
+                pool,
+                addr = endpoint,
+                endpoint,
+                reason = reason.as_str(),
+                "closing connection instead of reusing it"
+            );
         }
         // FIN now, before bb8 decides whether to open a replacement.
         conn.stream.close_now();

@@ -1,6 +1,6 @@
 //! The pool: [`TcpPool`] (the handle), [`TcpPoolBuilder`] (its settings), the checked-out
-//! [`TcpConnection`], and the machinery under them: the bb8 manager, the checkout with
-//! fail-fast, and the health check.
+//! [`TcpConnection`], and the machinery under them: the bb8 manager of each endpoint, the
+//! checkout with fail-fast and failover, and the health check.
 
 mod build;
 mod builder;
@@ -24,12 +24,16 @@ pub use builder::TcpPoolBuilder;
 pub use connection::TcpConnection;
 pub use probe::{ProbeFn, ProbeFuture};
 
-use crate::error::TcpPoolError;
-use crate::state::PoolState;
-use manager::TcpManager;
-use shared::Shared;
+pub(crate) use config::{check_endpoints, Config};
+pub(crate) use manager::{FailureSink, TcpManager};
+pub(crate) use shared::Shared;
 
-/// A pool of connections to one backend address. Cloning is cheap and every clone is the
+use crate::error::TcpPoolError;
+use crate::replicas::Endpoints;
+use crate::state::PoolState;
+
+/// A pool of connections to a backend: one address, or [several](TcpPoolBuilder::endpoint)
+/// with balancing, outlier ejection and failover. Cloning is cheap and every clone is the
 /// same pool; it closes when the last handle and the last checked-out connection are gone.
 ///
 /// Build one with [`TcpPool::builder`]; hand it to [`TcpPoolLayer`](crate::TcpPoolLayer), or
@@ -47,8 +51,7 @@ use shared::Shared;
 /// # drop(conn); Ok(()) }
 /// ```
 pub struct TcpPool<M = ()> {
-    pool: bb8::Pool<TcpManager>,
-    shared: Arc<Shared>,
+    set: Arc<Endpoints>,
     marker: PhantomData<fn() -> M>,
 }
 
@@ -56,18 +59,16 @@ pub struct TcpPool<M = ()> {
 impl<M> Clone for TcpPool<M> {
     fn clone(&self) -> Self {
         TcpPool {
-            pool: self.pool.clone(),
-            shared: self.shared.clone(),
+            set: self.set.clone(),
             marker: PhantomData,
         }
     }
 }
 
 impl<M> TcpPool<M> {
-    fn new(pool: bb8::Pool<TcpManager>, shared: Arc<Shared>) -> Self {
+    fn new(set: Arc<Endpoints>) -> Self {
         TcpPool {
-            pool,
-            shared,
+            set,
             marker: PhantomData,
         }
     }
@@ -111,7 +112,7 @@ impl<M> TcpPool<M> {
     /// }
     /// ```
     pub fn with_marker<N>(self) -> TcpPool<N> {
-        TcpPool::new(self.pool, self.shared)
+        TcpPool::new(self.set)
     }
 
     /// Checks a connection out, for use outside a request (a background task, a start-up
@@ -133,8 +134,9 @@ impl<M> TcpPool<M> {
     ///
     /// # Tracing
     ///
-    /// A `debug` span `tcp_pool.checkout` with the fields `pool`, `addr`, `wait_us` and
-    /// `outcome` (`ok`, `timeout`, `unreachable`). When no subscriber wants it, no span is
+    /// A `debug` span `tcp_pool.checkout` with the fields `pool`, `addr` (the first
+    /// endpoint), `endpoint` (the one tried last, the one the connection goes to when `ok`),
+    /// `wait_us` and `outcome` (`ok`, `timeout`, `unreachable`). When no subscriber wants it, no span is
     /// made and the clock is not read.
     ///
     /// ```no_run
@@ -153,12 +155,13 @@ impl<M> TcpPool<M> {
                 "tcp_pool.checkout",
                 pool = %self.name(),
                 addr = %self.addr(),
+                endpoint = tracing::field::Empty,
                 wait_us = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             );
             if !span.is_disabled() {
                 let start = Instant::now();
-                let result = checkout::checkout(&self.pool, &self.shared)
+                let result = checkout::checkout(&self.set, Some(&span))
                     .instrument(span.clone())
                     .await;
                 let wait_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -172,7 +175,7 @@ impl<M> TcpPool<M> {
                 return result;
             }
         }
-        checkout::checkout(&self.pool, &self.shared).await
+        checkout::checkout(&self.set, None).await
     }
 
     /// A snapshot of the pool's sizes and counters.
@@ -186,10 +189,10 @@ impl<M> TcpPool<M> {
     /// # Ok(()) }
     /// ```
     pub fn state(&self) -> PoolState {
-        self.shared.counters.snapshot(self.pool.state())
+        self.set.state()
     }
 
-    /// The address this pool connects to, as configured.
+    /// The address given to [`TcpPool::builder`] (the first endpoint, as configured).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -199,7 +202,7 @@ impl<M> TcpPool<M> {
     /// # Ok(()) }
     /// ```
     pub fn addr(&self) -> &str {
-        self.shared.config.addr()
+        self.set.config.addr()
     }
 
     /// The pool's [name](TcpPoolBuilder::name), or else its address: the `pool` field of its
@@ -213,13 +216,59 @@ impl<M> TcpPool<M> {
     /// # Ok(()) }
     /// ```
     pub fn name(&self) -> &str {
-        self.shared.config.name()
+        self.set.config.name()
     }
 
     /// The configured `max_size`.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn max_size(&self) -> u32 {
-        self.shared.config.max_size()
+        self.set.config.max_size()
+    }
+
+    /// The addresses of the endpoints in the set now, in order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:7001").endpoint("127.0.0.1:7002").build()?;
+    /// assert_eq!(pool.endpoints(), ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn endpoints(&self) -> Vec<String> {
+        self.set
+            .current()
+            .iter()
+            .map(|e| e.shared.addr.to_string())
+            .collect()
+    }
+
+    /// Replaces the pool's endpoints, at run time, without dropping a request: endpoints kept
+    /// keep their idle connections; new ones start empty; a removed one takes no new checkout,
+    /// its idle connections are closed at once and those in use when they come back. With
+    /// [`resolve_endpoints`](TcpPoolBuilder::resolve_endpoints), these are the host names to
+    /// resolve (resolved again at once).
+    ///
+    /// # Errors
+    ///
+    /// [`TcpPoolError::Config`] for an empty set, an address listed twice, or one that
+    /// [`build`](TcpPoolBuilder::build) would refuse; the set is then left as it was.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:7001").endpoint("127.0.0.1:7002").build()?;
+    /// pool.set_endpoints(["127.0.0.1:7002", "127.0.0.1:7003"])?;
+    /// assert_eq!(pool.endpoints(), ["127.0.0.1:7002", "127.0.0.1:7003"]);
+    /// assert!(pool.set_endpoints(Vec::<String>::new()).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn set_endpoints<I>(&self, addrs: I) -> Result<(), TcpPoolError>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
+        self.set.set_names(addrs)
     }
 }
 
@@ -227,7 +276,7 @@ impl<M> fmt::Debug for TcpPool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpPool")
             .field("marker", &std::any::type_name::<M>())
-            .field("config", &self.shared.config)
+            .field("config", &self.set.config)
             .field("state", &self.state())
             .finish()
     }

@@ -1,6 +1,10 @@
 //! [`PooledStream`]: what bb8 holds for each connection.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
 use crate::clean::Tracker;
+use crate::pool::shared::Shared;
 use crate::transport::BackendStream;
 
 /// What bb8 holds for each connection: the stream, and the state that decides whether it
@@ -17,4 +21,27 @@ pub(crate) struct PooledStream {
     pub(crate) attempt: u64,
     /// The runtime that opened it, lent to a drop on a thread without one.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// The endpoint it goes to (counted open there until dropped).
+    pub(crate) endpoint: Arc<Shared>,
+}
+
+impl PooledStream {
+    pub(crate) fn new(stream: BackendStream, attempt: u64, endpoint: Arc<Shared>) -> PooledStream {
+        endpoint.open.fetch_add(1, Relaxed);
+        PooledStream {
+            stream,
+            tracker: Tracker::default(),
+            fresh: true,
+            lent: false,
+            attempt,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            endpoint,
+        }
+    }
+}
+
+impl Drop for PooledStream {
+    fn drop(&mut self) {
+        self.endpoint.open.fetch_sub(1, Relaxed);
+    }
 }

@@ -1,19 +1,32 @@
-//! [`Shared`]: what every handle of one pool and its bb8 manager share.
+//! [`Shared`]: what one endpoint's bb8 pool, its manager and its connections share.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crate::failfast::FailFast;
 use crate::pool::config::Config;
+use crate::replicas::Outlier;
 use crate::state::Counters;
 use crate::transport::Connector;
 
-/// The validated settings, the connector, the counters and the fail-fast state of one pool.
+/// One endpoint: the pool's settings, the endpoint's address and connector, its counters,
+/// fail-fast state and outlier state.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    pub(crate) config: Arc<Config>,
+    /// The endpoint's address: the `endpoint` field of spans and events.
+    pub(crate) addr: Arc<str>,
     pub(crate) connector: Connector,
     pub(crate) counters: Counters,
     pub(crate) fail_fast: FailFast,
+    pub(crate) outlier: Outlier,
+    /// Checkouts waiting for a connection of this endpoint (for the balancer).
+    pub(crate) waiting: AtomicU64,
+    /// Connections open (from connect until bb8 drops them).
+    pub(crate) open: AtomicU64,
+    /// Taken out of the pool's set: no new connection, none given back.
+    pub(crate) removed: AtomicBool,
 }
 
 impl Shared {
@@ -23,10 +36,40 @@ impl Shared {
         self.counters.connect_failed();
         tracing::warn!(
             pool = self.config.name(),
-            addr = %self.config.addr(),
+            addr = &*self.addr,
+            endpoint = &*self.addr,
             reason = %err.kind(),
             error = %err,
             "{what}"
         );
+    }
+
+    /// A failure counted against this endpoint by outlier detection.
+    pub(crate) fn failed(&self) {
+        if let Some(length) = self.outlier.failed() {
+            tracing::warn!(
+                pool = self.config.name(),
+                addr = &*self.addr,
+                endpoint = &*self.addr,
+                ejected_for_ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX),
+                failures = self.outlier.consecutive_failures(),
+                "endpoint ejected after failures in a row"
+            );
+        }
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Relaxed)
+    }
+
+    /// Connections lent out plus checkouts waiting: the balancer's load.
+    pub(crate) fn load(&self) -> u64 {
+        self.fail_fast.lent() + self.waiting.load(Relaxed)
+    }
+
+    /// Whether a connection is open that is neither lent out nor promised to a waiting
+    /// checkout.
+    pub(crate) fn has_idle(&self) -> bool {
+        self.open.load(Relaxed) > self.load()
     }
 }

@@ -1,0 +1,263 @@
+//! [`Endpoints`]: a pool's set of endpoints, the balancer over it, and run-time changes to it.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Waker};
+
+use tokio::sync::Notify;
+
+use crate::error::TcpPoolError;
+use crate::pool::{check_endpoints, Config};
+use crate::replicas::balance::{Balancer, Load};
+use crate::replicas::endpoint::Endpoint;
+use crate::replicas::outlier::Ejections;
+use crate::state::PoolState;
+
+/// The current set of one pool's endpoints (what every handle of the pool shares), those
+/// removed but still draining, and the totals of those drained.
+#[derive(Debug)]
+pub(crate) struct Endpoints {
+    pub(crate) config: Arc<Config>,
+    current: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// Removed endpoints with connections still open (in use when they were removed).
+    draining: Mutex<Vec<Arc<Endpoint>>>,
+    /// The totals of removed endpoints that have no connection left.
+    retired: Mutex<PoolState>,
+    balancer: Balancer,
+    ejections: Arc<Ejections>,
+    next_id: AtomicU64,
+    /// The addresses as given (host names, with `resolve_endpoints`).
+    pub(crate) names: Mutex<Vec<String>>,
+    /// Wakes the resolver task when `names` change.
+    pub(crate) names_changed: Arc<Notify>,
+    /// The runtime the pool was built in (bb8 spawns its tasks there).
+    runtime: tokio::runtime::Handle,
+}
+
+impl Endpoints {
+    /// The set of `endpoints`, made from `config` (ids 0, 1, ... in order), built in the
+    /// current runtime.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        endpoints: Vec<Endpoint>,
+        ejections: Arc<Ejections>,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Endpoints> {
+        let names: Vec<String> = config.addrs().map(str::to_owned).collect();
+        let ids: Vec<u64> = endpoints.iter().map(|e| e.id).collect();
+        ejections.set_endpoints(&ids);
+        let next_id = ids.iter().max().map_or(0, |id| id + 1);
+        Arc::new(Endpoints {
+            balancer: Balancer::new(config.balance),
+            config,
+            current: RwLock::new(endpoints.into_iter().map(Arc::new).collect()),
+            draining: Mutex::new(Vec::new()),
+            retired: Mutex::new(PoolState::default()),
+            ejections,
+            next_id: AtomicU64::new(next_id),
+            names: Mutex::new(names),
+            names_changed: Arc::new(Notify::new()),
+            runtime,
+        })
+    }
+
+    /// The set now. (A checkout keeps this snapshot; a change makes a new one.)
+    pub(crate) fn current(&self) -> Arc<[Arc<Endpoint>]> {
+        match self.current.read() {
+            Ok(set) => set.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The endpoint of `set` to try next: not `tried`, not removed, not ejected; or, when
+    /// every one not yet tried is ejected, an ejected one as a last resort.
+    pub(crate) fn pick(&self, set: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
+        let view = |last_resort: bool| {
+            move |i: usize| {
+                let s = &set[i].shared;
+                let eligible = !tried.contains(&i)
+                    && !s.is_removed()
+                    && (last_resort || !s.outlier.is_ejected());
+                eligible.then(|| Load {
+                    load: s.load(),
+                    idle: s.has_idle(),
+                })
+            }
+        };
+        self.balancer
+            .pick(set.len(), view(false))
+            .or_else(|| self.balancer.pick(set.len(), view(true)))
+    }
+
+    /// Replaces the set with the endpoints at `addrs` (each with the address it was resolved
+    /// from). Kept ones keep their connections; new ones start empty; removed ones take no new
+    /// checkout, their idle connections are closed now and those in use when they come back.
+    pub(crate) fn replace(&self, addrs: &[(String, String)]) -> Result<(), TcpPoolError> {
+        check_endpoints(addrs.iter().map(|(a, _)| a.as_str()))?;
+        let _runtime = self.runtime.enter();
+        let mut current = match self.current.write() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = Vec::with_capacity(addrs.len());
+        for (addr, name) in addrs {
+            let kept = current
+                .iter()
+                .find(|e| e.shared.addr.as_ref() == addr.as_str() && &e.name_addr == name);
+            next.push(match kept {
+                Some(e) => e.clone(),
+                None => {
+                    let id = self.next_id.fetch_add(1, Relaxed);
+                    Arc::new(Endpoint::start(
+                        &self.config,
+                        addr,
+                        name,
+                        id,
+                        &self.ejections,
+                    )?)
+                }
+            });
+        }
+        let removed: Vec<Arc<Endpoint>> = current
+            .iter()
+            .filter(|e| !next.iter().any(|n| n.id == e.id))
+            .cloned()
+            .collect();
+        let ids: Vec<u64> = next.iter().map(|e| e.id).collect();
+        self.ejections.set_endpoints(&ids);
+        *current = next.into();
+        drop(current);
+        for endpoint in &removed {
+            tracing::info!(
+                pool = self.config.name(),
+                endpoint = &*endpoint.shared.addr,
+                "endpoint removed from the pool"
+            );
+            endpoint.shared.removed.store(true, Relaxed);
+            close_idle(endpoint);
+        }
+        if let Ok(mut draining) = self.draining.lock() {
+            draining.extend(removed);
+        }
+        self.prune();
+        Ok(())
+    }
+
+    /// The addresses as given (host names, with `resolve_endpoints`).
+    pub(crate) fn names(&self) -> Vec<String> {
+        match self.names.lock() {
+            Ok(names) => names.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// `set_endpoints`: validates `addrs`, then makes them the set (or, with
+    /// `resolve_endpoints`, the names to resolve, resolved at once in the background).
+    pub(crate) fn set_names(&self, addrs: Vec<String>) -> Result<(), TcpPoolError> {
+        check_endpoints(addrs.iter().map(String::as_str))?;
+        for addr in &addrs {
+            self.config.connector(addr, addr)?;
+        }
+        let mut names = match self.names.lock() {
+            Ok(names) => names,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.config.resolve_every.is_none() {
+            let pairs: Vec<(String, String)> =
+                addrs.iter().map(|a| (a.clone(), a.clone())).collect();
+            self.replace(&pairs)?;
+        }
+        *names = addrs;
+        drop(names);
+        self.names_changed.notify_waiters();
+        Ok(())
+    }
+
+    /// The resolver's findings for `names`: each address found is an endpoint; a name whose
+    /// lookup failed keeps the endpoints it had. Nothing changes if `names` changed meanwhile
+    /// or nothing was found at all.
+    pub(crate) fn apply_resolved(
+        &self,
+        names: &[String],
+        resolved: Vec<Option<Vec<std::net::SocketAddr>>>,
+    ) {
+        let current = self.current();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (name, found) in names.iter().zip(resolved) {
+            let found: Vec<String> = match found {
+                Some(addrs) => addrs.iter().map(ToString::to_string).collect(),
+                None => current
+                    .iter()
+                    .filter(|e| &e.name_addr == name)
+                    .map(|e| e.shared.addr.to_string())
+                    .collect(),
+            };
+            for addr in found {
+                // Two names giving one address: one endpoint.
+                if !pairs.iter().any(|(a, _)| *a == addr) {
+                    pairs.push((addr, name.clone()));
+                }
+            }
+        }
+        let unchanged = pairs.len() == current.len()
+            && pairs
+                .iter()
+                .zip(current.iter())
+                .all(|((a, n), e)| *a == *e.shared.addr && *n == e.name_addr);
+        if pairs.is_empty() || unchanged || self.names() != names {
+            return;
+        }
+        if let Err(e) = self.replace(&pairs) {
+            tracing::warn!(pool = self.config.name(), error = %e, "resolved endpoints not applied");
+        }
+    }
+
+    /// Moves drained endpoints' totals into `retired`.
+    fn prune(&self) {
+        let (Ok(mut draining), Ok(mut retired)) = (self.draining.lock(), self.retired.lock())
+        else {
+            return;
+        };
+        draining.retain(|e| {
+            let (s, _) = e.state();
+            if s.connections > 0 {
+                return true;
+            }
+            retired.add(&s);
+            false
+        });
+    }
+
+    /// The pool's state: the sums over every endpoint (current, draining and drained), and an
+    /// entry for each current one.
+    pub(crate) fn state(&self) -> PoolState {
+        self.prune();
+        let mut total = match self.retired.lock() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Ok(draining) = self.draining.lock() {
+            for e in draining.iter() {
+                total.add(&e.state().0);
+            }
+        }
+        let set = self.current();
+        total.endpoints.reserve(set.len());
+        for e in set.iter() {
+            let (s, entry) = e.state();
+            total.add(&s);
+            total.endpoints.push(entry);
+        }
+        total
+    }
+}
+
+/// Closes the idle connections of a removed endpoint now: one poll of a checkout makes bb8
+/// take each idle connection, which the health check of a removed endpoint rejects (no I/O),
+/// so bb8 closes it; the checkout, left waiting, is then dropped.
+fn close_idle(endpoint: &Endpoint) {
+    let mut get = pin!(endpoint.pool.get());
+    let _ = get.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+}

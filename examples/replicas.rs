@@ -109,7 +109,8 @@ async fn phase(
     println!("{name}: {REQUESTS} requests, statuses {statuses:?}");
     let now = checkouts(pool);
     for e in pool.state().endpoints {
-        let served = now.get(&e.addr).copied().unwrap_or(0) - before.get(&e.addr).copied().unwrap_or(0);
+        let served =
+            now.get(&e.addr).copied().unwrap_or(0) - before.get(&e.addr).copied().unwrap_or(0);
         println!(
             "  {:<16} served {served:>4}  connections {}  ejected {:<5}  failures in a row {}  times ejected {}",
             e.addr,

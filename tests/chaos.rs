@@ -354,7 +354,9 @@ async fn run(requests: usize, seed: u64, endpoints: usize) {
     for (i, backend) in backends.iter().enumerate() {
         backend
             .wait_for(
-                &format!("seed {seed}: {MAX_SIZE} concurrent requests at backend {i} after the chaos"),
+                &format!(
+                    "seed {seed}: {MAX_SIZE} concurrent requests at backend {i} after the chaos"
+                ),
                 |b| b.holding == MAX_SIZE as usize,
             )
             .await;

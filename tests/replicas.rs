@@ -24,6 +24,13 @@ const FAILURES: u32 = 3;
 const BASE: Duration = Duration::from_millis(200);
 const MAX_EJECTION: Duration = Duration::from_secs(2);
 
+/// The same with ejections that outlast the test (10 s).
+fn long_ejection() -> OutlierDetection {
+    detection()
+        .base_ejection_time(Duration::from_secs(10))
+        .max_ejection_time(Duration::from_secs(10))
+}
+
 fn detection() -> OutlierDetection {
     OutlierDetection::new()
         .consecutive_failures(FAILURES)
@@ -101,7 +108,9 @@ impl Load {
                                 }
                                 _ => tally.failed.push(format!("{tag}: 200 {:?}", r.body)),
                             },
-                            Ok(r) => tally.failed.push(format!("{tag}: {} {:?}", r.status, r.body)),
+                            Ok(r) => tally
+                                .failed
+                                .push(format!("{tag}: {} {:?}", r.status, r.body)),
                             Err(e) => tally.failed.push(format!("{tag}: {e}")),
                         }
                     }
@@ -206,7 +215,10 @@ async fn round_robin_spreads_checkouts_evenly() {
     // In turn: each endpoint gets a third, give or take the requests in flight.
     for addr in r.addrs() {
         let n = tally.served_by(&addr);
-        assert!((200 - 12..=200 + 12).contains(&n), "{addr} served {n} of 600");
+        assert!(
+            (200 - 12..=200 + 12).contains(&n),
+            "{addr} served {n} of 600"
+        );
     }
 }
 
@@ -361,7 +373,11 @@ async fn one_stopped_mid_load_round_robin_ejected_again_for_longer() {
         let sent = Instant::now();
         let mut requests = 0;
         while endpoint(&pool, &down).times_ejected == times {
-            assert!(requests < 6, "never sent to the stopped endpoint: {}", figures(&pool));
+            assert!(
+                requests < 6,
+                "never sent to the stopped endpoint: {}",
+                figures(&pool)
+            );
             get_ok(&client, &format!("again{round}-{requests}")).await;
             requests += 1;
         }
@@ -382,7 +398,11 @@ async fn one_stopped_mid_load_round_robin_ejected_again_for_longer() {
             "round robin: ejection {} after 1 failure ({requests} requests): lasted at least {took:?} (base {BASE:?}, max {MAX_EJECTION:?})",
             e.times_ejected
         );
-        assert!(took >= BASE * 2, "ejection {} lasted {took:?}", e.times_ejected);
+        assert!(
+            took >= BASE * 2,
+            "ejection {} lasted {took:?}",
+            e.times_ejected
+        );
     }
     // Back: it serves again, and a clean return resets its count.
     r.backend(1).restart().await;
@@ -405,7 +425,7 @@ async fn one_stopped_mid_load_round_robin_ejected_again_for_longer() {
 async fn ejected_after_exactly_the_configured_failures() {
     let (r, pool, client) = three(|b| {
         b.balance(Balance::RoundRobin)
-            .outlier_detection(detection().base_ejection_time(Duration::from_secs(10)))
+            .outlier_detection(long_ejection())
     })
     .await;
     for i in 0..6 {
@@ -565,7 +585,7 @@ async fn exchange_failures_eject_an_endpoint_that_accepts() {
     let pool = r
         .builder()
         .balance(Balance::RoundRobin)
-        .outlier_detection(detection().base_ejection_time(Duration::from_secs(10)))
+        .outlier_detection(long_ejection())
         .build()
         .expect("pool");
     // `/close` sends CLOSE: the backend closes without replying, the read sees EOF.
@@ -592,7 +612,10 @@ async fn exchange_failures_eject_an_endpoint_that_accepts() {
         let reply = client.get("/close").await;
         *statuses.entry(reply.status.as_u16()).or_default() += 1;
     }
-    eprintln!("exchange failures: statuses {statuses:?}\n  {}", figures(&pool));
+    eprintln!(
+        "exchange failures: statuses {statuses:?}\n  {}",
+        figures(&pool)
+    );
     let ejected = pool.state().endpoints.iter().filter(|e| e.ejected).count();
     assert_eq!(ejected, 1, "{}", figures(&pool));
     // Every backend accepted connections: these were exchange failures, not connect ones.
@@ -658,18 +681,27 @@ async fn set_endpoints_keeps_kept_closes_removed_and_adds_new() {
     let b = endpoint(&pool, &addrs[1]);
     let c = endpoint(&pool, &addrs[2]);
     eprintln!("set_endpoints, quiet: kept {b:?}\n  new {c:?}");
-    assert_eq!(r.backend(1).seen().open, b0.open, "the kept one kept its connections");
+    assert_eq!(
+        r.backend(1).seen().open,
+        b0.open,
+        "the kept one kept its connections"
+    );
     assert!(b.idle >= 1, "{b:?}");
     assert_eq!((c.connections, c.checkouts), (0, 0), "{c:?}");
     let mut by = BTreeMap::<String, usize>::new();
     for i in 0..8 {
-        *by.entry(get_ok(&client, &format!("after{i}")).await).or_default() += 1;
+        *by.entry(get_ok(&client, &format!("after{i}")).await)
+            .or_default() += 1;
     }
     eprintln!("set_endpoints, quiet: served after {by:?}");
     assert!(!by.contains_key(&addrs[0]), "{by:?}");
     assert!(by.get(&addrs[2]).is_some_and(|&n| n >= 1), "{by:?}");
     assert_eq!(r.backend(0).seen().accepts, a0.accepts);
-    assert_eq!(r.backend(1).seen().accepts, b0.accepts, "kept: no new connection needed");
+    assert_eq!(
+        r.backend(1).seen().accepts,
+        b0.accepts,
+        "kept: no new connection needed"
+    );
 }
 
 /// Under load: add a third endpoint, then remove the first. No request fails; the new one
@@ -721,7 +753,10 @@ async fn set_endpoints_add_and_remove_under_load() {
         figures(&pool)
     );
     assert!(tally.failed.is_empty(), "{:?}", tally.failed);
-    assert_eq!(end.accepts, drained.accepts, "a new connection to the removed endpoint");
+    assert_eq!(
+        end.accepts, drained.accepts,
+        "a new connection to the removed endpoint"
+    );
     assert_eq!(end.open, 0);
     assert_eq!(pool.endpoints(), vec![addrs[1].clone(), addrs[2].clone()]);
     assert!(
@@ -766,7 +801,11 @@ async fn max_size_per_endpoint(balance: Balance) {
             }
         }
         let seventh = client.get("/hold/seventh").await;
-        assert_eq!(seventh.status, StatusCode::SERVICE_UNAVAILABLE, "{seventh:?}");
+        assert_eq!(
+            seventh.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{seventh:?}"
+        );
         for b in &r.backends {
             b.release();
         }

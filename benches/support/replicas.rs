@@ -246,7 +246,15 @@ pub fn run(args: &[String]) {
         }
     }
     let rows = report::aggregate(&samples, &Replica::ALL.map(Replica::name));
-    let md = markdown(&rows, &shares, &concurrencies, reps, timing, rts.pinned, started.elapsed());
+    let md = markdown(
+        &rows,
+        &shares,
+        &concurrencies,
+        reps,
+        timing,
+        rts.pinned,
+        started.elapsed(),
+    );
     println!("{md}");
     let dir = report::output_dir();
     let written = std::fs::create_dir_all(&dir)
@@ -281,7 +289,10 @@ fn markdown(
     wall: Duration,
 ) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## Replicas: three endpoints, one +{SLOW:?} per exchange\n");
+    let _ = writeln!(
+        md,
+        "## Replicas: three endpoints, one +{SLOW:?} per exchange\n"
+    );
     let _ = writeln!(
         md,
         "Machine: {}. {reps} repetition(s), variant order rotated per repetition, {:.1} s warm-up + {:.1} s measured each; fresh backends, server and pool per run; `max_size` {MAX_SIZE} per endpoint; {}. Whole run {:.0} s.\n",
@@ -313,7 +324,11 @@ fn markdown(
                 r.rps_max,
                 r.p50_us,
                 r.p99_us,
-                if share.n > 0 { share.show() } else { "–".into() },
+                if share.n > 0 {
+                    share.show()
+                } else {
+                    "–".into()
+                },
                 r.errors
             );
         }

@@ -8,6 +8,8 @@
 //! - [`app`]: the handlers the tests drive, and [`setup`];
 //! - [`http`]: an axum server on a free loopback port, and real HTTP clients;
 //! - [`redis`]: a real `redis-server` per test; [`redis_kv`]: the `redis_kv` example's app;
+//! - [`replicas`]: N backends behind one pool of several endpoints, and handlers that say
+//!   which endpoint served;
 //! - [`require_binary`]: skip (or, in CI, fail) a test whose server binary is missing;
 //! - [`example`]: the examples' plumbing (logging, listener, serving, in-process backends);
 //! - [`wait`]: bounded waits; [`tempdir`]: a temporary directory.
@@ -23,6 +25,7 @@ pub mod http;
 pub mod proxy;
 pub mod redis;
 pub mod redis_kv;
+pub mod replicas;
 mod require;
 pub mod rng;
 pub mod tempdir;

@@ -74,13 +74,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\nstopped {}", replicas[1].addr_string());
     phase("one replica down", &client, &pool, &mut before).await;
 
+    // Its ejection ends by itself; it is tried again, fails once, and is ejected for longer.
+    wait_for_ejections_to_end(&pool).await;
+    println!("\nits ejection is over; still down");
+    phase("still down", &client, &pool, &mut before).await;
+
     replicas[1].restart().await;
     println!("\nrestarted {}", replicas[1].addr_string());
-    // Its ejection ends by itself; until then the others serve.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pool.state().endpoints.iter().any(|e| e.ejected) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_ejections_to_end(&pool).await;
     phase("back", &client, &pool, &mut before).await;
     Ok(())
 }
@@ -121,6 +122,14 @@ async fn phase(
         );
     }
     *before = now;
+}
+
+/// Waits (5 s at most) until no endpoint is ejected; the others serve meanwhile.
+async fn wait_for_ejections_to_end(pool: &TcpPool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.state().endpoints.iter().any(|e| e.ejected) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Checkouts so far, by endpoint.

@@ -180,3 +180,88 @@ async fn no_recorder_is_fine() {
     let pool = TcpPool::builder("127.0.0.1:9").build().expect("pool");
     pool.record_metrics();
 }
+
+/// The series `name` whose labels are exactly `labels`, in any order.
+fn value_of(scraped: &HashMap<String, f64>, name: &str, labels: &[String]) -> f64 {
+    let found = scraped.iter().find(|(series, _)| {
+        let Some(rest) = series.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            return false;
+        };
+        let Some(inner) = rest.strip_suffix('}') else {
+            return false;
+        };
+        let mut got: Vec<&str> = inner.split(',').collect();
+        let mut want: Vec<&str> = labels.iter().map(String::as_str).collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        got == want
+    });
+    match found {
+        Some((_, v)) => *v,
+        None => panic!(
+            "{name}{{{}}} not exported; got {scraped:#?}",
+            labels.join(",")
+        ),
+    }
+}
+
+/// Several endpoints: a series per endpoint (labels `pool` and `endpoint`) with the figures of
+/// `pool.state().endpoints`, an ejected one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_endpoint_series_match_the_endpoint_state() {
+    use axum_tcp_pool::{Balance, OutlierDetection};
+    use std::time::Duration;
+    let r = testkit::replicas::Replicas::start(3).await;
+    let pool = r
+        .builder()
+        .name("rep")
+        .balance(Balance::RoundRobin)
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(1)
+                .base_ejection_time(Duration::from_secs(10))
+                .max_ejection_time(Duration::from_secs(10)),
+        )
+        .build()
+        .expect("pool");
+    let client = HttpClient::new(serve(testkit::replicas::routes(&pool)).await);
+    for i in 0..6 {
+        client.get(&format!("/who/up{i}")).await;
+    }
+    r.backend(2).stop().await;
+    for i in 0..6 {
+        let res = client.get(&format!("/who/down{i}")).await;
+        assert_eq!(res.status, StatusCode::OK, "{res:?}");
+    }
+    let s = wait_pool(&pool, "nothing in use", |s| s.in_use == 0).await;
+    assert!(s.endpoints.iter().any(|e| e.ejected), "{s:?}");
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let scraped = scrape(&recorder, &pool);
+    assert_matches(&scraped, "rep", 10, &s);
+    for e in &s.endpoints {
+        let labels = [
+            "pool=\"rep\"".to_string(),
+            format!("endpoint=\"{}\"", e.addr),
+        ];
+        let expected: [(&str, u64); 7] = [
+            ("tcp_pool_endpoint_connections", e.connections.into()),
+            ("tcp_pool_endpoint_idle_connections", e.idle.into()),
+            ("tcp_pool_endpoint_in_use_connections", e.in_use.into()),
+            ("tcp_pool_endpoint_ejected", u64::from(e.ejected)),
+            (
+                "tcp_pool_endpoint_consecutive_failures",
+                e.consecutive_failures.into(),
+            ),
+            ("tcp_pool_endpoint_ejections_total", e.times_ejected),
+            ("tcp_pool_endpoint_checkouts_total", e.checkouts),
+        ];
+        for (name, want) in expected {
+            assert_eq!(
+                value_of(&scraped, name, &labels),
+                want as f64,
+                "{name} of {}",
+                e.addr
+            );
+        }
+    }
+}

@@ -231,15 +231,41 @@ async fn least_loaded_spreads_checkouts_over_every_endpoint() {
     }
 }
 
+/// One request at a time (every endpoint's load is 0 at each choice): `LeastLoaded` still
+/// uses every endpoint. An endpoint without an idle connection must not lose every choice to
+/// one with an idle connection, or it never opens its first (a new endpoint added by
+/// `set_endpoints`, or one back from an outage, likewise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_spreads_one_request_at_a_time_over_every_endpoint() {
+    let (r, pool, client) = three(|b| b.balance(Balance::LeastLoaded)).await;
+    let tally = Load::run(&client, 1, 300).await;
+    let served: Vec<usize> = r.addrs().iter().map(|a| tally.served_by(a)).collect();
+    eprintln!(
+        "least loaded, one at a time: served {served:?}\n  {}",
+        figures(&pool)
+    );
+    assert!(tally.failed.is_empty(), "{:?}", tally.failed);
+    assert!(served.iter().all(|&n| n >= 30), "served {served:?} of 300");
+}
+
+/// No `balance` set: the slow endpoint gets fewer requests than each of the others, which
+/// round robin would not do (see the next test): the default is `LeastLoaded`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_loaded_is_the_default() {
-    let (r, pool, client) = three(|b| b).await;
-    // Three endpoints idle-ready after one round: the default balancer still serves all.
-    let tally = Load::run(&client, 12, 300).await;
-    assert!(tally.failed.is_empty(), "{:?}", tally.failed);
-    eprintln!("default: {:?}\n  {}", tally.by_endpoint, figures(&pool));
+    let (r, pool, client) = three(|b| b.max_size(8)).await;
     assert_eq!(pool.endpoints(), r.addrs());
-    assert_eq!(pool.state().endpoints.len(), 3);
+    r.backend(1).set_delay(Duration::from_millis(5));
+    let tally = Load::run(&client, 12, 600).await;
+    assert!(tally.failed.is_empty(), "{:?}", tally.failed);
+    let served: Vec<usize> = r.addrs().iter().map(|a| tally.served_by(a)).collect();
+    eprintln!(
+        "default balancer, backend 1 +5 ms: served {served:?}\n  {}",
+        figures(&pool)
+    );
+    assert!(
+        served[1] < served[0] && served[1] < served[2],
+        "served {served:?}"
+    );
 }
 
 /// One backend 5 ms slower per reply: under `LeastLoaded` it serves fewer requests than each
@@ -623,6 +649,46 @@ async fn exchange_failures_eject_an_endpoint_that_accepts() {
     assert!(r.seen().iter().all(|s| s.accepts >= 1));
 }
 
+/// A brand-new connection that fails its health check is the backend failing: backend 0
+/// answers 1 s late, so the probe (bounded by the 200 ms connect timeout) fails on every new
+/// connection to it, and it is ejected; every request is served by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_failing_the_health_check_count() {
+    use tokio::io::AsyncWriteExt;
+    let (r, pool, client) = three(|b| {
+        b.balance(Balance::RoundRobin)
+            .max_size(2)
+            .connect_timeout(Duration::from_millis(200))
+            .checkout_timeout(Duration::from_secs(5))
+            .outlier_detection(long_ejection())
+            .health_check(async |stream: &mut axum_tcp_pool::BackendStream| {
+                stream.write_all(b"PING\n").await?;
+                match testkit::read_line(stream).await?.as_str() {
+                    "PONG" => Ok(()),
+                    _ => Err(std::io::Error::other("bad PING reply")),
+                }
+            })
+    })
+    .await;
+    r.backend(0).set_delay(Duration::from_secs(1));
+    let slow = r.addrs()[0].clone();
+    let mut served = BTreeMap::<String, usize>::new();
+    for i in 0..12 {
+        *served
+            .entry(get_ok(&client, &format!("h{i}")).await)
+            .or_default() += 1;
+    }
+    let e = endpoint(&pool, &slow);
+    eprintln!(
+        "health check: served {served:?}; discards {:?}\n  {}",
+        pool.state().discards,
+        figures(&pool)
+    );
+    assert!(e.ejected && e.times_ejected == 1, "{e:?}");
+    assert!(!served.contains_key(&slow), "{served:?}");
+    assert!(pool.state().discards.health_check >= u64::from(FAILURES));
+}
+
 /// An idle connection the backend closed (a restart) does not count as a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_found_closed_do_not_count() {
@@ -772,7 +838,7 @@ async fn set_endpoints_add_and_remove_under_load() {
 /// `max_size` is per endpoint: 3 × 2 held requests hold two connections at each backend
 /// (none of them gets `503` while a backend has a free slot: that is "no endpoint had a free
 /// connection"), a seventh waits and gets `503`; under load no backend sees more than two.
-/// Five rounds, so that a balancer choice that waits on a full endpoint shows.
+/// Ten rounds, so that a balancer choice that waits on a full endpoint shows.
 async fn max_size_per_endpoint(balance: Balance) {
     let (r, pool, client) = three(|b| {
         b.balance(balance)
@@ -780,7 +846,7 @@ async fn max_size_per_endpoint(balance: Balance) {
             .checkout_timeout(Duration::from_millis(300))
     })
     .await;
-    for round in 0..5 {
+    for round in 0..10 {
         let mut holders: Vec<_> = (0..6)
             .map(|i| client.spawn_get(&format!("/hold/r{round}h{i}")))
             .collect();
@@ -838,4 +904,60 @@ async fn max_size_is_per_endpoint_round_robin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_size_is_per_endpoint_least_loaded() {
     max_size_per_endpoint(Balance::LeastLoaded).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS.
+
+/// `resolve_endpoints`: a host name (`localhost`, which resolves to loopback addresses only)
+/// becomes the endpoints its lookup gives; `set_endpoints` with another name is resolved at
+/// once, and the old name's endpoints are removed (their connections closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_endpoints_turns_a_host_name_into_its_addresses() {
+    let r = Replicas::start(2).await;
+    let (p0, p1) = (r.backend(0).addr.port(), r.backend(1).addr.port());
+    let pool = TcpPool::builder(format!("localhost:{p0}"))
+        .resolve_endpoints(Duration::from_millis(50))
+        .build()
+        .expect("pool");
+    let client = HttpClient::new(serve(routes(&pool)).await);
+    // The lookup runs in the background and the pool has no change notification: poll.
+    let resolved = |port: u16| {
+        let pool = pool.clone();
+        async move {
+            testkit::bounded(&format!("localhost:{port} resolved"), async {
+                loop {
+                    let e = pool.endpoints();
+                    if e.contains(&format!("127.0.0.1:{port}"))
+                        && e.iter().all(|a| a.ends_with(&format!(":{port}")))
+                    {
+                        return e;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await
+        }
+    };
+    let first = resolved(p0).await;
+    for i in 0..4 {
+        assert_eq!(
+            get_ok(&client, &format!("a{i}")).await,
+            format!("127.0.0.1:{p0}")
+        );
+    }
+    pool.set_endpoints([format!("localhost:{p1}")])
+        .expect("set_endpoints");
+    let second = resolved(p1).await;
+    r.backend(0)
+        .wait_for("the old name's connections closed", |s| s.open == 0)
+        .await;
+    for i in 0..4 {
+        assert_eq!(
+            get_ok(&client, &format!("b{i}")).await,
+            format!("127.0.0.1:{p1}")
+        );
+    }
+    eprintln!("resolve_endpoints: localhost:{p0} -> {first:?}, then localhost:{p1} -> {second:?}");
+    assert!(r.backend(0).seen().accepts >= 1 && r.backend(1).seen().accepts >= 1);
 }

@@ -228,7 +228,7 @@ pub fn run(args: &[String]) {
     for rep in 0..reps {
         for &c in &concurrencies {
             let mut order = Replica::ALL;
-            order.rotate_left(rep % order.len());
+            order.rotate_left(rep % Replica::ALL.len());
             for v in order {
                 let (sample, share) = measure(&rts, v, c, timing);
                 eprintln!(

@@ -34,6 +34,9 @@ pub(crate) struct Endpoints {
     pub(crate) names_changed: Arc<Notify>,
     /// The runtime the pool was built in (bb8 spawns its tasks there).
     runtime: tokio::runtime::Handle,
+    /// The endpoints whose metrics were exported last.
+    #[cfg(feature = "metrics")]
+    recorded: Mutex<Vec<String>>,
 }
 
 impl Endpoints {
@@ -60,6 +63,8 @@ impl Endpoints {
             names: Mutex::new(names),
             names_changed: Arc::new(Notify::new()),
             runtime,
+            #[cfg(feature = "metrics")]
+            recorded: Mutex::new(Vec::new()),
         })
     }
 
@@ -212,6 +217,20 @@ impl Endpoints {
         if let Err(e) = self.replace(&pairs) {
             tracing::warn!(pool = self.config.name(), error = %e, "resolved endpoints not applied");
         }
+    }
+
+    /// Remembers `now` as the endpoints last exported; returns those exported before that
+    /// are gone.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn recorded_endpoints(&self, now: Vec<String>) -> Vec<String> {
+        let Ok(mut recorded) = self.recorded.lock() else {
+            return Vec::new();
+        };
+        let before = std::mem::replace(&mut *recorded, now);
+        before
+            .into_iter()
+            .filter(|e| !recorded.contains(e))
+            .collect()
     }
 
     /// Moves drained endpoints' totals into `retired`.

@@ -1,0 +1,66 @@
+//! DNS re-resolution (`resolve_endpoints`): a host name's addresses are the pool's endpoints,
+//! looked up again at an interval and when `set_endpoints` names new hosts. `localhost`
+//! resolves to 127.0.0.1 here (loopback only).
+
+use std::time::Duration;
+
+use axum_tcp_pool::{TcpPool, TcpPoolError};
+use testkit::wait::wait_pool;
+use testkit::Backend;
+
+fn addrs(s: &axum_tcp_pool::PoolState) -> Vec<&str> {
+    s.endpoints.iter().map(|e| e.addr.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_becomes_its_addresses_and_follows_set_endpoints() -> Result<(), TcpPoolError> {
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    let pool = TcpPool::builder(format!("localhost:{pa}"))
+        .resolve_endpoints(Duration::from_millis(20))
+        .build()?;
+    // The name serves until its first lookup ends (no event to wait on: the state is polled).
+    let conn = pool.get().await?;
+    assert!(conn.endpoint() == format!("localhost:{pa}") || conn.endpoint() == a.addr.to_string());
+    drop(conn);
+    let ip_a = a.addr.to_string();
+    let s = wait_pool(&pool, "the name resolved", |s| addrs(s) == [ip_a.as_str()]).await;
+    eprintln!("resolved: {:?}", addrs(&s));
+    let conn = pool.get().await?;
+    assert_eq!(conn.endpoint(), ip_a);
+    drop(conn);
+    // The name's own endpoint was drained: no connection of it is left open.
+    let s = wait_pool(&pool, "the name's endpoint drained", |s| s.connections == 1).await;
+    assert_eq!(s.endpoints[0].connections, 1);
+
+    // New names are resolved at once; the old address is removed and its connection closed.
+    pool.set_endpoints([format!("localhost:{pb}")])?;
+    let ip_b = b.addr.to_string();
+    wait_pool(&pool, "the new name resolved", |s| {
+        addrs(s) == [ip_b.as_str()]
+    })
+    .await;
+    a.wait_for("a's connection closed", |s| s.open == 0).await;
+    let conn = pool.get().await?;
+    assert_eq!(conn.endpoint(), ip_b);
+    assert_eq!(b.seen().accepts, 1, "one connection to b");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resolver_ends_with_the_pool() -> Result<(), TcpPoolError> {
+    let a = Backend::start().await;
+    let pool = TcpPool::builder(format!("localhost:{}", a.addr.port()))
+        .resolve_endpoints(Duration::from_millis(5))
+        .build()?;
+    let ip = a.addr.to_string();
+    wait_pool(&pool, "resolved", |s| addrs(s) == [ip.as_str()]).await;
+    drop(pool.get().await?);
+    a.wait_for("one connection", |s| s.open == 1).await;
+    // The resolver holds no handle of the pool between lookups: dropping the last handle
+    // closes the pool and its connections.
+    drop(pool);
+    a.wait_for("the pool closed its connection", |s| s.open == 0)
+        .await;
+    Ok(())
+}

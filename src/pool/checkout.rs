@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use crate::error::TcpPoolError;
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
-use crate::replicas::{Endpoint, Endpoints};
+use crate::replicas::{Endpoint, Endpoints, Tried};
 
 /// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
 /// the balancer chooses, and a connect failure moves the checkout to an endpoint it has not
@@ -42,7 +42,7 @@ async fn failover<M>(
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let deadline = Instant::now().checked_add(set.config.checkout_timeout);
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     let mut last_error = None;
     // A set replaced while this checkout ran is taken afresh, a bounded number of times.
     let mut refreshes = 0;
@@ -52,12 +52,12 @@ async fn failover<M>(
             if refreshes < 3 && !Arc::ptr_eq(&now, &endpoints) {
                 refreshes += 1;
                 endpoints = now;
-                tried.clear();
+                tried = Tried::default();
                 continue;
             }
             break;
         };
-        tried.push(i);
+        tried.insert(i);
         let endpoint = &endpoints[i];
         let _waiting = Waiting::new(endpoint);
         let result = match deadline {

@@ -78,11 +78,11 @@ impl Endpoints {
 
     /// The endpoint of `set` to try next: not `tried`, not removed, not ejected; or, when
     /// every one not yet tried is ejected, an ejected one as a last resort.
-    pub(crate) fn pick(&self, set: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
+    pub(crate) fn pick(&self, set: &[Arc<Endpoint>], tried: &Tried) -> Option<usize> {
         let view = |last_resort: bool| {
             move |i: usize| {
                 let s = &set[i].shared;
-                let eligible = !tried.contains(&i)
+                let eligible = !tried.contains(i)
                     && !s.is_removed()
                     && (last_resort || !s.outlier.is_ejected());
                 eligible.then(|| Load {
@@ -273,10 +273,49 @@ impl Endpoints {
     }
 }
 
+/// The endpoints a checkout has tried, by index (no allocation for the first 64).
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    first: u64,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    pub(crate) fn insert(&mut self, i: usize) {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.first |= bit,
+            None => self.more.push(i),
+        }
+    }
+
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.first & bit != 0,
+            None => self.more.contains(&i),
+        }
+    }
+}
+
 /// Closes the idle connections of a removed endpoint now: one poll of a checkout makes bb8
 /// take each idle connection, which the health check of a removed endpoint rejects (no I/O),
 /// so bb8 closes it; the checkout, left waiting, is then dropped.
 fn close_idle(endpoint: &Endpoint) {
     let mut get = pin!(endpoint.pool.get());
     let _ = get.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_holds_any_index() {
+        let mut t = Tried::default();
+        for i in [0, 3, 63, 64, 200] {
+            assert!(!t.contains(i));
+            t.insert(i);
+            assert!(t.contains(i));
+        }
+        assert!(!t.contains(1) && !t.contains(65));
+    }
 }

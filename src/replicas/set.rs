@@ -106,13 +106,26 @@ impl Endpoints {
             Ok(set) => set,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let mut draining = match self.draining.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let is = |e: &Arc<Endpoint>, addr: &str, name: &str| {
+            e.shared.addr.as_ref() == addr && e.name_addr == name
+        };
         let mut next = Vec::with_capacity(addrs.len());
         for (addr, name) in addrs {
-            let kept = current
-                .iter()
-                .find(|e| e.shared.addr.as_ref() == addr.as_str() && &e.name_addr == name);
-            next.push(match kept {
-                Some(e) => e.clone(),
+            let kept = current.iter().find(|e| is(e, addr, name)).cloned();
+            // An endpoint added back while it drains is revived, so that the backend never
+            // sees more than max_size connections from this pool.
+            let revived = || {
+                let i = draining.iter().position(|e| is(e, addr, name))?;
+                let e = draining.swap_remove(i);
+                e.shared.removed.store(false, Relaxed);
+                Some(e)
+            };
+            next.push(match kept.or_else(revived) {
+                Some(e) => e,
                 None => {
                     let id = self.next_id.fetch_add(1, Relaxed);
                     Arc::new(Endpoint::start(
@@ -143,9 +156,8 @@ impl Endpoints {
             endpoint.shared.removed.store(true, Relaxed);
             close_idle(endpoint);
         }
-        if let Ok(mut draining) = self.draining.lock() {
-            draining.extend(removed);
-        }
+        draining.extend(removed);
+        drop(draining);
         self.prune();
         Ok(())
     }

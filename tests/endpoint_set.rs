@@ -1,10 +1,12 @@
-//! DNS re-resolution (`resolve_endpoints`): a host name's addresses are the pool's endpoints,
-//! looked up again at an interval and when `set_endpoints` names new hosts. `localhost`
-//! resolves to 127.0.0.1 here (loopback only).
+//! Run-time changes to a pool's endpoints: DNS re-resolution (`resolve_endpoints`: a host
+//! name's addresses are the endpoints, looked up again at an interval and when
+//! `set_endpoints` names new hosts; `localhost` resolves to 127.0.0.1 here, loopback only),
+//! and an endpoint removed and added back while it drains. (Balancing, ejection and
+//! set changes under load: `tests/replicas.rs`.)
 
 use std::time::Duration;
 
-use axum_tcp_pool::{TcpPool, TcpPoolError};
+use axum_tcp_pool::{Balance, TcpPool, TcpPoolError};
 use testkit::wait::wait_pool;
 use testkit::Backend;
 
@@ -62,5 +64,44 @@ async fn the_resolver_ends_with_the_pool() -> Result<(), TcpPoolError> {
     drop(pool);
     a.wait_for("the pool closed its connection", |s| s.open == 0)
         .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_added_back_while_draining_keeps_its_limit() -> Result<(), TcpPoolError> {
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    // Round robin, so the endpoint of each checkout is known: a, b, a, b, ...
+    let pool = TcpPool::builder(a.addr_string())
+        .endpoint(b.addr_string())
+        .balance(Balance::RoundRobin)
+        .max_size(1)
+        .checkout_timeout(Duration::from_millis(50))
+        .build()?;
+    let held = pool.get().await?;
+    assert_eq!(held.endpoint(), a.addr_string());
+    // Removed and added back while its one connection is in use.
+    pool.set_endpoints([b.addr_string()])?;
+    pool.set_endpoints([a.addr_string(), b.addr_string()])?;
+    let to_b = pool.get().await?;
+    assert_eq!(to_b.endpoint(), b.addr_string());
+    drop(to_b);
+    // a's turn: its max_size of 1 is still taken by `held`, so no second connection.
+    match pool.get().await {
+        Err(TcpPoolError::CheckoutTimeout) => {}
+        other => panic!("expected a checkout timeout on a, got {other:?}"),
+    }
+    assert_eq!(
+        a.seen().max_open,
+        1,
+        "a never saw two connections from the pool"
+    );
+    drop(held);
+    assert_eq!(pool.get().await?.endpoint(), b.addr_string());
+    assert_eq!(pool.get().await?.endpoint(), a.addr_string());
+    assert_eq!(
+        a.seen().accepts,
+        1,
+        "the revived endpoint kept its connection"
+    );
     Ok(())
 }

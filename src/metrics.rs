@@ -21,7 +21,7 @@
 //! | `tcp_pool_connections` | gauge | `pool` | open connections ([`PoolState::connections`]) |
 //! | `tcp_pool_idle_connections` | gauge | `pool` | idle connections ([`PoolState::idle`]) |
 //! | `tcp_pool_in_use_connections` | gauge | `pool` | checked-out connections ([`PoolState::in_use`]) |
-//! | `tcp_pool_max_connections` | gauge | `pool` | the configured `max_size` |
+//! | `tcp_pool_max_connections` | gauge | `pool` | the most connections the pool may open: `max_size` times the endpoints |
 //! | `tcp_pool_gets_total` | counter | `pool` | checkouts started ([`PoolState::gets`]) |
 //! | `tcp_pool_gets_waited_total` | counter | `pool` | checkouts that had to wait ([`PoolState::gets_waited`]) |
 //! | `tcp_pool_gets_timed_out_total` | counter | `pool` | checkouts that timed out, answered `503` ([`PoolState::gets_timed_out`]) |
@@ -103,7 +103,7 @@ pub const CONNECTIONS: &str = "tcp_pool_connections";
 pub const IDLE_CONNECTIONS: &str = "tcp_pool_idle_connections";
 /// Gauge: connections checked out.
 pub const IN_USE_CONNECTIONS: &str = "tcp_pool_in_use_connections";
-/// Gauge: the most connections the pool may open (`max_size`).
+/// Gauge: the most connections the pool may open (`max_size` per endpoint).
 pub const MAX_CONNECTIONS: &str = "tcp_pool_max_connections";
 /// Counter: checkouts started.
 pub const GETS: &str = "tcp_pool_gets_total";
@@ -172,7 +172,8 @@ impl<M> TcpPool<M> {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record_metrics(&self) {
         let state = self.state();
-        record(self.name(), self.max_size(), &state);
+        let endpoints = u32::try_from(state.endpoints.len()).unwrap_or(u32::MAX);
+        record(self.name(), self.max_size().saturating_mul(endpoints), &state);
         let now: Vec<String> = state.endpoints.iter().map(|e| e.addr.clone()).collect();
         for gone in self.recorded_endpoints(now) {
             zero_endpoint(self.name(), gone);

@@ -24,18 +24,17 @@ pub(crate) async fn checkout<M>(
     set: &Endpoints,
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
-    let endpoints = set.current();
-    if let [one] = &*endpoints {
+    if let Some(one) = set.only_first() {
         match checkout_one(one, None, span).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             result => return result,
         }
     }
-    failover(set, endpoints, span).await
+    failover(set, set.current(), span).await
 }
 
-/// The checkout over several endpoints (or one just removed).
+/// The checkout over the set (several endpoints, or one other than the first).
 async fn failover<M>(
     set: &Endpoints,
     mut endpoints: Arc<[Arc<Endpoint>]>,

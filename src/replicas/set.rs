@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Waker};
 
@@ -21,6 +21,11 @@ use crate::state::PoolState;
 pub(crate) struct Endpoints {
     pub(crate) config: Arc<Config>,
     current: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// The first endpoint the pool was built with, and whether the set is that endpoint
+    /// alone: the checkout of a one-endpoint pool then takes neither the lock nor a
+    /// reference count.
+    first: Arc<Endpoint>,
+    first_only: AtomicBool,
     /// Removed endpoints with connections still open (in use when they were removed).
     draining: Mutex<Vec<Arc<Endpoint>>>,
     /// The totals of removed endpoints that have no connection left.
@@ -52,10 +57,13 @@ impl Endpoints {
         let ids: Vec<u64> = endpoints.iter().map(|e| e.id).collect();
         ejections.set_endpoints(&ids);
         let next_id = ids.iter().max().map_or(0, |id| id + 1);
+        let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
         Arc::new(Endpoints {
             balancer: Balancer::new(config.balance),
             config,
-            current: RwLock::new(endpoints.into_iter().map(Arc::new).collect()),
+            first: endpoints[0].clone(),
+            first_only: AtomicBool::new(endpoints.len() == 1),
+            current: RwLock::new(endpoints.into()),
             draining: Mutex::new(Vec::new()),
             retired: Mutex::new(PoolState::default()),
             ejections,
@@ -66,6 +74,13 @@ impl Endpoints {
             #[cfg(feature = "metrics")]
             recorded: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The endpoint of a pool whose set is the one endpoint it was built with; `None` for
+    /// any other set. (Read without a lock: a checkout that races a change may still go
+    /// there, and finds it removed.)
+    pub(crate) fn only_first(&self) -> Option<&Endpoint> {
+        self.first_only.load(Relaxed).then_some(&*self.first)
     }
 
     /// The set now. (A checkout keeps this snapshot; a change makes a new one.)
@@ -145,6 +160,8 @@ impl Endpoints {
             .collect();
         let ids: Vec<u64> = next.iter().map(|e| e.id).collect();
         self.ejections.set_endpoints(&ids);
+        self.first_only
+            .store(matches!(&next[..], [one] if Arc::ptr_eq(one, &self.first)), Relaxed);
         *current = next.into();
         drop(current);
         for endpoint in &removed {

@@ -173,7 +173,11 @@ impl<M> TcpPool<M> {
     pub fn record_metrics(&self) {
         let state = self.state();
         let endpoints = u32::try_from(state.endpoints.len()).unwrap_or(u32::MAX);
-        record(self.name(), self.max_size().saturating_mul(endpoints), &state);
+        record(
+            self.name(),
+            self.max_size().saturating_mul(endpoints),
+            &state,
+        );
         let now: Vec<String> = state.endpoints.iter().map(|e| e.addr.clone()).collect();
         for gone in self.recorded_endpoints(now) {
             zero_endpoint(self.name(), gone);

@@ -196,23 +196,45 @@ async fn each_endpoint_has_its_own_series_and_a_removed_one_goes_to_zero() {
     while held.len() < 2 && tries < 100 {
         tries += 1;
         let conn = pool.get().await.expect("backend up");
-        if held.iter().all(|c: &axum_tcp_pool::TcpConnection| c.endpoint() != conn.endpoint()) {
+        if held
+            .iter()
+            .all(|c: &axum_tcp_pool::TcpConnection| c.endpoint() != conn.endpoint())
+        {
             held.push(conn);
         }
     }
-    assert_eq!(held.len(), 2, "both endpoints served within {tries} checkouts");
+    assert_eq!(
+        held.len(),
+        2,
+        "both endpoints served within {tries} checkouts"
+    );
     let scraped = scrape(&recorder, &pool);
     let s = pool.state();
-    assert_eq!(value(&scraped, names::MAX_CONNECTIONS, "pool=\"replicas\""), 6.0);
+    assert_eq!(
+        value(&scraped, names::MAX_CONNECTIONS, "pool=\"replicas\""),
+        6.0
+    );
     for e in &s.endpoints {
         let l = format!("pool=\"replicas\",endpoint=\"{}\"", e.addr);
-        assert_eq!(value(&scraped, names::ENDPOINT_CONNECTIONS, &l), e.connections as f64);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_CONNECTIONS, &l),
+            e.connections as f64
+        );
         assert_eq!(value(&scraped, names::ENDPOINT_IN_USE_CONNECTIONS, &l), 1.0);
-        assert_eq!(value(&scraped, names::ENDPOINT_IDLE_CONNECTIONS, &l), e.idle as f64);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_IDLE_CONNECTIONS, &l),
+            e.idle as f64
+        );
         assert_eq!(value(&scraped, names::ENDPOINT_EJECTED, &l), 0.0);
-        assert_eq!(value(&scraped, names::ENDPOINT_CONSECUTIVE_FAILURES, &l), 0.0);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_CONSECUTIVE_FAILURES, &l),
+            0.0
+        );
         assert_eq!(value(&scraped, names::ENDPOINT_EJECTIONS, &l), 0.0);
-        assert_eq!(value(&scraped, names::ENDPOINT_CHECKOUTS, &l), e.checkouts as f64);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_CHECKOUTS, &l),
+            e.checkouts as f64
+        );
     }
     drop(held);
     pool.set_endpoints([a.addr_string()]).expect("valid");
@@ -220,5 +242,8 @@ async fn each_endpoint_has_its_own_series_and_a_removed_one_goes_to_zero() {
     let scraped = scrape(&recorder, &pool);
     let gone = format!("pool=\"replicas\",endpoint=\"{}\"", b.addr_string());
     assert_eq!(value(&scraped, names::ENDPOINT_CONNECTIONS, &gone), 0.0);
-    assert_eq!(value(&scraped, names::ENDPOINT_IN_USE_CONNECTIONS, &gone), 0.0);
+    assert_eq!(
+        value(&scraped, names::ENDPOINT_IN_USE_CONNECTIONS, &gone),
+        0.0
+    );
 }

@@ -42,7 +42,7 @@ async fn failover<M>(
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let deadline = Instant::now().checked_add(set.config.checkout_timeout);
     let mut tried = Tried::default();
-    let mut last_error = None;
+    let (mut last_error, mut attempts) = (None, 0);
     // A set replaced while this checkout ran is taken afresh, a bounded number of times.
     let mut refreshes = 0;
     loop {
@@ -78,14 +78,21 @@ async fn failover<M>(
                     error = %e,
                     "endpoint failed, trying another"
                 );
-                last_error = Some(e);
+                last_error = Some((e, endpoint.shared.addr.clone()));
+                attempts += 1;
             }
             result => return result,
         }
     }
-    Err(TcpPoolError::BackendUnreachable(last_error.unwrap_or_else(
-        || io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
-    )))
+    // For the logs: how many endpoints were tried, and the last one's error.
+    Err(TcpPoolError::BackendUnreachable(match last_error {
+        Some((e, _)) if attempts == 1 => e,
+        Some((e, last)) => io::Error::new(
+            e.kind(),
+            format!("all {attempts} endpoints tried failed; the last, {last}: {e}"),
+        ),
+        None => io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
+    }))
 }
 
 /// Counts a checkout as waiting on an endpoint, for the balancer, until dropped.

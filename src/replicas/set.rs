@@ -160,8 +160,10 @@ impl Endpoints {
             .collect();
         let ids: Vec<u64> = next.iter().map(|e| e.id).collect();
         self.ejections.set_endpoints(&ids);
-        self.first_only
-            .store(matches!(&next[..], [one] if Arc::ptr_eq(one, &self.first)), Relaxed);
+        self.first_only.store(
+            matches!(&next[..], [one] if Arc::ptr_eq(one, &self.first)),
+            Relaxed,
+        );
         *current = next.into();
         drop(current);
         for endpoint in &removed {

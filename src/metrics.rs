@@ -21,7 +21,7 @@
 //! | `tcp_pool_connections` | gauge | `pool` | open connections ([`PoolState::connections`]) |
 //! | `tcp_pool_idle_connections` | gauge | `pool` | idle connections ([`PoolState::idle`]) |
 //! | `tcp_pool_in_use_connections` | gauge | `pool` | checked-out connections ([`PoolState::in_use`]) |
-//! | `tcp_pool_max_connections` | gauge | `pool` | the configured `max_size` |
+//! | `tcp_pool_max_connections` | gauge | `pool` | the most connections the pool may open: `max_size` times the endpoints |
 //! | `tcp_pool_gets_total` | counter | `pool` | checkouts started ([`PoolState::gets`]) |
 //! | `tcp_pool_gets_waited_total` | counter | `pool` | checkouts that had to wait ([`PoolState::gets_waited`]) |
 //! | `tcp_pool_gets_timed_out_total` | counter | `pool` | checkouts that timed out, answered `503` ([`PoolState::gets_timed_out`]) |
@@ -31,6 +31,22 @@
 //! | `tcp_pool_discards_total` | counter | `pool`, `reason` | connections closed instead of reused, one series per [`DiscardReason::as_str`] ([`PoolState::discards`]) |
 //! | `tcp_pool_closed_idle_timeout_total` | counter | `pool` | closed for sitting idle past `idle_timeout` ([`PoolState::closed_idle_timeout`]) |
 //! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
+//!
+//!
+//! A pool with [several endpoints](crate::TcpPoolBuilder#several-endpoints) also exports one
+//! series per endpoint, labelled `pool` and `endpoint` (the address), from
+//! [`PoolState::endpoints`]; the series above are the sums over them. When an endpoint is
+//! removed, its gauges are set to `0` at the next `record_metrics`.
+//!
+//! | name | type | labels | value |
+//! |---|---|---|---|
+//! | `tcp_pool_endpoint_connections` | gauge | `pool`, `endpoint` | its open connections |
+//! | `tcp_pool_endpoint_idle_connections` | gauge | `pool`, `endpoint` | its idle connections |
+//! | `tcp_pool_endpoint_in_use_connections` | gauge | `pool`, `endpoint` | its checked-out connections |
+//! | `tcp_pool_endpoint_ejected` | gauge | `pool`, `endpoint` | `1` while ejected by outlier detection, else `0` |
+//! | `tcp_pool_endpoint_consecutive_failures` | gauge | `pool`, `endpoint` | failures in a row since its last clean return |
+//! | `tcp_pool_endpoint_ejections_total` | counter | `pool`, `endpoint` | times it was ejected |
+//! | `tcp_pool_endpoint_checkouts_total` | counter | `pool`, `endpoint` | successful checkouts of its connections |
 //!
 //! The total wait is a counter of whole microseconds, the unit bb8 measures it in: `metrics`
 //! counters are integers, and a counter (unlike a gauge) lets Prometheus' `rate()` handle
@@ -87,7 +103,7 @@ pub const CONNECTIONS: &str = "tcp_pool_connections";
 pub const IDLE_CONNECTIONS: &str = "tcp_pool_idle_connections";
 /// Gauge: connections checked out.
 pub const IN_USE_CONNECTIONS: &str = "tcp_pool_in_use_connections";
-/// Gauge: the most connections the pool may open (`max_size`).
+/// Gauge: the most connections the pool may open (`max_size` per endpoint).
 pub const MAX_CONNECTIONS: &str = "tcp_pool_max_connections";
 /// Counter: checkouts started.
 pub const GETS: &str = "tcp_pool_gets_total";
@@ -108,6 +124,21 @@ pub const DISCARDS: &str = "tcp_pool_discards_total";
 pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
 /// Counter: connections closed because they were older than `max_lifetime`.
 pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
+
+/// Gauge: one endpoint's open connections.
+pub const ENDPOINT_CONNECTIONS: &str = "tcp_pool_endpoint_connections";
+/// Gauge: one endpoint's idle connections.
+pub const ENDPOINT_IDLE_CONNECTIONS: &str = "tcp_pool_endpoint_idle_connections";
+/// Gauge: one endpoint's checked-out connections.
+pub const ENDPOINT_IN_USE_CONNECTIONS: &str = "tcp_pool_endpoint_in_use_connections";
+/// Gauge: `1` while the endpoint is ejected, else `0`.
+pub const ENDPOINT_EJECTED: &str = "tcp_pool_endpoint_ejected";
+/// Gauge: the endpoint's failures in a row.
+pub const ENDPOINT_CONSECUTIVE_FAILURES: &str = "tcp_pool_endpoint_consecutive_failures";
+/// Counter: times the endpoint was ejected.
+pub const ENDPOINT_EJECTIONS: &str = "tcp_pool_endpoint_ejections_total";
+/// Counter: successful checkouts of the endpoint's connections.
+pub const ENDPOINT_CHECKOUTS: &str = "tcp_pool_endpoint_checkouts_total";
 
 impl<M> TcpPool<M> {
     /// Sets this pool's gauges and counters, listed in the [`metrics`](crate::metrics) module,
@@ -140,7 +171,17 @@ impl<M> TcpPool<M> {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record_metrics(&self) {
-        record(self.name(), self.max_size(), &self.state());
+        let state = self.state();
+        let endpoints = u32::try_from(state.endpoints.len()).unwrap_or(u32::MAX);
+        record(
+            self.name(),
+            self.max_size().saturating_mul(endpoints),
+            &state,
+        );
+        let now: Vec<String> = state.endpoints.iter().map(|e| e.addr.clone()).collect();
+        for gone in self.recorded_endpoints(now) {
+            zero_endpoint(self.name(), gone);
+        }
     }
 }
 
@@ -163,6 +204,30 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
+    }
+    for e in &s.endpoints {
+        let labels = [("pool", pool.to_owned()), ("endpoint", e.addr.clone())];
+        gauge!(ENDPOINT_CONNECTIONS, &labels).set(e.connections);
+        gauge!(ENDPOINT_IDLE_CONNECTIONS, &labels).set(e.idle);
+        gauge!(ENDPOINT_IN_USE_CONNECTIONS, &labels).set(e.in_use);
+        gauge!(ENDPOINT_EJECTED, &labels).set(if e.ejected { 1.0 } else { 0.0 });
+        gauge!(ENDPOINT_CONSECUTIVE_FAILURES, &labels).set(e.consecutive_failures);
+        counter!(ENDPOINT_EJECTIONS, &labels).absolute(e.times_ejected);
+        counter!(ENDPOINT_CHECKOUTS, &labels).absolute(e.checkouts);
+    }
+}
+
+/// The gauges of an endpoint no longer in the set.
+fn zero_endpoint(pool: &str, endpoint: String) {
+    let labels = [("pool", pool.to_owned()), ("endpoint", endpoint)];
+    for name in [
+        ENDPOINT_CONNECTIONS,
+        ENDPOINT_IDLE_CONNECTIONS,
+        ENDPOINT_IN_USE_CONNECTIONS,
+        ENDPOINT_EJECTED,
+        ENDPOINT_CONSECUTIVE_FAILURES,
+    ] {
+        gauge!(name, &labels).set(0);
     }
 }
 
@@ -201,6 +266,41 @@ fn describe() {
         "Total time checkouts spent waiting for a connection, in microseconds."
     );
     describe_counter!(CONNECTIONS_CREATED, Unit::Count, "Connections opened.");
+    describe_gauge!(
+        ENDPOINT_CONNECTIONS,
+        Unit::Count,
+        "One endpoint's open connections."
+    );
+    describe_gauge!(
+        ENDPOINT_IDLE_CONNECTIONS,
+        Unit::Count,
+        "One endpoint's idle connections."
+    );
+    describe_gauge!(
+        ENDPOINT_IN_USE_CONNECTIONS,
+        Unit::Count,
+        "One endpoint's checked-out connections."
+    );
+    describe_gauge!(
+        ENDPOINT_EJECTED,
+        Unit::Count,
+        "1 while the endpoint is ejected by outlier detection, else 0."
+    );
+    describe_gauge!(
+        ENDPOINT_CONSECUTIVE_FAILURES,
+        Unit::Count,
+        "The endpoint's failures in a row since its last clean return."
+    );
+    describe_counter!(
+        ENDPOINT_EJECTIONS,
+        Unit::Count,
+        "Times the endpoint was ejected."
+    );
+    describe_counter!(
+        ENDPOINT_CHECKOUTS,
+        Unit::Count,
+        "Successful checkouts of the endpoint's connections."
+    );
     describe_counter!(
         CONNECT_FAILURES,
         Unit::Count,

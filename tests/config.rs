@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum_tcp_pool::{TcpPool, TcpPoolBuilder, TcpPoolError};
+use axum_tcp_pool::{OutlierDetection, TcpPool, TcpPoolBuilder, TcpPoolError};
 use testkit::Backend;
 
 fn config_error(b: TcpPoolBuilder) -> String {
@@ -39,6 +39,29 @@ async fn invalid_settings_are_errors_that_say_what_to_fix() {
         (TcpPool::builder("localhost:0"), "port 0"),
         (TcpPool::builder("localhost:http"), "no valid port"),
         (TcpPool::builder(""), "host:port"),
+        (b().endpoint("127.0.0.1:6379"), "listed twice"),
+        (b().endpoint("replica"), "no port"),
+        (
+            b().outlier_detection(OutlierDetection::new().consecutive_failures(0)),
+            "OutlierDetection::disabled()",
+        ),
+        (
+            b().outlier_detection(OutlierDetection::new().base_ejection_time(Duration::ZERO)),
+            "base_ejection_time",
+        ),
+        (
+            b().outlier_detection(
+                OutlierDetection::new()
+                    .base_ejection_time(Duration::from_secs(10))
+                    .max_ejection_time(Duration::from_secs(5)),
+            ),
+            "max_ejection_time",
+        ),
+        (
+            b().outlier_detection(OutlierDetection::new().max_ejected_percent(101)),
+            "0 to 100",
+        ),
+        (b().resolve_endpoints(Duration::ZERO), "resolve_endpoints"),
     ];
     for (builder, hint) in cases {
         let msg = config_error(builder);
@@ -50,6 +73,25 @@ async fn invalid_settings_are_errors_that_say_what_to_fix() {
     // None turns the timeouts off; that is valid.
     assert!(b().idle_timeout(None).max_lifetime(None).build().is_ok());
     assert!(b().max_size(1).min_idle(1).build().is_ok());
+}
+
+#[tokio::test]
+async fn set_endpoints_refuses_a_bad_set_and_keeps_the_old_one() {
+    let pool = TcpPool::builder("127.0.0.1:7001")
+        .endpoint("127.0.0.1:7002")
+        .build()
+        .expect("valid");
+    for (bad, hint) in [
+        (vec![], "at least one endpoint"),
+        (vec!["127.0.0.1:7003", "127.0.0.1:7003"], "listed twice"),
+        (vec!["127.0.0.1:7003", "nowhere"], "no port"),
+    ] {
+        match pool.set_endpoints(bad) {
+            Err(TcpPoolError::Config(msg)) => assert!(msg.contains(hint), "{msg}"),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+        assert_eq!(pool.endpoints(), ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    }
 }
 
 #[test]

@@ -181,6 +181,73 @@ async fn no_recorder_is_fine() {
     pool.record_metrics();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_endpoint_has_its_own_series_and_a_removed_one_goes_to_zero() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let pool = TcpPool::builder(a.addr_string())
+        .endpoint(b.addr_string())
+        .name("replicas")
+        .max_size(3)
+        .build()
+        .expect("valid");
+    // One connection of each endpoint in use.
+    let (mut held, mut tries) = (Vec::new(), 0);
+    while held.len() < 2 && tries < 100 {
+        tries += 1;
+        let conn = pool.get().await.expect("backend up");
+        if held
+            .iter()
+            .all(|c: &axum_tcp_pool::TcpConnection| c.endpoint() != conn.endpoint())
+        {
+            held.push(conn);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        2,
+        "both endpoints served within {tries} checkouts"
+    );
+    let scraped = scrape(&recorder, &pool);
+    let s = pool.state();
+    assert_eq!(
+        value(&scraped, names::MAX_CONNECTIONS, "pool=\"replicas\""),
+        6.0
+    );
+    for e in &s.endpoints {
+        let l = format!("pool=\"replicas\",endpoint=\"{}\"", e.addr);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_CONNECTIONS, &l),
+            e.connections as f64
+        );
+        assert_eq!(value(&scraped, names::ENDPOINT_IN_USE_CONNECTIONS, &l), 1.0);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_IDLE_CONNECTIONS, &l),
+            e.idle as f64
+        );
+        assert_eq!(value(&scraped, names::ENDPOINT_EJECTED, &l), 0.0);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_CONSECUTIVE_FAILURES, &l),
+            0.0
+        );
+        assert_eq!(value(&scraped, names::ENDPOINT_EJECTIONS, &l), 0.0);
+        assert_eq!(
+            value(&scraped, names::ENDPOINT_CHECKOUTS, &l),
+            e.checkouts as f64
+        );
+    }
+    drop(held);
+    pool.set_endpoints([a.addr_string()]).expect("valid");
+    b.wait_for("b's connections closed", |s| s.open == 0).await;
+    let scraped = scrape(&recorder, &pool);
+    let gone = format!("pool=\"replicas\",endpoint=\"{}\"", b.addr_string());
+    assert_eq!(value(&scraped, names::ENDPOINT_CONNECTIONS, &gone), 0.0);
+    assert_eq!(
+        value(&scraped, names::ENDPOINT_IN_USE_CONNECTIONS, &gone),
+        0.0
+    );
+}
+
 /// The series `name` whose labels are exactly `labels`, in any order.
 fn value_of(scraped: &HashMap<String, f64>, name: &str, labels: &[String]) -> f64 {
     let found = scraped.iter().find(|(series, _)| {
@@ -237,7 +304,8 @@ async fn per_endpoint_series_match_the_endpoint_state() {
     assert!(s.endpoints.iter().any(|e| e.ejected), "{s:?}");
     let recorder = PrometheusBuilder::new().build_recorder();
     let scraped = scrape(&recorder, &pool);
-    assert_matches(&scraped, "rep", 10, &s);
+    // max_size 10 per endpoint, three endpoints.
+    assert_matches(&scraped, "rep", 30, &s);
     for e in &s.endpoints {
         let labels = [
             "pool=\"rep\"".to_string(),

@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use crate::error::TcpPoolError;
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
-use crate::replicas::{Endpoint, Endpoints};
+use crate::replicas::{Endpoint, Endpoints, Tried};
 
 /// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
 /// the balancer chooses, and a connect failure moves the checkout to an endpoint it has not
@@ -24,26 +24,25 @@ pub(crate) async fn checkout<M>(
     set: &Endpoints,
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
-    let endpoints = set.current();
-    if let [one] = &*endpoints {
+    if let Some(one) = set.only_first() {
         match checkout_one(one, None, span).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             result => return result,
         }
     }
-    failover(set, endpoints, span).await
+    failover(set, set.current(), span).await
 }
 
-/// The checkout over several endpoints (or one just removed).
+/// The checkout over the set (several endpoints, or one other than the first).
 async fn failover<M>(
     set: &Endpoints,
     mut endpoints: Arc<[Arc<Endpoint>]>,
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let deadline = Instant::now().checked_add(set.config.checkout_timeout);
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = None;
+    let mut tried = Tried::default();
+    let (mut last_error, mut attempts) = (None, 0);
     // A set replaced while this checkout ran is taken afresh, a bounded number of times.
     let mut refreshes = 0;
     loop {
@@ -52,12 +51,12 @@ async fn failover<M>(
             if refreshes < 3 && !Arc::ptr_eq(&now, &endpoints) {
                 refreshes += 1;
                 endpoints = now;
-                tried.clear();
+                tried = Tried::default();
                 continue;
             }
             break;
         };
-        tried.push(i);
+        tried.insert(i);
         let endpoint = &endpoints[i];
         let _waiting = Waiting::new(endpoint);
         let result = match deadline {
@@ -79,14 +78,21 @@ async fn failover<M>(
                     error = %e,
                     "endpoint failed, trying another"
                 );
-                last_error = Some(e);
+                last_error = Some((e, endpoint.shared.addr.clone()));
+                attempts += 1;
             }
             result => return result,
         }
     }
-    Err(TcpPoolError::BackendUnreachable(last_error.unwrap_or_else(
-        || io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
-    )))
+    // For the logs: how many endpoints were tried, and the last one's error.
+    Err(TcpPoolError::BackendUnreachable(match last_error {
+        Some((e, _)) if attempts == 1 => e,
+        Some((e, last)) => io::Error::new(
+            e.kind(),
+            format!("all {attempts} endpoints tried failed; the last, {last}: {e}"),
+        ),
+        None => io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
+    }))
 }
 
 /// Counts a checkout as waiting on an endpoint, for the balancer, until dropped.

@@ -225,6 +225,13 @@ impl<M> TcpPool<M> {
         self.set.config.max_size()
     }
 
+    /// Remembers `now` as the endpoints last exported as metrics; returns those exported
+    /// before that are gone.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn recorded_endpoints(&self, now: Vec<String>) -> Vec<String> {
+        self.set.recorded_endpoints(now)
+    }
+
     /// The addresses of the endpoints in the set now, in order.
     ///
     /// ```

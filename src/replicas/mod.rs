@@ -14,4 +14,4 @@ pub use outlier::OutlierDetection;
 
 pub(crate) use endpoint::Endpoint;
 pub(crate) use outlier::{Ejections, Outlier};
-pub(crate) use set::Endpoints;
+pub(crate) use set::{Endpoints, Tried};

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Waker};
 
@@ -21,6 +21,11 @@ use crate::state::PoolState;
 pub(crate) struct Endpoints {
     pub(crate) config: Arc<Config>,
     current: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// The first endpoint the pool was built with, and whether the set is that endpoint
+    /// alone: the checkout of a one-endpoint pool then takes neither the lock nor a
+    /// reference count.
+    first: Arc<Endpoint>,
+    first_only: AtomicBool,
     /// Removed endpoints with connections still open (in use when they were removed).
     draining: Mutex<Vec<Arc<Endpoint>>>,
     /// The totals of removed endpoints that have no connection left.
@@ -34,6 +39,9 @@ pub(crate) struct Endpoints {
     pub(crate) names_changed: Arc<Notify>,
     /// The runtime the pool was built in (bb8 spawns its tasks there).
     runtime: tokio::runtime::Handle,
+    /// The endpoints whose metrics were exported last.
+    #[cfg(feature = "metrics")]
+    recorded: Mutex<Vec<String>>,
 }
 
 impl Endpoints {
@@ -49,10 +57,13 @@ impl Endpoints {
         let ids: Vec<u64> = endpoints.iter().map(|e| e.id).collect();
         ejections.set_endpoints(&ids);
         let next_id = ids.iter().max().map_or(0, |id| id + 1);
+        let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
         Arc::new(Endpoints {
             balancer: Balancer::new(config.balance),
             config,
-            current: RwLock::new(endpoints.into_iter().map(Arc::new).collect()),
+            first: endpoints[0].clone(),
+            first_only: AtomicBool::new(endpoints.len() == 1),
+            current: RwLock::new(endpoints.into()),
             draining: Mutex::new(Vec::new()),
             retired: Mutex::new(PoolState::default()),
             ejections,
@@ -60,7 +71,16 @@ impl Endpoints {
             names: Mutex::new(names),
             names_changed: Arc::new(Notify::new()),
             runtime,
+            #[cfg(feature = "metrics")]
+            recorded: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The endpoint of a pool whose set is the one endpoint it was built with; `None` for
+    /// any other set. (Read without a lock: a checkout that races a change may still go
+    /// there, and finds it removed.)
+    pub(crate) fn only_first(&self) -> Option<&Endpoint> {
+        self.first_only.load(Relaxed).then_some(&*self.first)
     }
 
     /// The set now. (A checkout keeps this snapshot; a change makes a new one.)
@@ -73,11 +93,11 @@ impl Endpoints {
 
     /// The endpoint of `set` to try next: not `tried`, not removed, not ejected; or, when
     /// every one not yet tried is ejected, an ejected one as a last resort.
-    pub(crate) fn pick(&self, set: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
+    pub(crate) fn pick(&self, set: &[Arc<Endpoint>], tried: &Tried) -> Option<usize> {
         let view = |last_resort: bool| {
             move |i: usize| {
                 let s = &set[i].shared;
-                let eligible = !tried.contains(&i)
+                let eligible = !tried.contains(i)
                     && !s.is_removed()
                     && (last_resort || !s.outlier.is_ejected());
                 eligible.then(|| Load {
@@ -101,13 +121,26 @@ impl Endpoints {
             Ok(set) => set,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let mut draining = match self.draining.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let is = |e: &Arc<Endpoint>, addr: &str, name: &str| {
+            e.shared.addr.as_ref() == addr && e.name_addr == name
+        };
         let mut next = Vec::with_capacity(addrs.len());
         for (addr, name) in addrs {
-            let kept = current
-                .iter()
-                .find(|e| e.shared.addr.as_ref() == addr.as_str() && &e.name_addr == name);
-            next.push(match kept {
-                Some(e) => e.clone(),
+            let kept = current.iter().find(|e| is(e, addr, name)).cloned();
+            // An endpoint added back while it drains is revived, so that the backend never
+            // sees more than max_size connections from this pool.
+            let revived = || {
+                let i = draining.iter().position(|e| is(e, addr, name))?;
+                let e = draining.swap_remove(i);
+                e.shared.removed.store(false, Relaxed);
+                Some(e)
+            };
+            next.push(match kept.or_else(revived) {
+                Some(e) => e,
                 None => {
                     let id = self.next_id.fetch_add(1, Relaxed);
                     Arc::new(Endpoint::start(
@@ -127,6 +160,10 @@ impl Endpoints {
             .collect();
         let ids: Vec<u64> = next.iter().map(|e| e.id).collect();
         self.ejections.set_endpoints(&ids);
+        self.first_only.store(
+            matches!(&next[..], [one] if Arc::ptr_eq(one, &self.first)),
+            Relaxed,
+        );
         *current = next.into();
         drop(current);
         for endpoint in &removed {
@@ -138,9 +175,8 @@ impl Endpoints {
             endpoint.shared.removed.store(true, Relaxed);
             close_idle(endpoint);
         }
-        if let Ok(mut draining) = self.draining.lock() {
-            draining.extend(removed);
-        }
+        draining.extend(removed);
+        drop(draining);
         self.prune();
         Ok(())
     }
@@ -214,6 +250,20 @@ impl Endpoints {
         }
     }
 
+    /// Remembers `now` as the endpoints last exported; returns those exported before that
+    /// are gone.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn recorded_endpoints(&self, now: Vec<String>) -> Vec<String> {
+        let Ok(mut recorded) = self.recorded.lock() else {
+            return Vec::new();
+        };
+        let before = std::mem::replace(&mut *recorded, now);
+        before
+            .into_iter()
+            .filter(|e| !recorded.contains(e))
+            .collect()
+    }
+
     /// Moves drained endpoints' totals into `retired`.
     fn prune(&self) {
         let (Ok(mut draining), Ok(mut retired)) = (self.draining.lock(), self.retired.lock())
@@ -254,10 +304,49 @@ impl Endpoints {
     }
 }
 
+/// The endpoints a checkout has tried, by index (no allocation for the first 64).
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    first: u64,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    pub(crate) fn insert(&mut self, i: usize) {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.first |= bit,
+            None => self.more.push(i),
+        }
+    }
+
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.first & bit != 0,
+            None => self.more.contains(&i),
+        }
+    }
+}
+
 /// Closes the idle connections of a removed endpoint now: one poll of a checkout makes bb8
 /// take each idle connection, which the health check of a removed endpoint rejects (no I/O),
 /// so bb8 closes it; the checkout, left waiting, is then dropped.
 fn close_idle(endpoint: &Endpoint) {
     let mut get = pin!(endpoint.pool.get());
     let _ = get.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_holds_any_index() {
+        let mut t = Tried::default();
+        for i in [0, 3, 63, 64, 200] {
+            assert!(!t.contains(i));
+            t.insert(i);
+            assert!(t.contains(i));
+        }
+        assert!(!t.contains(1) && !t.contains(65));
+    }
 }

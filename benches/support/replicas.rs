@@ -193,7 +193,7 @@ fn release_0_2(c: usize) -> Option<(f64, f64, String)> {
     Some((number(line, "rps")?, number(line, "p99_us")?, ratio))
 }
 
-fn find<'a>(rows: &'a [Row], v: Replica, c: usize) -> Option<&'a Row> {
+fn find(rows: &[Row], v: Replica, c: usize) -> Option<&Row> {
     rows.iter()
         .find(|r| r.variant == v.name() && r.concurrency == c)
 }
@@ -416,9 +416,9 @@ fn json(rows: &[Row], shares: &[(Replica, usize, f64)]) -> String {
             .map(|(_, _, s)| *s)
             .filter(|s| s.is_finite())
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "  {{\"variant\": \"{}\", \"concurrency\": {}, \"requests\": {}, \"errors\": {}, \"rps\": {:.3}, \"p50_us\": {:.3}, \"p99_us\": {:.3}, \"rps_reps\": [{}], \"p99_reps\": [{}], \"slow_share_reps\": [{}]}}{}\n",
+            "  {{\"variant\": \"{}\", \"concurrency\": {}, \"requests\": {}, \"errors\": {}, \"rps\": {:.3}, \"p50_us\": {:.3}, \"p99_us\": {:.3}, \"rps_reps\": [{}], \"p99_reps\": [{}], \"slow_share_reps\": [{}]}}{}",
             r.variant,
             r.concurrency,
             r.requests,

@@ -25,6 +25,8 @@ pub(crate) struct Config {
     pub(super) nodelay: bool,
     pub(super) keepalive: Option<Duration>,
     pub(super) probe: Option<Probe>,
+    /// Writes need no reply (`TcpPoolBuilder::write_only`).
+    pub(super) write_only: bool,
     #[cfg(feature = "tls")]
     pub(super) tls: Option<crate::transport::TlsConfig>,
 }
@@ -42,7 +44,8 @@ impl fmt::Debug for Config {
             .field("max_lifetime", &self.max_lifetime)
             .field("nodelay", &self.nodelay)
             .field("keepalive", &self.keepalive)
-            .field("probe", &self.probe.as_ref().map(|_| "<fn>"));
+            .field("probe", &self.probe.as_ref().map(|_| "<fn>"))
+            .field("write_only", &self.write_only);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.finish()
@@ -63,6 +66,7 @@ impl Config {
             nodelay: true,
             keepalive: None,
             probe: None,
+            write_only: false,
             #[cfg(feature = "tls")]
             tls: None,
         }

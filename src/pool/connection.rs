@@ -252,3 +252,49 @@ impl<M> AsyncWrite for TcpConnection<M> {
         Pin::new(&mut conn.stream).poll_shutdown(cx)
     }
 }
+
+impl<M> TcpConnection<M> {
+    /// Wraps the connection in `codec`, for frames instead of bytes: a
+    /// [`PooledFramed`](crate::PooledFramed), `Stream` of replies and `Sink` of requests,
+    /// that counts the reply frames still expected and sees the codec's read buffer. See
+    /// [`PooledFramed`](crate::PooledFramed) for the rule it adds.
+    ///
+    /// A reply owed by bytes written before (and not read) counts as one reply frame.
+    ///
+    /// ```no_run
+    /// use axum_tcp_pool::{PooledFramed, TcpConnection};
+    /// use tokio_util::codec::LinesCodec;
+    ///
+    /// fn lines(conn: TcpConnection) -> PooledFramed<LinesCodec> {
+    ///     conn.framed(LinesCodec::new())
+    /// }
+    /// ```
+    pub fn framed<C>(self, codec: C) -> crate::PooledFramed<C, M> {
+        crate::PooledFramed::new(self, codec)
+    }
+
+    /// Says that what was written so far needs no reply (a statsd metric, a memcached
+    /// `noreply` command), so the connection is not closed as `ReplyNotRead`. Call it after
+    /// the write; the next write needs a reply again (unless the pool is
+    /// [`write_only`](crate::TcpPoolBuilder::write_only)).
+    ///
+    /// Unread bytes still close the connection: one that was written to gets a
+    /// non-blocking look at its socket when it comes back, as well as at the next checkout.
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: axum_tcp_pool::TcpConnection) -> std::io::Result<()> {
+    /// use tokio::io::AsyncWriteExt;
+    /// conn.write_all(b"requests:1|c\n").await?;
+    /// conn.expect_no_reply();
+    /// assert!(!conn.is_discarded());
+    /// # Ok(()) }
+    /// ```
+    pub fn expect_no_reply(&mut self) {
+        self.pooled_mut().tracker.no_reply_needed();
+    }
+
+    /// The clean-connection state, mutably, for [`PooledFramed`](crate::PooledFramed).
+    pub(crate) fn tracker_mut(&mut self) -> &mut crate::clean::Tracker {
+        &mut self.pooled_mut().tracker
+    }
+}

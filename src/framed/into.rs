@@ -26,7 +26,9 @@ impl<C, M> PooledFramed<C, M> {
     /// ```
     pub fn into_connection(self) -> Result<TcpConnection<M>, IntoConnectionError<C, M>> {
         if !self.inner.read_buffer().is_empty() || !self.inner.write_buffer().is_empty() {
-            return Err(IntoConnectionError { framed: self });
+            return Err(IntoConnectionError {
+                framed: Box::new(self),
+            });
         }
         let owed = self.replies.owed() > 0;
         let mut conn = self.inner.into_inner();
@@ -47,7 +49,8 @@ impl<C, M> PooledFramed<C, M> {
 /// # }
 /// ```
 pub struct IntoConnectionError<C, M = ()> {
-    framed: PooledFramed<C, M>,
+    /// Boxed: the error path is rare, and a `Result` of a whole `PooledFramed` is large.
+    framed: Box<PooledFramed<C, M>>,
 }
 
 impl<C, M> IntoConnectionError<C, M> {
@@ -59,7 +62,7 @@ impl<C, M> IntoConnectionError<C, M> {
     /// # }
     /// ```
     pub fn into_framed(self) -> PooledFramed<C, M> {
-        self.framed
+        *self.framed
     }
 
     /// The framed connection, to look at its buffers.

@@ -31,7 +31,7 @@ use crate::transport::BackendStream;
 /// | a read saw end-of-file | `Eof` |
 /// | a read or write was in flight when it was dropped (the client went away, a timeout fired, a `select!` lost) | `Cancelled` |
 /// | it was used by a request that did not finish (under the layer: cancelled, or left behind by a timeout directly under it in one tower stack, `ServiceBuilder::new().layer(TcpPoolLayer::new(pool)).layer(TimeoutLayer::new(..))`), or by a [`Guarded`](crate::Guarded) task or body dropped unfinished, even between two reads | `Cancelled` |
-/// | bytes were written after the last read (a reply never read) | `ReplyNotRead` |
+/// | bytes were written after the last read (a reply never read), unless said to need none ([`expect_no_reply`](Self::expect_no_reply), [`write_only`](crate::TcpPoolBuilder::write_only)) | `ReplyNotRead` |
 /// | the backend sent bytes that were not read (a non-blocking peek when it comes back) | `UnreadBytes` |
 /// | it was dropped while its thread was panicking | `Panic` |
 /// | [`discard`](Self::discard) was called, or the write half was shut down | `Explicit` |
@@ -42,7 +42,8 @@ use crate::transport::BackendStream;
 /// What the rule cannot see: bytes still on the wire when it looks (a handler that stops
 /// reading in the middle of a reply, or pipelines a second request and reads only the
 /// first reply, must call [`discard`](Self::discard)); bytes a wrapper such as `BufReader`
-/// or `Framed` read ahead and you did not consume; I/O through [`get_mut`](Self::get_mut);
+/// or `Framed` read ahead and you did not consume ([`framed`](Self::framed) sees both);
+/// I/O through [`get_mut`](Self::get_mut);
 /// a connection handed to a task or a body that is not [`Guarded`](crate::Guarded); and
 /// work given up on *inside* the request, between two reads: a timeout `route_layer`ed
 /// before the pool layer or put on the handler (`get(h.layer(..))`), which axum drops as soon

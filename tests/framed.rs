@@ -419,13 +419,16 @@ async fn into_connection_with_buffered_bytes_hands_the_framed_value_back() {
     framed.send("TWICE dup").await.expect("send");
     let line = testkit::bounded("reply", framed.next()).await;
     assert_eq!(line.expect("a line").expect("decoded"), "dup");
-    let err = framed.into_connection().expect_err("bytes are buffered");
+    let mut err = framed.into_connection().expect_err("bytes are buffered");
     assert_eq!(&err.framed().read_buffer()[..], b"dup\n");
     assert!(err.to_string().contains("4 bytes"), "{err}");
-    // Given back whole: the buffered line is still there to read.
-    let mut framed = err.into_framed();
-    let line = testkit::bounded("buffered reply", framed.next()).await;
+    // Given back whole: the buffered line is still there to read, in place or taken back.
+    let line = testkit::bounded("buffered reply", err.next()).await;
     assert_eq!(line.expect("a line").expect("decoded"), "dup");
+    let mut framed = err.into_inner();
+    framed.send("ECHO again").await.expect("send");
+    let line = testkit::bounded("reply", framed.next()).await;
+    assert_eq!(line.expect("a line").expect("decoded"), "again");
     let conn = framed.into_connection().expect("read to its end now");
     assert_eq!(conn.discard_reason(), None);
     drop(conn);

@@ -1,6 +1,7 @@
 //! [`PooledFramed::into_connection`]: back to a plain connection, when nothing is buffered.
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 use crate::framed::PooledFramed;
 use crate::pool::TcpConnection;
@@ -18,7 +19,7 @@ impl<C, M> PooledFramed<C, M> {
     /// match framed.into_connection() {
     ///     Ok(conn) => assert!(!conn.is_discarded()),
     ///     Err(err) => {
-    ///         let mut framed = err.into_framed(); // the bytes are still there
+    ///         let mut framed = err.into_inner(); // the bytes are still there
     ///         framed.discard();
     ///     }
     /// }
@@ -38,7 +39,9 @@ impl<C, M> PooledFramed<C, M> {
 }
 
 /// [`PooledFramed::into_connection`] refused: bytes are buffered (read ahead and not
-/// decoded, or a frame not sent yet). It holds the framed connection, unchanged.
+/// decoded, or a frame not sent yet). It holds the framed connection, unchanged: take it
+/// back with [`into_inner`](Self::into_inner), or use it in place (it derefs to it), as
+/// `std::io::IntoInnerError` does for a `BufWriter`.
 ///
 /// ```no_run
 /// # fn f(framed: axum_tcp_pool::PooledFramed<tokio_util::codec::LinesCodec>) {
@@ -58,10 +61,10 @@ impl<C, M> IntoConnectionError<C, M> {
     ///
     /// ```no_run
     /// # fn f(err: axum_tcp_pool::IntoConnectionError<tokio_util::codec::LinesCodec>) {
-    /// let framed = err.into_framed();
+    /// let framed = err.into_inner();
     /// # }
     /// ```
-    pub fn into_framed(self) -> PooledFramed<C, M> {
+    pub fn into_inner(self) -> PooledFramed<C, M> {
         *self.framed
     }
 
@@ -74,6 +77,20 @@ impl<C, M> IntoConnectionError<C, M> {
     /// ```
     pub fn framed(&self) -> &PooledFramed<C, M> {
         &self.framed
+    }
+}
+
+impl<C, M> Deref for IntoConnectionError<C, M> {
+    type Target = PooledFramed<C, M>;
+
+    fn deref(&self) -> &PooledFramed<C, M> {
+        &self.framed
+    }
+}
+
+impl<C, M> DerefMut for IntoConnectionError<C, M> {
+    fn deref_mut(&mut self) -> &mut PooledFramed<C, M> {
+        &mut self.framed
     }
 }
 

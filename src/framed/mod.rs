@@ -17,9 +17,19 @@
 //!   one), and
 //! - the codec never failed (otherwise `Codec`).
 //!
-//! The state is kept on the connection itself after every operation, so
-//! `framed.get_ref().discard_reason()` tells the verdict so far, and
-//! [`into_connection`](PooledFramed::into_connection) hands a plain connection back.
+//! The state is kept on the connection itself after every operation (`Tracker::count_frames`:
+//! frames owed, bytes buffered), so the connection's own drop gives the verdict in the
+//! usual order (a panic, then a mark, then a read or write in flight, then the frames), and
+//! `framed.get_ref().discard_reason()` tells it so far. While frames are counted the tracker's
+//! byte-level "written since the last read" is not used; a reply owed in bytes when the
+//! connection is framed counts as one frame, and a frame owed when
+//! [`into_connection`](PooledFramed::into_connection) hands a plain connection back counts
+//! as a reply not read.
+//!
+//! Writes that need no reply (`expect_replies(0)`, a `write_only` pool, and
+//! `TcpConnection::expect_no_reply` on a plain connection) owe nothing, but every write turns
+//! off the return-time peek skip (`Tracker::drained_by_last_read`): bytes such a write
+//! provoked (an error reply) are looked for when the connection comes back.
 
 mod expect;
 mod into;

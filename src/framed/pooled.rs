@@ -27,7 +27,7 @@ use crate::pool::TcpConnection;
 /// | dropped in the middle of `next()` or `send()` | `Cancelled` |
 ///
 /// ```no_run
-/// use axum_tcp_pool::{PooledFramed, TcpConnection, TcpPoolError};
+/// use axum_tcp_pool::{PooledFramed, TcpConnection};
 /// use futures_util::{SinkExt, StreamExt};
 /// use tokio_util::codec::{LinesCodec, LinesCodecError};
 ///

@@ -9,6 +9,7 @@
 mod clean;
 mod error;
 mod failfast;
+mod framed;
 mod pool;
 mod replicas;
 mod state;
@@ -22,6 +23,7 @@ pub mod metrics;
 
 pub use clean::{DiscardReason, Guarded};
 pub use error::TcpPoolError;
+pub use framed::{IntoConnectionError, PooledFramed};
 pub use middleware::{LazyConnection, ResponseFuture, TcpPoolLayer, TcpPoolService};
 pub use pool::{ProbeFn, ProbeFuture, TcpConnection, TcpPool, TcpPoolBuilder};
 pub use replicas::{Balance, OutlierDetection};

@@ -34,6 +34,8 @@ pub struct Discards {
     pub explicit: u64,
     /// See [`DiscardReason::HealthCheck`].
     pub health_check: u64,
+    /// See [`DiscardReason::Codec`].
+    pub codec: u64,
 }
 
 impl Discards {
@@ -68,6 +70,7 @@ impl Discards {
             DiscardReason::Panic => &mut self.panic,
             DiscardReason::Explicit => &mut self.explicit,
             DiscardReason::HealthCheck => &mut self.health_check,
+            DiscardReason::Codec => &mut self.codec,
         }
     }
 }

@@ -213,3 +213,56 @@ async fn overlapping_eager_checkouts_recycle_their_boxes() {
     );
     assert!(pool.state().connections <= 2);
 }
+
+/// A framed exchange (`TcpConnection::framed`, one line sent, one read) against the same
+/// exchange on the plain connection: 4 more, all `tokio-util`'s and the codec's: `Framed`'s
+/// two buffers (read and write, 8 KiB each), the shared header `bytes` allocates when the
+/// codec splits the first frame off the read buffer, and the `String` the line codec decodes
+/// into. Counting the replies and keeping the rule's state allocates nothing. The backend
+/// runs on the same thread, so its own allocations are in both figures.
+#[tokio::test(flavor = "current_thread")]
+async fn a_framed_exchange_allocates_only_what_framed_and_its_codec_do() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::LinesCodec;
+
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(1)
+        .build()
+        .expect("pool");
+    let plain = quietest_per_call(|| async {
+        let mut conn = pool.get().await.expect("checkout");
+        conn.write_all(b"ECHO a\n").await.expect("write");
+        let mut reply = [0u8; 8];
+        let mut filled = 0;
+        while !reply[..filled].ends_with(b"\n") {
+            filled += conn.read(&mut reply[filled..]).await.expect("read");
+        }
+        assert_eq!(&reply[..filled], b"a\n");
+    })
+    .await;
+    let framed = quietest_per_call(|| async {
+        let mut framed = pool
+            .get()
+            .await
+            .expect("checkout")
+            .framed(LinesCodec::new());
+        framed.send("ECHO a").await.expect("send");
+        let line = framed.next().await.expect("a line").expect("decoded");
+        assert_eq!(line, "a");
+    })
+    .await;
+    println!("allocations per exchange: plain {plain:.2}, framed {framed:.2}");
+    assert!(
+        framed - plain <= 4.0,
+        "a framed exchange: {framed} allocations vs {plain} on the plain connection"
+    );
+    let s = pool.state();
+    assert_eq!(
+        (s.connections, s.discards.total()),
+        (1, 0),
+        "every exchange reused the one connection: {s:?}"
+    );
+}

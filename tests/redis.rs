@@ -478,12 +478,9 @@ async fn a_command_redis_does_not_answer_in_time_gets_504_and_its_connection_is_
     assert_eq!(s.discards.total() - before.discards.total(), 1, "{s:?}");
 }
 
-/// Not Redis: a server that answers `PING` properly and every other command with two
-/// replies in one write, so that `Framed` reads the second one into its buffer together with
-/// the first. Redis never does this; the example must still not reuse such a connection,
-/// since `TcpConnection` cannot see bytes a wrapper buffered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_framed_buffered_beyond_the_reply_close_the_connection() {
+/// Not Redis: a server on a free loopback port that answers each segment it reads with what
+/// `reply` returns for it (on loopback, one command arrives in one segment).
+async fn fake_redis(reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -494,29 +491,74 @@ async fn bytes_framed_buffered_beyond_the_reply_close_the_connection() {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
-                // Each command arrives in one segment on loopback: one read, one answer.
                 while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    let reply: &[u8] = if buf[..n].ends_with(b"PING\r\n") {
-                        b"+PONG\r\n"
-                    } else {
-                        b"+OK\r\n+OK\r\n"
-                    };
-                    if stream.write_all(reply).await.is_err() {
+                    if stream.write_all(&reply(&buf[..n])).await.is_err() {
                         return;
                     }
                 }
             });
         }
     });
+    addr
+}
+
+/// The argument of a `PING <arg>` command, as its bulk-string reply (`$<len>\r\n<arg>\r\n`).
+fn ping_echo(command: &[u8]) -> Option<Vec<u8>> {
+    const PING: &[u8] = b"*2\r\n$4\r\nPING\r\n";
+    command.strip_prefix(PING).map(<[u8]>::to_vec)
+}
+
+/// A server that answers the probe properly and every other command with two replies in one
+/// write, so that the codec reads the second one into its buffer together with the first.
+/// Redis never does this; the example must still not reuse such a connection: its reply is
+/// used, and the connection is closed (`UnreadBytes`) without a check by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_framed_buffered_beyond_the_reply_close_the_connection() {
+    let addr =
+        fake_redis(|command| ping_echo(command).unwrap_or_else(|| b"+OK\r\n+OK\r\n".to_vec()))
+            .await;
     let pool = redis_kv::pool_builder(&addr.to_string())
         .build()
         .expect("pool");
     let http = BytesClient::new(testkit::serve(redis_kv::app(pool.clone())).await);
 
     let r = http.put(&kv("k"), "v").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    let s = testkit::wait_pool(&pool, "connection closed", |s| s.connections == 0).await;
+    assert_eq!(s.discards.unread_bytes, 1, "{s:?}");
+    assert_eq!(s.discards.total(), 1, "{s:?}");
+}
+
+/// A `+PONG` that does not echo the probe's counter, which is what a stale reply to an
+/// earlier `PING` would look like, fails the health check: no connection is handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pong_that_does_not_echo_the_counter_fails_the_probe() {
+    let addr = fake_redis(|_| b"+PONG\r\n".to_vec()).await;
+    let pool = redis_kv::pool_builder(&addr.to_string())
+        .max_size(2)
+        .build()
+        .expect("pool");
+    let http = BytesClient::new(testkit::serve(redis_kv::app(pool.clone())).await);
+
+    let r = http.get("/health").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    let r = http.get(&kv("k")).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
     let s = pool.state();
-    assert_eq!(s.discards.explicit, 1, "{s:?}");
-    assert_eq!(s.discards.total(), 1, "{s:?}");
-    assert_eq!(s.connections, 0, "{s:?}");
+    assert!(s.discards.health_check >= 2, "{s:?}");
+    assert_eq!(s.discards.total(), s.discards.health_check, "{s:?}");
+    assert_eq!(s.in_use, 0, "{s:?}");
+
+    // The same probe passes against a real Redis, again and again.
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let mut stream = axum_tcp_pool::BackendStream::Tcp(
+        tokio::net::TcpStream::connect(redis.addr())
+            .await
+            .expect("connect"),
+    );
+    for _ in 0..3 {
+        redis_kv::ping(&mut stream).await.expect("PING <n> echoed");
+    }
 }

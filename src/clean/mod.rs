@@ -12,7 +12,7 @@ mod tracker;
 
 pub use reason::DiscardReason;
 pub use scope::Guarded;
-pub(crate) use tracker::Tracker;
+pub(crate) use tracker::{Frames, Tracker};
 
 use crate::transport::{BackendStream, NotClean};
 

@@ -3,7 +3,7 @@
 /// Why a connection was closed instead of being returned to the pool.
 ///
 /// Counted in [`PoolState::discards`](crate::PoolState::discards) and logged: at `warn` for a
-/// backend failure during an exchange (`IoError`, `Eof`), at `debug` for the rest. See the
+/// backend failure during an exchange (`IoError`, `Eof`, `Codec`), at `debug` for the rest. See the
 /// [clean-connection rule](crate::TcpConnection#the-clean-connection-rule).
 ///
 /// ```
@@ -32,6 +32,10 @@ pub enum DiscardReason {
     /// The checkout health check failed: the backend closed the idle connection, bytes were
     /// waiting on it, or the configured probe failed.
     HealthCheck,
+    /// The codec of a [`PooledFramed`](crate::PooledFramed) returned an error (a reply it
+    /// could not decode, a request it could not encode): where the next frame starts is
+    /// unknown.
+    Codec,
 }
 
 impl DiscardReason {
@@ -51,6 +55,7 @@ impl DiscardReason {
         DiscardReason::Panic,
         DiscardReason::Explicit,
         DiscardReason::HealthCheck,
+        DiscardReason::Codec,
     ];
 
     /// How many reasons there are (the length of [`ALL`](Self::ALL)), for counter arrays.
@@ -76,13 +81,17 @@ impl DiscardReason {
             DiscardReason::Panic => "panic",
             DiscardReason::Explicit => "explicit",
             DiscardReason::HealthCheck => "health_check",
+            DiscardReason::Codec => "codec",
         }
     }
 
     /// Whether this is a backend failure during an exchange (logged at `warn`), rather than a
     /// routine discard (logged at `debug`).
     pub(crate) fn is_backend_failure(self) -> bool {
-        matches!(self, DiscardReason::IoError | DiscardReason::Eof)
+        matches!(
+            self,
+            DiscardReason::IoError | DiscardReason::Eof | DiscardReason::Codec
+        )
     }
 }
 

@@ -18,19 +18,71 @@ pub(crate) struct Tracker {
     read_pending: bool,
     /// A write returned `Pending` and has not completed since.
     write_pending: bool,
-    /// Bytes were written after the last successful read.
+    /// Bytes were written after the last successful read (and not declared as needing no
+    /// reply).
     written_since_read: bool,
     /// Any read or write was attempted during this checkout.
     used: bool,
-    /// The last read returned less than it asked for: the socket's receive queue was empty
-    /// right after it. (Not for TLS, whose session buffers what the socket held.)
+    /// The last read returned less than it asked for, and nothing was written since: the
+    /// socket's receive queue was empty right after it. (Not for TLS, whose session buffers
+    /// what the socket held.)
     drained: bool,
+    /// The pool's `write_only` setting: writes need no reply.
+    write_only: bool,
+    /// Set while a [`PooledFramed`](crate::PooledFramed) owns the connection: replies are
+    /// counted in frames, and `written_since_read` is not used.
+    frames: Option<Frames>,
+}
+
+/// What a [`PooledFramed`](crate::PooledFramed) knows and the socket cannot show, kept up to
+/// date after each of its operations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Frames {
+    /// Reply frames are still expected for the request frames sent.
+    pub(crate) owed: bool,
+    /// The codec's read buffer holds bytes not decoded into a frame yet.
+    pub(crate) buffered: bool,
 }
 
 impl Tracker {
-    /// Forgets the previous checkout: called when the connection is handed out.
-    pub(crate) fn reset(&mut self) {
-        *self = Tracker::default();
+    /// Forgets the previous checkout: called when the connection is handed out, with the
+    /// pool's `write_only` setting.
+    pub(crate) fn reset(&mut self, write_only: bool) {
+        *self = Tracker {
+            write_only,
+            ..Tracker::default()
+        };
+    }
+
+    /// Whether writes need no reply on this pool (`write_only`).
+    pub(crate) fn write_only(&self) -> bool {
+        self.write_only
+    }
+
+    /// What was written so far needs no reply (`expect_no_reply`). Unread bytes are still
+    /// found: a write keeps the return-time look at the socket on (see
+    /// [`drained_by_last_read`](Self::drained_by_last_read)).
+    pub(crate) fn no_reply_needed(&mut self) {
+        self.written_since_read = false;
+    }
+
+    /// Counts replies in frames from now on, with this state (a `PooledFramed` took the
+    /// connection, or did an operation). Whether a reply is owed is the frames' business:
+    /// what was written but not answered before the first call is counted by the caller.
+    pub(crate) fn count_frames(&mut self, frames: Frames) {
+        self.frames = Some(frames);
+    }
+
+    /// Back to counting in bytes (the `PooledFramed` became a plain connection again): a
+    /// frame still owed counts as a reply not read.
+    pub(crate) fn count_bytes(&mut self, owed: bool) {
+        self.frames = None;
+        self.written_since_read = owed;
+    }
+
+    /// Whether a reply was owed in bytes: for a `PooledFramed` taking over the connection.
+    pub(crate) fn reply_owed(&self) -> bool {
+        self.frames.is_none() && self.written_since_read
     }
 
     /// Records why the connection must not be reused; the first reason wins.
@@ -47,10 +99,13 @@ impl Tracker {
         if self.read_pending || self.write_pending {
             return Some(DiscardReason::Cancelled);
         }
-        if self.written_since_read {
-            return Some(DiscardReason::ReplyNotRead);
+        match self.frames {
+            Some(Frames { owed: true, .. }) => Some(DiscardReason::ReplyNotRead),
+            Some(Frames { buffered: true, .. }) => Some(DiscardReason::UnreadBytes),
+            Some(_) => None,
+            None if self.written_since_read => Some(DiscardReason::ReplyNotRead),
+            None => None,
         }
-        None
     }
 
     /// The final verdict, when the guard is dropped: a panic, the verdict so far, or, for a
@@ -84,8 +139,12 @@ impl Tracker {
 
     /// Whether the last read found the socket's receive queue emptied: a short read, after
     /// which nothing was written. What arrived since is caught by the next checkout's peek.
+    ///
+    /// A write clears it, whether or not a reply is expected: a write-only exchange
+    /// (`write_only`, `expect_no_reply`, `expect_replies(0)`) may still provoke bytes (an
+    /// error reply), so the connection gets its look at the socket when it comes back.
     pub(crate) fn drained_by_last_read(&self) -> bool {
-        self.drained && !self.written_since_read
+        self.drained
     }
 
     /// Records a read's outcome: `filled` bytes arrived, into a buffer with room for `wanted`.
@@ -122,7 +181,12 @@ impl Tracker {
                     Err(_) => self.mark(DiscardReason::IoError),
                     Ok(0) if !empty => self.mark(DiscardReason::IoError),
                     Ok(0) => {}
-                    Ok(_) => self.written_since_read = true,
+                    Ok(_) => {
+                        self.drained = false;
+                        if !self.write_only {
+                            self.written_since_read = true;
+                        }
+                    }
                 }
             }
         }
@@ -174,5 +238,93 @@ mod tests {
         let mut outside = Tracker::default();
         outside.read(&Poll::Ready(Ok(())), 1, 1);
         assert_eq!(outside.on_drop(), None);
+    }
+
+    #[test]
+    fn a_reply_not_needed_is_not_owed_but_the_socket_is_still_looked_at() {
+        let mut t = Tracker::default();
+        t.read(&Poll::Ready(Ok(())), 2, 8);
+        assert!(t.drained_by_last_read());
+        t.write(&Poll::Ready(Ok(3)), false);
+        assert_eq!(t.verdict(), Some(DiscardReason::ReplyNotRead));
+        t.no_reply_needed();
+        assert_eq!(t.verdict(), None);
+        assert!(
+            !t.drained_by_last_read(),
+            "bytes provoked by the write must be looked for when it comes back"
+        );
+        t.write(&Poll::Ready(Ok(3)), false);
+        assert_eq!(
+            t.verdict(),
+            Some(DiscardReason::ReplyNotRead),
+            "for what was written so far only"
+        );
+    }
+
+    #[test]
+    fn write_only_writes_owe_nothing_and_keep_the_look_at_the_socket() {
+        let mut t = Tracker::default();
+        t.reset(true);
+        assert!(t.write_only());
+        t.read(&Poll::Ready(Ok(())), 2, 8);
+        t.write(&Poll::Ready(Ok(3)), false);
+        assert_eq!(t.verdict(), None);
+        assert!(!t.drained_by_last_read());
+        t.write(&Poll::Pending, false);
+        assert_eq!(t.verdict(), Some(DiscardReason::Cancelled));
+        t.reset(false);
+        assert!(!t.write_only(), "each checkout takes the pool's setting");
+    }
+
+    #[test]
+    fn frames_replace_bytes_while_counted() {
+        let mut t = Tracker::default();
+        t.write(&Poll::Ready(Ok(3)), false);
+        assert!(t.reply_owed());
+        t.count_frames(Frames::default());
+        assert!(!t.reply_owed());
+        assert_eq!(t.verdict(), None, "the frames say what is owed");
+        t.count_frames(Frames {
+            owed: false,
+            buffered: true,
+        });
+        assert_eq!(t.verdict(), Some(DiscardReason::UnreadBytes));
+        t.count_frames(Frames {
+            owed: true,
+            buffered: true,
+        });
+        assert_eq!(t.verdict(), Some(DiscardReason::ReplyNotRead));
+        t.read(&Poll::Pending, 0, 8);
+        assert_eq!(
+            t.verdict(),
+            Some(DiscardReason::Cancelled),
+            "a read in flight is a cancellation first"
+        );
+        t.read(&Poll::Ready(Ok(())), 2, 8);
+        t.count_bytes(true);
+        assert_eq!(t.verdict(), Some(DiscardReason::ReplyNotRead));
+        t.count_bytes(false);
+        assert_eq!(t.verdict(), None);
+    }
+
+    #[test]
+    fn a_panic_wins_over_frames_owed() {
+        let mut t = Tracker::default();
+        t.count_frames(Frames {
+            owed: true,
+            buffered: false,
+        });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            struct OnDrop<'a>(&'a mut Tracker);
+            impl Drop for OnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.on_drop();
+                }
+            }
+            let _guard = OnDrop(&mut t);
+            panic!("expected by the test");
+        }));
+        assert!(result.is_err());
+        assert_eq!(t.marked(), Some(DiscardReason::Panic));
     }
 }

@@ -47,6 +47,7 @@ impl TcpPool {
 /// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` |
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
+/// | [`write_only`](Self::write_only) | `false` | writes need no reply (statsd-like backends) |
 /// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
 /// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
 ///
@@ -311,6 +312,24 @@ impl TcpPoolBuilder {
         P: for<'a> ProbeFn<'a> + 'static,
     {
         self.config.probe = Some(probe::probe(probe));
+        self
+    }
+
+    /// Writes need no reply on this pool's connections (default `false`): a connection
+    /// written to and never read goes back to the pool instead of being closed as
+    /// `ReplyNotRead`, as if every handler called
+    /// [`TcpConnection::expect_no_reply`](crate::TcpConnection::expect_no_reply); a
+    /// [`PooledFramed`](crate::PooledFramed) expects no reply frame per request unless told
+    /// with `expect_replies`. For statsd-like backends that never answer.
+    ///
+    /// Unread bytes still close a connection: every connection that was written to gets a
+    /// non-blocking look at its socket when it comes back, and every checkout peeks again.
+    ///
+    /// ```
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:8125").write_only(true);
+    /// ```
+    pub fn write_only(mut self, write_only: bool) -> Self {
+        self.config.write_only = write_only;
         self
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) nodelay: bool,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) probe: Option<Probe>,
+    /// Writes need no reply (`TcpPoolBuilder::write_only`).
+    pub(crate) write_only: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::TlsConfig>,
 }
@@ -53,7 +55,8 @@ impl fmt::Debug for Config {
             .field("max_lifetime", &self.max_lifetime)
             .field("nodelay", &self.nodelay)
             .field("keepalive", &self.keepalive)
-            .field("probe", &self.probe.as_ref().map(|_| "<fn>"));
+            .field("probe", &self.probe.as_ref().map(|_| "<fn>"))
+            .field("write_only", &self.write_only);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.finish()
@@ -78,6 +81,7 @@ impl Config {
             nodelay: true,
             keepalive: None,
             probe: None,
+            write_only: false,
             #[cfg(feature = "tls")]
             tls: None,
         }

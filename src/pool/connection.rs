@@ -31,7 +31,7 @@ use crate::transport::BackendStream;
 /// | a read saw end-of-file | `Eof` |
 /// | a read or write was in flight when it was dropped (the client went away, a timeout fired, a `select!` lost) | `Cancelled` |
 /// | it was used by a request that did not finish (under the layer: cancelled, or left behind by a timeout directly under it in one tower stack, `ServiceBuilder::new().layer(TcpPoolLayer::new(pool)).layer(TimeoutLayer::new(..))`), or by a [`Guarded`](crate::Guarded) task or body dropped unfinished, even between two reads | `Cancelled` |
-/// | bytes were written after the last read (a reply never read) | `ReplyNotRead` |
+/// | bytes were written after the last read (a reply never read), unless said to need none ([`expect_no_reply`](Self::expect_no_reply), [`write_only`](crate::TcpPoolBuilder::write_only)) | `ReplyNotRead` |
 /// | the backend sent bytes that were not read (a non-blocking peek when it comes back) | `UnreadBytes` |
 /// | it was dropped while its thread was panicking | `Panic` |
 /// | [`discard`](Self::discard) was called, or the write half was shut down | `Explicit` |
@@ -42,7 +42,8 @@ use crate::transport::BackendStream;
 /// What the rule cannot see: bytes still on the wire when it looks (a handler that stops
 /// reading in the middle of a reply, or pipelines a second request and reads only the
 /// first reply, must call [`discard`](Self::discard)); bytes a wrapper such as `BufReader`
-/// or `Framed` read ahead and you did not consume; I/O through [`get_mut`](Self::get_mut);
+/// or `Framed` read ahead and you did not consume ([`framed`](Self::framed) sees both);
+/// I/O through [`get_mut`](Self::get_mut);
 /// a connection handed to a task or a body that is not [`Guarded`](crate::Guarded); and
 /// work given up on *inside* the request, between two reads: a timeout `route_layer`ed
 /// before the pool layer or put on the handler (`get(h.layer(..))`), which axum drops as soon
@@ -262,5 +263,51 @@ impl<M> AsyncWrite for TcpConnection<M> {
         let conn = self.get_mut().pooled_mut();
         conn.tracker.mark(DiscardReason::Explicit);
         Pin::new(&mut conn.stream).poll_shutdown(cx)
+    }
+}
+
+impl<M> TcpConnection<M> {
+    /// Wraps the connection in `codec`, for frames instead of bytes: a
+    /// [`PooledFramed`](crate::PooledFramed), `Stream` of replies and `Sink` of requests,
+    /// that counts the reply frames still expected and sees the codec's read buffer. See
+    /// [`PooledFramed`](crate::PooledFramed) for the rule it adds.
+    ///
+    /// A reply owed by bytes written before (and not read) counts as one reply frame.
+    ///
+    /// ```no_run
+    /// use axum_tcp_pool::{PooledFramed, TcpConnection};
+    /// use tokio_util::codec::LinesCodec;
+    ///
+    /// fn lines(conn: TcpConnection) -> PooledFramed<LinesCodec> {
+    ///     conn.framed(LinesCodec::new())
+    /// }
+    /// ```
+    pub fn framed<C>(self, codec: C) -> crate::PooledFramed<C, M> {
+        crate::PooledFramed::new(self, codec)
+    }
+
+    /// Says that what was written so far needs no reply (a statsd metric, a memcached
+    /// `noreply` command), so the connection is not closed as `ReplyNotRead`. Call it after
+    /// the write; the next write needs a reply again (unless the pool is
+    /// [`write_only`](crate::TcpPoolBuilder::write_only)).
+    ///
+    /// Unread bytes still close the connection: one that was written to gets a
+    /// non-blocking look at its socket when it comes back, as well as at the next checkout.
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: axum_tcp_pool::TcpConnection) -> std::io::Result<()> {
+    /// use tokio::io::AsyncWriteExt;
+    /// conn.write_all(b"requests:1|c\n").await?;
+    /// conn.expect_no_reply();
+    /// assert!(!conn.is_discarded());
+    /// # Ok(()) }
+    /// ```
+    pub fn expect_no_reply(&mut self) {
+        self.pooled_mut().tracker.no_reply_needed();
+    }
+
+    /// The clean-connection state, mutably, for [`PooledFramed`](crate::PooledFramed).
+    pub(crate) fn tracker_mut(&mut self) -> &mut crate::clean::Tracker {
+        &mut self.pooled_mut().tracker
     }
 }

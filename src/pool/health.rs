@@ -34,7 +34,7 @@ pub(crate) async fn check(shared: &Shared, conn: &mut PooledStream) -> Result<()
             return Err(failed(shared, conn, err));
         }
     }
-    conn.tracker.reset();
+    conn.tracker.reset(shared.config.write_only);
     conn.fresh = false;
     shared.fail_fast.check_passed();
     Ok(())

@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::clean;
+use crate::clean::{self, DiscardReason};
 use crate::error::TcpPoolError;
 use crate::pool::health;
 use crate::pool::pooled::PooledStream;
@@ -77,7 +77,8 @@ impl bb8::ManageConnection for TcpManager {
             // Outlier detection: what the handler met on it. A clean return after use ends
             // the failures in a row; an idle connection found closed is neither.
             match marked {
-                Some(reason) if reason.is_backend_failure() => shared.failed(),
+                // Not `Codec`: a frame the app's codec could not decode may be the app's bug.
+                Some(DiscardReason::IoError | DiscardReason::Eof) => shared.failed(),
                 None if verdict.is_none() && conn.tracker.used() => shared.outlier.succeeded(),
                 _ => {}
             }

@@ -8,6 +8,8 @@
 //! - [`app`]: the handlers the tests drive, and [`setup`];
 //! - [`http`]: an axum server on a free loopback port, and real HTTP clients;
 //! - [`redis`]: a real `redis-server` per test; [`redis_kv`]: the `redis_kv` example's app;
+//! - [`memcached`]: a real `memcached` per test; [`memcached_kv`]: the `memcached_kv`
+//!   example's app;
 //! - [`replicas`]: N backends behind one pool of several endpoints, and handlers that say
 //!   which endpoint served;
 //! - [`require_binary`]: skip (or, in CI, fail) a test whose server binary is missing;
@@ -22,6 +24,8 @@ pub mod backend;
 pub mod echo;
 pub mod example;
 pub mod http;
+pub mod memcached;
+pub mod memcached_kv;
 pub mod proxy;
 pub mod redis;
 pub mod redis_kv;

@@ -87,6 +87,7 @@ impl Inner {
 /// - `HOLD <text>`: replies `<text>` once the test calls [`Backend::release`];
 /// - `TWICE <text>`: replies `<text>` twice (the second copy is left unread by a normal client);
 /// - `CLOSE`: closes the connection without replying;
+/// - `QUIET <text>`: no reply at all (a write-only exchange);
 /// - `PARTIAL <head> <tail>`: replies `<head>` at once and `<tail>` once released;
 /// - `PING`: replies `PONG`.
 ///

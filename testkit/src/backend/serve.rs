@@ -24,6 +24,8 @@ pub(super) async fn serve_conn<S: Conn>(stream: S, inner: &Inner, mut kill: watc
             "PING" => "PONG\n".to_string(),
             "TWICE" => format!("{arg}\n{arg}\n"),
             "CLOSE" => return,
+            // Write-only: counted as a line, never answered (statsd, memcached `noreply`).
+            "QUIET" => continue,
             "PARTIAL" => {
                 // The head now, the tail once released: a reply that arrives in two parts.
                 let (head, tail) = arg.split_once(' ').unwrap_or((arg, ""));

@@ -5,22 +5,24 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_tcp_pool::{LazyConnection, TcpConnection, TcpPool, TcpPoolError};
+use redis_protocol::codec::Resp2;
 use redis_protocol::resp2::types::BytesFrame;
 
-use super::command::{command, unexpected};
+use super::command::{command, unexpected, Redis};
 use super::{ApiError, MAX_VALUE};
 
 /// `GET /kv/{key}`: `200` with the value, or `404`.
 pub(super) async fn get_value(
     Path(key): Path<String>,
-    mut conn: TcpConnection,
+    conn: TcpConnection,
 ) -> Result<Response, ApiError> {
-    match command(&mut conn, [cmd("GET"), key.into()]).await? {
+    let mut redis = framed(conn);
+    match command(&mut redis, [cmd("GET"), key.into()]).await? {
         BytesFrame::BulkString(value) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
         }
         BytesFrame::Null => Ok(not_found()),
-        other => Err(unexpected(&mut conn, "GET", &other)),
+        other => Err(unexpected(&mut redis, "GET", &other)),
     }
 }
 
@@ -36,22 +38,23 @@ pub(super) async fn put_value(
     let value = axum::body::to_bytes(body, MAX_VALUE)
         .await
         .map_err(ApiError::Body)?;
-    let mut conn = conn.get().await?;
-    match command(&mut conn, [cmd("SET"), key.into(), value]).await? {
+    let mut redis = framed(conn.get().await?);
+    match command(&mut redis, [cmd("SET"), key.into(), value]).await? {
         BytesFrame::SimpleString(ok) if ok == "OK" => Ok(StatusCode::NO_CONTENT.into_response()),
-        other => Err(unexpected(&mut conn, "SET", &other)),
+        other => Err(unexpected(&mut redis, "SET", &other)),
     }
 }
 
 /// `DELETE /kv/{key}`: `204` if it existed, `404` if not.
 pub(super) async fn delete_value(
     Path(key): Path<String>,
-    mut conn: TcpConnection,
+    conn: TcpConnection,
 ) -> Result<Response, ApiError> {
-    match command(&mut conn, [cmd("DEL"), key.into()]).await? {
+    let mut redis = framed(conn);
+    match command(&mut redis, [cmd("DEL"), key.into()]).await? {
         BytesFrame::Integer(1) => Ok(StatusCode::NO_CONTENT.into_response()),
         BytesFrame::Integer(0) => Ok(not_found()),
-        other => Err(unexpected(&mut conn, "DEL", &other)),
+        other => Err(unexpected(&mut redis, "DEL", &other)),
     }
 }
 
@@ -66,14 +69,14 @@ pub(super) async fn health(conn: Result<TcpConnection, TcpPoolError>) -> Respons
         )
             .into_response()
     };
-    let mut conn = match conn {
-        Ok(conn) => conn,
+    let mut redis = match conn {
+        Ok(conn) => framed(conn),
         Err(err) => return unhealthy(&err),
     };
-    match command(&mut conn, [cmd("PING")]).await {
+    match command(&mut redis, [cmd("PING")]).await {
         Ok(BytesFrame::SimpleString(pong)) if pong == "PONG" => "ok\n".into_response(),
         Ok(other) => {
-            conn.discard();
+            redis.discard();
             unhealthy(&format!("unexpected reply to PING: {other:?}"))
         }
         Err(err) => unhealthy(&err),
@@ -83,6 +86,12 @@ pub(super) async fn health(conn: Result<TcpConnection, TcpPoolError>) -> Respons
 /// `GET /stats`: the pool's sizes and counters. This route has no `TcpPoolLayer`.
 pub(super) async fn stats(State(pool): State<TcpPool>) -> String {
     format!("{:#?}\n", pool.state())
+}
+
+/// The connection, speaking RESP2: every reply frame read, nothing left buffered, or it is
+/// closed when dropped.
+fn framed(conn: TcpConnection) -> Redis {
+    conn.framed(Resp2::default())
 }
 
 fn not_found() -> Response {

@@ -17,10 +17,13 @@
 //! What it shows:
 //!
 //! - a [`TcpPool`] whose [health check](axum_tcp_pool::TcpPoolBuilder::health_check) is Redis
-//!   `PING` (exact `+PONG\r\n` reply): a connection Redis closed (`CLIENT KILL`, its idle
-//!   `timeout`, a restart) is never handed to a request;
-//! - `tokio_util::codec::Framed` with `redis_protocol::codec::Resp2` over `&mut TcpConnection`,
-//!   reading every reply to its end, so the connection goes back to the pool clean;
+//!   `PING <counter>`, expecting that exact echo: a connection Redis closed (`CLIENT KILL`,
+//!   its idle `timeout`, a restart) is never handed to a request, and neither is one with a
+//!   stale reply on its way;
+//! - [`PooledFramed`](axum_tcp_pool::PooledFramed) with `redis_protocol::codec::Resp2`
+//!   (`TcpConnection::framed`): one reply frame per command, and the connection goes back to
+//!   the pool only if it was read and nothing is left in the codec's buffer (no check by
+//!   hand);
 //! - a lazy [`TcpPoolLayer`]: the connection is checked out when the handler asks for it, so
 //!   `PUT` reads the whole request body *before* it takes a Redis connection (a slow upload
 //!   does not hold one), and `/health` can answer `503` itself when Redis is down;
@@ -32,6 +35,7 @@ mod error;
 mod handlers;
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use axum::routing::get;
@@ -49,11 +53,11 @@ pub const MAX_VALUE: usize = 4 * 1024 * 1024;
 /// How long one command may take, write and reply together, before the request gets `504`.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The pool settings for Redis at `addr`: `PING` as the health check, and idle connections
-/// closed by the pool after a minute. Redis's own idle `timeout` is 0 (never) by default;
-/// where it is set, keep `idle_timeout` below it so that the pool usually closes first
-/// (when Redis closes first, nothing fails either: the checkout finds the connection closed
-/// and opens another).
+/// The pool settings for Redis at `addr`: `PING <counter>` as the health check, and idle
+/// connections closed by the pool after a minute. Redis's own idle `timeout` is 0 (never) by
+/// default; where it is set, keep `idle_timeout` below it so that the pool usually closes
+/// first (when Redis closes first, nothing fails either: the checkout finds the connection
+/// closed and opens another).
 pub fn pool_builder(addr: &str) -> TcpPoolBuilder {
     TcpPool::builder(addr)
         .max_size(16)
@@ -63,27 +67,42 @@ pub fn pool_builder(addr: &str) -> TcpPoolBuilder {
         .health_check(ping)
 }
 
-/// The health check: `PING` must be answered with exactly `+PONG\r\n`.
+/// The counter the health check echoes: a new number for every probe.
+static PROBES: AtomicU64 = AtomicU64::new(0);
+
+/// The health check: `PING <n>`, with a number no probe used before, must be answered with
+/// exactly `<n>` as a bulk string (`$<len>\r\n<n>\r\n`). A reply left on the connection by
+/// an earlier command, arriving first, does not echo `n` and fails the probe, as does
+/// `+PONG` or any error reply (`-LOADING ...` while Redis loads its data, `-NOAUTH ...` when
+/// it wants a password); the connection, with whatever is left on it, is closed.
 ///
-/// It reads exactly the 7 bytes of that reply from the raw stream, so nothing it did not
-/// consume is left in a buffer. Any other reply (`-LOADING ...` while Redis loads its data,
-/// `-NOAUTH ...` when it wants a password) fails the check, and the connection, with whatever
-/// of the reply is left on it, is closed.
+/// It reads exactly the expected reply's bytes from the raw stream, stopping at the first
+/// byte that differs, so nothing it did not consume is left in a buffer.
 pub async fn ping(stream: &mut BackendStream) -> io::Result<()> {
-    stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).await?;
-    if &reply == b"+PONG\r\n" {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "unexpected reply to PING: {:?}",
-                String::from_utf8_lossy(&reply)
-            ),
-        ))
+    let n = PROBES.fetch_add(1, Relaxed).to_string();
+    let request = format!("*2\r\n$4\r\nPING\r\n${}\r\n{n}\r\n", n.len());
+    stream.write_all(request.as_bytes()).await?;
+    let expected = format!("${}\r\n{n}\r\n", n.len());
+    let expected = expected.as_bytes();
+    let mut reply = [0u8; 32];
+    let mut filled = 0;
+    while filled < expected.len() {
+        let read = stream.read(&mut reply[filled..expected.len()]).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += read;
+        if reply[..filled] != expected[..filled] {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "unexpected reply to PING {n}: {:?}",
+                    String::from_utf8_lossy(&reply[..filled])
+                ),
+            ));
+        }
     }
+    Ok(())
 }
 
 /// The HTTP API over `pool`.

@@ -1,6 +1,6 @@
 //! [`PooledStream`]: what bb8 holds for each connection.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use crate::clean::Tracker;
@@ -27,7 +27,7 @@ pub(crate) struct PooledStream {
 
 impl PooledStream {
     pub(crate) fn new(stream: BackendStream, attempt: u64, endpoint: Arc<Shared>) -> PooledStream {
-        endpoint.open.fetch_add(1, Relaxed);
+        endpoint.open.fetch_add(1, SeqCst);
         PooledStream {
             stream,
             tracker: Tracker::default(),
@@ -42,6 +42,6 @@ impl PooledStream {
 
 impl Drop for PooledStream {
     fn drop(&mut self) {
-        self.endpoint.open.fetch_sub(1, Relaxed);
+        self.endpoint.open.fetch_sub(1, SeqCst);
     }
 }

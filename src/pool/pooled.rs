@@ -19,8 +19,6 @@ pub(crate) struct PooledStream {
     pub(crate) lent: bool,
     /// The number of the connect attempt that opened it.
     pub(crate) attempt: u64,
-    /// The runtime that opened it, lent to a drop on a thread without one.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// The endpoint it goes to (counted open there until dropped).
     pub(crate) endpoint: Arc<Shared>,
 }
@@ -34,7 +32,6 @@ impl PooledStream {
             fresh: true,
             lent: false,
             attempt,
-            runtime: tokio::runtime::Handle::try_current().ok(),
             endpoint,
         }
     }

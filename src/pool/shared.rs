@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub(crate) open: AtomicU64,
     /// Taken out of the pool's set: no new connection, none given back.
     pub(crate) removed: AtomicBool,
+    /// The runtime the pool was built in, lent to a connection dropped on a thread without
+    /// one (bb8 may spawn a refill task then).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Shared {

@@ -70,9 +70,13 @@ impl Shared {
         self.fail_fast.lent() + self.waiting.load(Relaxed)
     }
 
-    /// Whether a connection is open that is neither lent out nor promised to a waiting
-    /// checkout.
+    /// Whether a checkout here would not make the pool open a connection while another
+    /// endpoint has one idle: a connection is open that is neither lent out nor promised to
+    /// a waiting checkout, or none is open at all. (An endpoint with no connection yet, just
+    /// added or back from an outage, must not lose every choice to one with an idle
+    /// connection, or at low load it would never open its first.)
     pub(crate) fn has_idle(&self) -> bool {
-        self.open.load(Relaxed) > self.load()
+        let open = self.open.load(Relaxed);
+        open == 0 || open > self.load()
     }
 }

@@ -146,6 +146,11 @@ impl FailFast {
         self.lent.fetch_add(1, Relaxed);
     }
 
+    /// Connect attempts under way now.
+    pub(crate) fn connecting(&self) -> u64 {
+        self.connecting.load(SeqCst)
+    }
+
     /// Connections lent out now.
     pub(crate) fn lent(&self) -> u64 {
         self.lent.load(Relaxed)

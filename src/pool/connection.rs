@@ -187,11 +187,10 @@ impl<M> Drop for TcpConnection<M> {
         // then, which needs a runtime context: lend the pool's if this thread has none.
         // (Inside a task there is always one; checking that is cheaper than cloning a handle.)
         if tokio::task::try_id().is_none() {
-            if let Some(runtime) = conn.runtime.clone() {
-                let _context = runtime.enter();
-                drop(conn);
-                return;
-            }
+            let runtime = conn.endpoint.runtime.clone();
+            let _context = runtime.enter();
+            drop(conn);
+            return;
         }
         drop(conn);
     }

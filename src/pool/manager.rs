@@ -40,6 +40,12 @@ impl bb8::ManageConnection for TcpManager {
             return Err(TcpPoolError::BackendUnreachable(e));
         }
         match shared.connector.connect().await {
+            Ok(_) if shared.is_removed() => {
+                // Removed while connecting: the connection must not idle in a drained pool.
+                let e = removed();
+                attempt.failed(&e);
+                Err(TcpPoolError::BackendUnreachable(e))
+            }
             Ok(stream) => {
                 tracing::debug!(
                     pool = shared.config.name(),

@@ -1,6 +1,6 @@
 //! [`PooledStream`]: what bb8 holds for each connection.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use crate::clean::Tracker;
@@ -19,22 +19,19 @@ pub(crate) struct PooledStream {
     pub(crate) lent: bool,
     /// The number of the connect attempt that opened it.
     pub(crate) attempt: u64,
-    /// The runtime that opened it, lent to a drop on a thread without one.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// The endpoint it goes to (counted open there until dropped).
     pub(crate) endpoint: Arc<Shared>,
 }
 
 impl PooledStream {
     pub(crate) fn new(stream: BackendStream, attempt: u64, endpoint: Arc<Shared>) -> PooledStream {
-        endpoint.open.fetch_add(1, Relaxed);
+        endpoint.open.fetch_add(1, SeqCst);
         PooledStream {
             stream,
             tracker: Tracker::default(),
             fresh: true,
             lent: false,
             attempt,
-            runtime: tokio::runtime::Handle::try_current().ok(),
             endpoint,
         }
     }
@@ -42,6 +39,6 @@ impl PooledStream {
 
 impl Drop for PooledStream {
     fn drop(&mut self) {
-        self.endpoint.open.fetch_sub(1, Relaxed);
+        self.endpoint.open.fetch_sub(1, SeqCst);
     }
 }

@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub(crate) open: AtomicU64,
     /// Taken out of the pool's set: no new connection, none given back.
     pub(crate) removed: AtomicBool,
+    /// The runtime the pool was built in, lent to a connection dropped on a thread without
+    /// one (bb8 may spawn a refill task then).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -67,9 +70,13 @@ impl Shared {
         self.fail_fast.lent() + self.waiting.load(Relaxed)
     }
 
-    /// Whether a connection is open that is neither lent out nor promised to a waiting
-    /// checkout.
+    /// Whether a checkout here would not make the pool open a connection while another
+    /// endpoint has one idle: a connection is open that is neither lent out nor promised to
+    /// a waiting checkout, or none is open at all. (An endpoint with no connection yet, just
+    /// added or back from an outage, must not lose every choice to one with an idle
+    /// connection, or at low load it would never open its first.)
     pub(crate) fn has_idle(&self) -> bool {
-        self.open.load(Relaxed) > self.load()
+        let open = self.open.load(Relaxed);
+        open == 0 || open > self.load()
     }
 }

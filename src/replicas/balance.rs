@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 #[non_exhaustive]
 pub enum Balance {
     /// Power of two choices: two distinct eligible endpoints at random, and of them the one
-    /// with an idle connection, else the one with fewer connections in use plus checkouts
-    /// waiting. A slow endpoint holds its connections longer, so it gets fewer requests.
+    /// with an idle connection (or with no connection yet), else the one with fewer
+    /// connections in use plus checkouts waiting. A slow endpoint holds its connections
+    /// longer, so under concurrent load it gets fewer requests; one request at a time, every
+    /// endpoint's load is 0 and the choice is even.
     #[default]
     LeastLoaded,
     /// Each eligible endpoint in turn.
@@ -33,7 +35,8 @@ pub enum Balance {
 pub(crate) struct Load {
     /// Connections in use plus checkouts waiting.
     pub(crate) load: u64,
-    /// Has a connection that is neither in use nor promised to a waiting checkout.
+    /// Has a connection that is neither in use nor promised to a waiting checkout, or has
+    /// none open at all (see `Shared::has_idle`).
     pub(crate) idle: bool,
 }
 

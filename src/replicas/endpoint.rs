@@ -73,6 +73,9 @@ impl Endpoint {
         ejections: &Arc<Ejections>,
     ) -> Result<(bb8::Builder<TcpManager>, Arc<Shared>), TcpPoolError> {
         let connector = config.connector(addr, name_addr)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TcpPoolError::config("a pool's endpoints must be made within a Tokio runtime")
+        })?;
         let builder = bb8::Pool::builder()
             .max_size(config.max_size)
             .min_idle((config.min_idle > 0).then_some(config.min_idle))
@@ -95,6 +98,7 @@ impl Endpoint {
             waiting: Default::default(),
             open: Default::default(),
             removed: Default::default(),
+            runtime,
         });
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
         Ok((builder, shared))

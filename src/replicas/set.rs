@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Waker};
 
@@ -271,12 +271,18 @@ impl Endpoints {
             return;
         };
         draining.retain(|e| {
-            let (s, _) = e.state();
-            if s.connections > 0 {
-                return true;
+            // Attempts first: a connect that succeeds counts its connection open before its
+            // attempt ends, so no connection is missed between the two.
+            let done = e.shared.fail_fast.connecting() == 0 && e.shared.open.load(SeqCst) == 0;
+            if done {
+                retired.add(&e.state().0);
+                return false;
             }
-            retired.add(&s);
-            false
+            // A connect that ended just as the endpoint was removed may have left one idle.
+            if e.pool.state().idle_connections > 0 {
+                close_idle(e);
+            }
+            true
         });
     }
 

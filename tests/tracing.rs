@@ -235,3 +235,68 @@ async fn a_missing_layer_is_logged_with_its_marker_type() {
         "{error:?}"
     );
 }
+
+/// Several endpoints: each checkout span and every event of the pool carries the `endpoint`
+/// it concerns: connect failures and the ejection name the stopped one, a discard names the
+/// one its connection went to, a removal the removed one.
+#[tokio::test(flavor = "current_thread")]
+async fn spans_and_events_of_several_endpoints_carry_the_endpoint() {
+    use axum_tcp_pool::{Balance, OutlierDetection};
+    let (capture, _guard) = Capture::install();
+    let r = testkit::replicas::Replicas::start(3).await;
+    let addrs = r.addrs();
+    let pool = r
+        .builder()
+        .name("fleet")
+        .balance(Balance::RoundRobin)
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(2)
+                .base_ejection_time(Duration::from_secs(10))
+                .max_ejection_time(Duration::from_secs(10)),
+        )
+        .build()
+        .expect("pool");
+    r.backend(1).stop().await;
+    let mut served = Vec::new();
+    for _ in 0..9 {
+        let mut conn = pool.get().await.expect("failover to a live endpoint");
+        served.push(conn.endpoint().to_owned());
+        conn.discard();
+    }
+    wait_pool(&pool, "returned", |s| s.in_use == 0).await;
+    pool.set_endpoints([addrs[0].clone(), addrs[1].clone()])
+        .expect("set_endpoints");
+    assert!(!served.contains(&addrs[1]), "{served:?}");
+
+    let spans = capture.checkouts();
+    assert_eq!(spans.len(), 9, "{spans:#?}");
+    for (span, endpoint) in spans.iter().zip(&served) {
+        assert_eq!(field(span, "endpoint"), endpoint, "{span:?}");
+    }
+    let events =
+        capture.events_where(|e| e.fields.get("pool").map(String::as_str) == Some("fleet"));
+    for e in &events {
+        assert!(
+            addrs.iter().any(|a| a == field(e, "endpoint")),
+            "an event without an endpoint of the pool: {e:?}"
+        );
+    }
+    let about = |what: &str, endpoint: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                field(e, "endpoint") == endpoint
+                    && e.fields.get("message").is_some_and(|m| m.contains(what))
+            })
+            .count()
+    };
+    assert!(about("connect", &addrs[1]) >= 2, "{events:#?}");
+    assert!(about("eject", &addrs[1]) >= 1, "{events:#?}");
+    assert!(about("removed", &addrs[2]) >= 1, "{events:#?}");
+    let discards = events
+        .iter()
+        .filter(|e| e.fields.get("reason").map(String::as_str) == Some("explicit"))
+        .count();
+    assert_eq!(discards, 9, "{events:#?}");
+}

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
@@ -40,9 +40,11 @@ pub(crate) struct FailFast {
     connecting: AtomicU64,
     /// The highest number of a failed attempt.
     last_failed: AtomicU64,
-    /// Connections lent to a request or task right now (checked out and past their health
-    /// check, not yet back): the ones that could come back to a waiting checkout.
-    lent: AtomicU64,
+    /// Connections lent to a request or task (checked out and past their health check) and
+    /// given back, since the pool was built: the difference is those lent right now, which
+    /// could come back to a waiting checkout; `lends` is also the endpoint's checkouts.
+    lends: AtomicU64,
+    returns: AtomicU64,
 }
 
 impl Default for FailFast {
@@ -54,7 +56,8 @@ impl Default for FailFast {
             attempts: AtomicU64::new(0),
             connecting: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
-            lent: AtomicU64::new(0),
+            lends: AtomicU64::new(0),
+            returns: AtomicU64::new(0),
         }
     }
 }
@@ -143,7 +146,7 @@ impl FailFast {
 
     /// A connection passed its checkout and is lent to a request or task.
     pub(crate) fn lend(&self) {
-        self.lent.fetch_add(1, Relaxed);
+        self.lends.fetch_add(1, Relaxed);
     }
 
     /// Connect attempts under way now.
@@ -153,12 +156,20 @@ impl FailFast {
 
     /// Connections lent out now.
     pub(crate) fn lent(&self) -> u64 {
-        self.lent.load(Relaxed)
+        // Returns first: every return follows its lend, so the difference is never negative
+        // (at worst it counts one given back meanwhile, which only makes a checkout wait).
+        let returns = self.returns.load(Acquire);
+        self.lends.load(Acquire).saturating_sub(returns)
+    }
+
+    /// Connections lent since the pool was built: the endpoint's successful checkouts.
+    pub(crate) fn lends(&self) -> u64 {
+        self.lends.load(Relaxed)
     }
 
     /// A lent connection came back to the pool (clean or to be closed).
     pub(crate) fn give_back(&self) {
-        self.lent.fetch_sub(1, Relaxed);
+        self.returns.fetch_add(1, Release);
     }
 
     /// Watches for failures on behalf of a checkout that is about to start. Registered before
@@ -218,7 +229,7 @@ impl Watch<'_> {
             return Poll::Pending;
         }
         this.notified.set(this.fail_fast.failed.notified());
-        if this.fail_fast.lent.load(Relaxed) > 0 {
+        if this.fail_fast.lent() > 0 {
             return Poll::Ready(Woken::Recheck);
         }
         if this.fail_fast.last_failed.load(SeqCst) > *this.since {

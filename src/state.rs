@@ -187,8 +187,6 @@ pub(crate) struct Counters {
     restart_timeouts: AtomicU64,
     /// Discards, indexed by [`DiscardReason::index`].
     discards: [AtomicU64; DiscardReason::COUNT],
-    /// Successful checkouts.
-    checkouts: AtomicU64,
 }
 
 impl Counters {
@@ -202,14 +200,6 @@ impl Counters {
 
     pub(crate) fn restart_timed_out(&self) {
         self.restart_timeouts.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn checked_out(&self) {
-        self.checkouts.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn checkouts(&self) -> u64 {
-        self.checkouts.load(Relaxed)
     }
 
     pub(crate) fn discarded(&self, reason: DiscardReason) {

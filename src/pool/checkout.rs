@@ -136,7 +136,6 @@ async fn checkout_one<M>(
                 Ok(mut conn) => {
                     conn.lent = true;
                     shared.fail_fast.lend();
-                    shared.counters.checked_out();
                     Ok(TcpConnection::new(conn))
                 }
                 Err(bb8::RunError::User(e)) => Err(e),

@@ -115,7 +115,7 @@ impl Endpoint {
             ejected: self.shared.outlier.is_ejected(),
             consecutive_failures: self.shared.outlier.consecutive_failures(),
             times_ejected: self.shared.outlier.times_ejected(),
-            checkouts: self.shared.counters.checkouts(),
+            checkouts: self.shared.fail_fast.lends(),
         };
         (s, e)
     }

@@ -961,3 +961,45 @@ async fn resolve_endpoints_turns_a_host_name_into_its_addresses() {
     eprintln!("resolve_endpoints: localhost:{p0} -> {first:?}, then localhost:{p1} -> {second:?}");
     assert!(r.backend(0).seen().accepts >= 1 && r.backend(1).seen().accepts >= 1);
 }
+
+/// One endpoint full (its only connection held by a request): the requests the balancer would
+/// send there go to an endpoint with a free slot instead of waiting for it (`503` only when no
+/// endpoint had a free connection in time). Under `RoundRobin` every third request is due to
+/// the full one.
+async fn a_full_endpoint_is_passed_over(balance: Balance) {
+    let (r, pool, client) = three(|b| {
+        b.balance(balance)
+            .max_size(1)
+            .checkout_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let held = client.spawn_get("/hold/held");
+    let (_, full, _) = futures_util::future::select_all(
+        r.backends
+            .iter()
+            .map(|b| Box::pin(b.wait_for("one request held", |s| s.holding == 1))),
+    )
+    .await;
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for i in 0..9 {
+        let reply = client.get(&format!("/who/f{i}")).await;
+        *statuses.entry(reply.status.as_u16()).or_default() += 1;
+    }
+    eprintln!(
+        "{balance:?}: backend {full} full (max_size 1, held): 9 requests got {statuses:?}\n  {}",
+        figures(&pool)
+    );
+    r.backend(full).release();
+    assert_eq!(held.await.expect("held").status, StatusCode::OK);
+    assert_eq!(statuses, BTreeMap::from([(200, 9)]), "{}", figures(&pool));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_endpoint_is_passed_over_round_robin() {
+    a_full_endpoint_is_passed_over(Balance::RoundRobin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_endpoint_is_passed_over_least_loaded() {
+    a_full_endpoint_is_passed_over(Balance::LeastLoaded).await;
+}

@@ -70,6 +70,12 @@ impl Shared {
         self.fail_fast.lent() + self.waiting.load(Relaxed)
     }
 
+    /// Whether every connection this endpoint may open is lent out or promised to a waiting
+    /// checkout: a checkout here would wait.
+    pub(crate) fn is_full(&self) -> bool {
+        self.load() >= u64::from(self.config.max_size)
+    }
+
     /// Whether a checkout here would not make the pool open a connection while another
     /// endpoint has one idle: a connection is open that is neither lent out nor promised to
     /// a waiting checkout, or none is open at all. (An endpoint with no connection yet, just

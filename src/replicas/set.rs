@@ -91,24 +91,39 @@ impl Endpoints {
         }
     }
 
-    /// The endpoint of `set` to try next: not `tried`, not removed, not ejected; or, when
-    /// every one not yet tried is ejected, an ejected one as a last resort.
+    /// The endpoint of `set` to try next, among those not `tried` and not removed: one that
+    /// is neither ejected nor full (every connection it may open in use or promised); else a
+    /// full one, where the checkout waits; else, as a last resort, an ejected one.
     pub(crate) fn pick(&self, set: &[Arc<Endpoint>], tried: &Tried) -> Option<usize> {
-        let view = |last_resort: bool| {
+        #[derive(Clone, Copy, PartialEq, PartialOrd)]
+        enum Tier {
+            Free,
+            Full,
+            Ejected,
+        }
+        let tier = |i: usize| {
+            let s = &set[i].shared;
+            if s.outlier.is_ejected() {
+                Tier::Ejected
+            } else if s.is_full() {
+                Tier::Full
+            } else {
+                Tier::Free
+            }
+        };
+        let view = |up_to: Tier| {
             move |i: usize| {
                 let s = &set[i].shared;
-                let eligible = !tried.contains(i)
-                    && !s.is_removed()
-                    && (last_resort || !s.outlier.is_ejected());
+                let eligible = !tried.contains(i) && !s.is_removed() && tier(i) <= up_to;
                 eligible.then(|| Load {
                     load: s.load(),
                     idle: s.has_idle(),
                 })
             }
         };
-        self.balancer
-            .pick(set.len(), view(false))
-            .or_else(|| self.balancer.pick(set.len(), view(true)))
+        [Tier::Free, Tier::Full, Tier::Ejected]
+            .into_iter()
+            .find_map(|up_to| self.balancer.pick(set.len(), view(up_to)))
     }
 
     /// Replaces the set with the endpoints at `addrs` (each with the address it was resolved

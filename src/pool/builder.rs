@@ -73,8 +73,9 @@ impl TcpPool {
 ///   `consecutive_failures` in a row the endpoint takes no new checkout for
 ///   `base_ejection_time × n` (at most `max_ejection_time`), n being the ejections in a row,
 ///   this one included. When it ends the endpoint takes traffic again, and one more failure
-///   ejects it again, for longer; n falls back by one for each `base_ejection_time` it then
-///   serves without being ejected. At most `max_ejected_percent` of the endpoints (rounded
+///   ejects it again, for longer; n falls back by one for each `base_ejection_time` that passes
+///   from its first clean return after the ejection (an endpoint that serves nothing keeps
+///   its n). At most `max_ejected_percent` of the endpoints (rounded
 ///   down) are ejected at once; a pool of one endpoint never ejects it.
 /// - **State.** [`PoolState`](crate::PoolState)'s fields are sums over the endpoints;
 ///   [`PoolState::endpoints`](crate::PoolState::endpoints) has each one's figures, and

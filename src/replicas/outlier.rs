@@ -204,6 +204,8 @@ struct Ejection {
     until: Option<Instant>,
     /// n: how many ejections in a row this one is.
     level: u32,
+    /// The first clean return since the last ejection ended: n falls back from there.
+    clean_since: Option<Instant>,
 }
 
 impl Outlier {
@@ -241,7 +243,21 @@ impl Outlier {
     pub(crate) fn succeeded(&self) {
         // Read first: no shared write on the hot path while nothing fails.
         if self.consecutive.load(Relaxed) != 0 {
-            self.consecutive.store(0, Relaxed);
+            self.succeeded_at(Instant::now());
+        }
+    }
+
+    /// The end of failures in a row; after an ejection (the count stays at the threshold
+    /// while ejected, so this is its first clean return), n starts falling back.
+    fn succeeded_at(&self, now: Instant) {
+        self.consecutive.store(0, Relaxed);
+        if self.times_ejected.load(Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut e) = self.ejection.lock() {
+            if e.clean_since.is_none() && e.until.is_some_and(|until| until <= now) {
+                e.clean_since = Some(now);
+            }
         }
     }
 
@@ -250,15 +266,16 @@ impl Outlier {
         if e.until.is_some_and(|until| until > now) {
             return None;
         }
-        // n falls back by one for each base ejection time served since the last ejection ended.
-        let level = match e.until {
-            Some(ended) => {
-                let served = now.saturating_duration_since(ended);
+        // n falls back by one for each base ejection time served cleanly since the last
+        // ejection: from its first clean return after it ended.
+        let level = match e.clean_since.take() {
+            Some(since) => {
+                let served = now.saturating_duration_since(since);
                 let steps = served.as_nanos() / self.settings.base_ejection_time.as_nanos().max(1);
                 e.level
                     .saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
             }
-            None => 0,
+            None => e.level,
         }
         .saturating_add(1);
         let length = self
@@ -364,12 +381,24 @@ mod tests {
         );
         let t = clock.advance(20);
         assert_eq!(o.failed_at(t), Some(Duration::from_secs(25)), "capped");
-        // Served cleanly for three base ejection times: n falls from 3 to 0.
+        // Out of its ejection but not serving: n does not fall back.
         let t = clock.advance(25 + 30);
-        o.succeeded();
-        assert_eq!((o.failed_at(t), o.failed_at(t)), (None, None));
-        assert_eq!(o.failed_at(t), Some(Duration::from_secs(10)));
-        assert_eq!(o.times_ejected(), 4);
+        assert_eq!(
+            o.failed_at(t),
+            Some(Duration::from_secs(25)),
+            "n is 4, capped"
+        );
+        // Served cleanly for three base ejection times: n falls from 4 to 1.
+        let t = clock.advance(25);
+        o.succeeded_at(t);
+        let t = clock.advance(30);
+        assert_eq!(
+            (o.failed_at(t), o.failed_at(t)),
+            (None, None),
+            "the count was reset"
+        );
+        assert_eq!(o.failed_at(t), Some(Duration::from_secs(20)), "n is 2");
+        assert_eq!(o.times_ejected(), 5);
     }
 
     #[test]

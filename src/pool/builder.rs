@@ -60,7 +60,9 @@ impl TcpPool {
 /// endpoint; the layer, the extractor and the clean-connection rule are the same.
 ///
 /// - **Balancing.** A checkout takes an endpoint that is not ejected, chosen by
-///   [`Balance`] (default: least loaded of two at random).
+///   [`Balance`] (default: least loaded of two at random). An endpoint whose every
+///   connection is in use (`max_size` of them) is passed over while another has room; when
+///   all are full the checkout waits on the one chosen.
 /// - **Failover.** If the connect to that endpoint fails, the same checkout tries another it
 ///   has not tried, within the one `checkout_timeout` (an ejected one only when no other is
 ///   left). `502` only when every endpoint it could try failed; `503` when none had a free

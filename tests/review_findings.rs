@@ -366,3 +366,91 @@ async fn state_counters_never_go_backwards_while_the_set_changes() -> Result<(),
     drop((on_a, on_b));
     Ok(())
 }
+
+/// Collects what the `fmt` subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 12, behaviour 6: "Every span and event carries an `endpoint` field." A request to a
+/// pool whose endpoints are all down gets its 502, and the warning logged for that response
+/// ("backend connection error") names no endpoint: the operator cannot tell which endpoint
+/// (or that all of them) failed.
+// A current-thread runtime: every task runs on this thread, under the capturing subscriber.
+#[tokio::test]
+async fn the_warning_for_a_502_carries_an_endpoint_field() -> Result<(), TcpPoolError> {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let pool = TcpPool::builder(a.addr_string())
+        .endpoint(b.addr_string())
+        .build()?;
+    let client = testkit::HttpClient::new(testkit::serve(testkit::app::eager(&pool)).await);
+    a.stop().await;
+    b.stop().await;
+    let reply = client.get("/echo/x").await;
+    assert_eq!(reply.status.as_u16(), 502);
+    let bytes = capture.0.lock().expect("lock").clone();
+    let text = String::from_utf8_lossy(&bytes);
+    let without: Vec<&str> = text
+        .lines()
+        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("endpoint="))
+        .collect();
+    assert!(
+        without.is_empty(),
+        "{} warning/error lines without an endpoint field: {without:#?}",
+        without.len()
+    );
+    Ok(())
+}
+
+/// Issue 12, behaviour 5: "No endpoint ever sees more than `max_size` connections from the
+/// pool." With resolve_endpoints the name itself is the endpoint until its first lookup ends;
+/// a connection it made stays in use while the resolved address (the same backend) becomes a
+/// new, empty endpoint, which opens up to max_size more. max_size 1: the backend sees 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_name_and_its_address_share_the_backends_max_size() -> Result<(), TcpPoolError> {
+    for _attempt in 0..20 {
+        let a = Backend::start().await;
+        let name = format!("localhost:{}", a.addr.port());
+        let pool = TcpPool::builder(name.clone())
+            .resolve_endpoints(Duration::from_secs(3600))
+            .max_size(1)
+            .checkout_timeout(Duration::from_millis(200))
+            .build()?;
+        let held = pool.get().await?;
+        if held.endpoint() != name {
+            continue; // the lookup ended first: try again for the case under test
+        }
+        let ip = a.addr.to_string();
+        wait_pool(&pool, "the name resolved", |s| {
+            s.endpoints.len() == 1 && s.endpoints[0].addr == ip
+        })
+        .await;
+        let second = pool.get().await;
+        let max_open = a.seen().max_open;
+        assert!(
+            max_open <= 1,
+            "the backend saw {max_open} connections from a pool of max_size 1 (second checkout: {:?})",
+            second.as_ref().map(|c| c.endpoint().to_owned())
+        );
+        drop((held, second));
+        return Ok(());
+    }
+    panic!("in 20 attempts, the name's first lookup always ended before its first connect");
+}

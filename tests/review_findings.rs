@@ -454,3 +454,31 @@ async fn a_resolved_name_and_its_address_share_the_backends_max_size() -> Result
     }
     panic!("in 20 attempts, the name's first lookup always ended before its first connect");
 }
+
+/// Issue 12, behaviour 4: "`set_endpoints` replaces the set" (with resolve_endpoints: the
+/// names to resolve). A `unix:` path is never resolved (the resolver keeps "the endpoints it
+/// had"), so one given to set_endpoints never becomes an endpoint: set_endpoints returns Ok
+/// and the pool stays on the removed name's address. (Fails after the bounded wait.)
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_resolve_endpoints_a_unix_path_given_to_set_endpoints_is_used(
+) -> Result<(), TcpPoolError> {
+    let a = Backend::start().await;
+    let b = Backend::start_unix().await;
+    let pool = TcpPool::builder(format!("localhost:{}", a.addr.port()))
+        .resolve_endpoints(Duration::from_millis(20))
+        .build()?;
+    let ip_a = a.addr.to_string();
+    wait_pool(&pool, "the name resolved", |s| {
+        s.endpoints.len() == 1 && s.endpoints[0].addr == ip_a
+    })
+    .await;
+    pool.set_endpoints([b.addr_string()])?;
+    let unix_b = b.addr_string();
+    wait_pool(&pool, "the unix endpoint in the set", |s| {
+        s.endpoints.len() == 1 && s.endpoints[0].addr == unix_b
+    })
+    .await;
+    assert_eq!(pool.get().await?.endpoint(), unix_b);
+    Ok(())
+}

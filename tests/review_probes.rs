@@ -208,3 +208,42 @@ async fn all_down_502_then_recovery() -> Result<(), TcpPoolError> {
     assert_eq!(r.status, 200, "{r:?}");
     Ok(())
 }
+
+/// PooledFramed: a reply still owed survives into_connection (the plain connection is closed
+/// as ReplyNotRead); expect_replies(2) with both replies read is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_owed_reply_survives_into_connection() -> Result<(), TcpPoolError> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_util::codec::LinesCodec;
+    let a = Backend::start().await;
+    let pool = TcpPool::builder(a.addr_string()).max_size(1).build()?;
+    let mut framed = pool.get().await?.framed(LinesCodec::new());
+    framed.feed("ECHO a".to_owned()).await.expect("send");
+    framed.feed("HOLD b".to_owned()).await.expect("send");
+    SinkExt::<String>::flush(&mut framed).await.expect("flush");
+    assert_eq!(
+        framed.next().await.transpose().expect("line"),
+        Some("a".into())
+    );
+    let conn = framed.into_connection().expect("nothing buffered");
+    assert_eq!(
+        conn.discard_reason(),
+        Some(axum_tcp_pool::DiscardReason::ReplyNotRead)
+    );
+    drop(conn);
+    a.release();
+    a.wait_for("closed", |s| s.open == 0).await;
+    let mut framed = pool.get().await?.framed(LinesCodec::new());
+    framed.expect_replies(2);
+    framed.send("TWICE c".to_owned()).await.expect("send");
+    for _ in 0..2 {
+        assert_eq!(
+            framed.next().await.transpose().expect("line"),
+            Some("c".into())
+        );
+    }
+    drop(framed);
+    drop(pool.get().await?);
+    assert_eq!(a.seen().accepts, 2, "the TWICE connection was reused");
+    Ok(())
+}

@@ -223,12 +223,22 @@ impl Watch<'_> {
     /// under a health check are no such hope: bb8 hands idle ones to waiters, so one idle now
     /// is brand-new and not yet checked, and one under a check goes to its own checkout or is
     /// closed.
-    pub(crate) fn poll_woken(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
+    ///
+    /// With `fail_over` (the pool has other endpoints to try), a failed attempt fails the
+    /// checkout even while connections are lent: it moves on rather than wait for one.
+    pub(crate) fn poll_woken(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        fail_over: bool,
+    ) -> Poll<Woken> {
         let mut this = self.project();
         if this.notified.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         this.notified.set(this.fail_fast.failed.notified());
+        if fail_over && this.fail_fast.last_failed.load(SeqCst) > *this.since {
+            return Poll::Ready(Woken::Fail(this.fail_fast.error()));
+        }
         if this.fail_fast.lent() > 0 {
             return Poll::Ready(Woken::Recheck);
         }

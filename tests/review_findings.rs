@@ -210,8 +210,8 @@ async fn idle_min_idle_connections_closed_by_the_backend_do_not_eject_it(
 
 /// Issue 12, behaviour 4: "`set_endpoints` replaces the set without dropping a request ... a
 /// removed endpoint takes no new checkouts." A checkout queued on a (max_size 1, its one
-/// connection in use) when a is removed stays queued there and ends in a checkout timeout,
-/// although b is in the set with a free connection.
+/// connection in use; b full too) when a is removed stayed queued there and ended in a
+/// checkout timeout, although b's connection came back meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_queued_on_a_removed_endpoint_moves_to_the_set() -> Result<(), TcpPoolError> {
     let (a, b) = (Backend::start().await, Backend::start().await);
@@ -223,11 +223,14 @@ async fn a_checkout_queued_on_a_removed_endpoint_moves_to_the_set() -> Result<()
         .build()?;
     let held = pool.get().await?;
     assert_eq!(held.endpoint(), a.addr_string());
-    drop(pool.get().await?); // b
-                             // a's turn: queued behind `held`.
+    let held_b = pool.get().await?;
+    assert_eq!(held_b.endpoint(), b.addr_string());
+    // Both full: round robin's turn is a, where the checkout queues behind `held`.
     let mut queued = pin!(pool.get());
     assert!(poll_once(queued.as_mut()), "the checkout waits on a");
     pool.set_endpoints([b.addr_string()])?;
+    // b's connection comes back: the queued checkout, moved to b, gets it.
+    drop(held_b);
     let result = bounded("the queued checkout", queued).await;
     let got = result.as_ref().map(|c| c.endpoint().to_owned());
     assert!(

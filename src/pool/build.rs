@@ -53,7 +53,8 @@ impl TcpPoolBuilder {
                 "build() must be called from within a Tokio runtime (bb8 spawns its background tasks there)",
             )
         })?;
-        Ok((Arc::new(self.config), Arc::default(), runtime))
+        let ejections = Arc::new(Ejections::new(&self.config.outlier));
+        Ok((Arc::new(self.config), ejections, runtime))
     }
 
     fn finish(

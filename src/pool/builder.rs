@@ -69,9 +69,10 @@ impl TcpPool {
 ///   connection in time.
 /// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure, an I/O error
 ///   or end-of-file met by a handler on a connection ([`DiscardReason::IoError`] /
-///   [`DiscardReason::Eof`]), or a brand-new connection failing its health check. A
-///   connection given back clean after use resets the count (a successful connect alone does
-///   not); an idle connection found closed at checkout does not count. After
+///   [`DiscardReason::Eof`]), or more than `max_size` brand-new connections in a row
+///   failing their health check (a backend that accepts connections but does not serve). A connection given back clean after
+///   use resets the count (a successful connect alone does not); an idle connection found
+///   closed at checkout (`min_idle` ones included) does not count. After
 ///   `consecutive_failures` in a row the endpoint takes no new checkout for
 ///   `base_ejection_time × n` (at most `max_ejection_time`), n being the ejections in a row,
 ///   this one included. When it ends the endpoint takes traffic again, and one more failure

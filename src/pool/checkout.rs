@@ -13,6 +13,7 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use crate::error::TcpPoolError;
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
+use crate::pool::manager::removed;
 use crate::replicas::{Endpoint, Endpoints, Tried};
 
 /// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
@@ -25,7 +26,7 @@ pub(crate) async fn checkout<M>(
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     if let Some(one) = set.only_first() {
-        match checkout_one(one, None, span).await {
+        match checkout_one(one, None, span, false).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             result => return result,
@@ -60,14 +61,14 @@ async fn failover<M>(
         let endpoint = &endpoints[i];
         let _waiting = Waiting::new(endpoint);
         let result = match deadline {
-            Some(at) => match timeout_at(at, checkout_one(endpoint, Some(at), span)).await {
+            Some(at) => match timeout_at(at, checkout_one(endpoint, Some(at), span, true)).await {
                 Ok(result) => result,
                 Err(_) => {
                     endpoint.shared.counters.restart_timed_out();
                     Err(TcpPoolError::CheckoutTimeout)
                 }
             },
-            None => checkout_one(endpoint, None, span).await,
+            None => checkout_one(endpoint, None, span, true).await,
         };
         match result {
             Err(TcpPoolError::BackendUnreachable(e)) => {
@@ -118,6 +119,7 @@ async fn checkout_one<M>(
     endpoint: &Endpoint,
     deadline: Option<Instant>,
     span: Option<&tracing::Span>,
+    fail_over: bool,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let (pool, shared) = (&endpoint.pool, &*endpoint.shared);
     if let Some(span) = span {
@@ -149,7 +151,12 @@ async fn checkout_one<M>(
             }
         }
         let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
-        match watch.as_mut().poll_woken(cx) {
+        let woken = watch.as_mut().poll_woken(cx, fail_over);
+        if woken.is_ready() && shared.is_removed() {
+            // Removed while this checkout waited (the removal wakes it): try the set.
+            return Poll::Ready(Err(TcpPoolError::BackendUnreachable(removed())));
+        }
+        match woken {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Woken::Recheck) => {}
             Poll::Ready(Woken::Fail(err)) => return Poll::Ready(Err(err)),

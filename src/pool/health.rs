@@ -44,11 +44,7 @@ pub(crate) async fn check(shared: &Shared, conn: &mut PooledStream) -> Result<()
 /// backend count as unreachable (see [`FailFast::check_failed`](crate::failfast::FailFast)).
 fn failed(shared: &Shared, conn: &mut PooledStream, err: io::Error) -> TcpPoolError {
     conn.tracker.mark(DiscardReason::HealthCheck);
-    if conn.fresh {
-        // A brand-new connection that fails its check is the backend failing an exchange (an
-        // idle one found closed is routine: restarts and idle timeouts do that).
-        shared.failed();
-    }
+
     let max_size = shared.config.max_size;
     if shared
         .fail_fast
@@ -58,6 +54,9 @@ fn failed(shared: &Shared, conn: &mut PooledStream, err: io::Error) -> TcpPoolEr
             &err,
             "new backend connections keep failing their health check",
         );
+        // A failure for outlier detection too. A single new connection failing is not:
+        // one opened by `min_idle` and closed while idle (a restart) fails the same way.
+        shared.failed();
         return TcpPoolError::BackendUnreachable(err);
     }
     tracing::debug!(

@@ -17,7 +17,7 @@ pub(crate) struct TcpManager {
 }
 
 /// The error of a connect to an endpoint taken out of the set (not a backend failure).
-fn removed() -> io::Error {
+pub(crate) fn removed() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,
         "the endpoint was removed from the pool",

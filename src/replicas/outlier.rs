@@ -142,41 +142,71 @@ impl OutlierDetection {
 }
 
 /// The pool-wide cap: which endpoints are ejected now, out of how many.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ejections {
     inner: Mutex<Budget>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Budget {
     /// Endpoints in the pool's set.
     endpoints: usize,
-    /// Ejections under way: endpoint id and end.
+    /// `max_ejected_percent`.
+    percent: u32,
+    /// Ejections under way: endpoint id and end, oldest first.
     active: Vec<(u64, Instant)>,
+}
+
+impl Budget {
+    /// The most endpoints ejected at once: rounded down; a pool of one never ejects it.
+    fn cap(&self) -> usize {
+        if self.endpoints <= 1 {
+            0
+        } else {
+            self.endpoints * self.percent as usize / 100
+        }
+    }
 }
 
 impl Ejections {
     /// The set changed: `ids` are the endpoints in it now.
+    /// The cap of `settings`, over no endpoints yet.
+    pub(crate) fn new(settings: &OutlierDetection) -> Self {
+        Ejections {
+            inner: Mutex::new(Budget {
+                endpoints: 0,
+                percent: settings.max_ejected_percent,
+                active: Vec::new(),
+            }),
+        }
+    }
+
+    /// The set changed: `ids` are the endpoints in it now. Ejections of endpoints no longer
+    /// in it end, and so do the newest ones over the new cap (a smaller set allows fewer).
     pub(crate) fn set_endpoints(&self, ids: &[u64]) {
         if let Ok(mut b) = self.inner.lock() {
             b.endpoints = ids.len();
             b.active.retain(|(id, _)| ids.contains(id));
+            let cap = b.cap();
+            b.active.truncate(cap);
         }
     }
 
+    /// Whether endpoint `id`'s ejection is still booked (not ended by a change of the set).
+    fn is_booked(&self, id: u64) -> bool {
+        self.inner
+            .lock()
+            .map(|b| b.active.iter().any(|&(other, _)| other == id))
+            .unwrap_or(false)
+    }
+
     /// Books an ejection of endpoint `id` until `until` if the cap allows one more.
-    fn try_book(&self, id: u64, until: Instant, percent: u32, now: Instant) -> bool {
+    fn try_book(&self, id: u64, until: Instant, now: Instant) -> bool {
         let Ok(mut b) = self.inner.lock() else {
             return false;
         };
         b.active.retain(|&(other, end)| end > now && other != id);
-        // Rounded down; a pool of one endpoint never ejects it.
-        let cap = if b.endpoints <= 1 {
-            0
-        } else {
-            b.endpoints * percent as usize / 100
-        };
-        if b.active.len() >= cap {
+        if b.active.len() >= b.cap() {
             return false;
         }
         b.active.push((id, until));
@@ -285,10 +315,7 @@ impl Outlier {
             .unwrap_or(Duration::MAX)
             .min(self.settings.max_ejection_time);
         let until = now.checked_add(length)?;
-        if !self
-            .ejections
-            .try_book(self.id, until, self.settings.max_ejected_percent, now)
-        {
+        if !self.ejections.try_book(self.id, until, now) {
             return None;
         }
         e.until = Some(until);
@@ -307,11 +334,15 @@ impl Outlier {
         if !self.maybe_ejected.load(Relaxed) {
             return false;
         }
-        let Ok(e) = self.ejection.lock() else {
+        let Ok(mut e) = self.ejection.lock() else {
             return false;
         };
         if e.until.is_some_and(|until| until > now) {
-            return true;
+            if self.ejections.is_booked(self.id) {
+                return true;
+            }
+            // Ended early by a change of the set (it shrank, or this endpoint left it).
+            e.until = Some(now);
         }
         self.maybe_ejected.store(false, Relaxed);
         false
@@ -331,7 +362,7 @@ mod tests {
     use super::*;
 
     fn outlier(settings: OutlierDetection, endpoints: usize) -> Vec<Outlier> {
-        let ejections = Arc::new(Ejections::default());
+        let ejections = Arc::new(Ejections::new(&settings));
         let ids: Vec<u64> = (0..endpoints as u64).collect();
         ejections.set_endpoints(&ids);
         ids.iter()

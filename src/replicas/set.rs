@@ -143,8 +143,24 @@ impl Endpoints {
         let is = |e: &Arc<Endpoint>, addr: &str, name: &str| {
             e.shared.addr.as_ref() == addr && e.name_addr == name
         };
-        let mut next = Vec::with_capacity(addrs.len());
+        // New endpoints first, so that an error leaves everything as it was.
+        let mut made: Vec<Option<Arc<Endpoint>>> = Vec::with_capacity(addrs.len());
         for (addr, name) in addrs {
+            let known = current
+                .iter()
+                .chain(draining.iter())
+                .any(|e| is(e, addr, name));
+            made.push(match known {
+                true => None,
+                false => {
+                    let id = self.next_id.fetch_add(1, Relaxed);
+                    let e = Endpoint::start(&self.config, addr, name, id, &self.ejections)?;
+                    Some(Arc::new(e))
+                }
+            });
+        }
+        let mut next = Vec::with_capacity(addrs.len());
+        for ((addr, name), made) in addrs.iter().zip(made) {
             let kept = current.iter().find(|e| is(e, addr, name)).cloned();
             // An endpoint added back while it drains is revived, so that the backend never
             // sees more than max_size connections from this pool.
@@ -154,19 +170,9 @@ impl Endpoints {
                 e.shared.removed.store(false, Relaxed);
                 Some(e)
             };
-            next.push(match kept.or_else(revived) {
-                Some(e) => e,
-                None => {
-                    let id = self.next_id.fetch_add(1, Relaxed);
-                    Arc::new(Endpoint::start(
-                        &self.config,
-                        addr,
-                        name,
-                        id,
-                        &self.ejections,
-                    )?)
-                }
-            });
+            if let Some(e) = made.or(kept).or_else(revived) {
+                next.push(e);
+            }
         }
         let removed: Vec<Arc<Endpoint>> = current
             .iter()
@@ -189,6 +195,8 @@ impl Endpoints {
             );
             endpoint.shared.removed.store(true, Relaxed);
             close_idle(endpoint);
+            // Checkouts waiting here move to the set as it is now.
+            endpoint.shared.fail_fast.wake();
         }
         draining.extend(removed);
         drop(draining);
@@ -305,18 +313,25 @@ impl Endpoints {
     /// entry for each current one.
     pub(crate) fn state(&self) -> PoolState {
         self.prune();
+        // The three lists under one view, locked in the order `replace` and `prune` use, so
+        // an endpoint moving between them is counted once and totals never go down.
+        let current = match self.current.read() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let draining = match self.draining.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let mut total = match self.retired.lock() {
             Ok(r) => r.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        if let Ok(draining) = self.draining.lock() {
-            for e in draining.iter() {
-                total.add(&e.state().0);
-            }
+        for e in draining.iter() {
+            total.add(&e.state().0);
         }
-        let set = self.current();
-        total.endpoints.reserve(set.len());
-        for e in set.iter() {
+        total.endpoints.reserve(current.len());
+        for e in current.iter() {
             let (s, entry) = e.state();
             total.add(&s);
             total.endpoints.push(entry);

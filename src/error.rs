@@ -85,3 +85,49 @@ impl TcpPoolError {
         TcpPoolError::Config(msg.into())
     }
 }
+
+/// The inner error of a [`BackendUnreachable`](TcpPoolError::BackendUnreachable) from a
+/// checkout: the endpoint it last tried, for the logs (its `Display` leads with it).
+#[derive(Debug)]
+pub(crate) struct EndpointError {
+    pub(crate) endpoint: std::sync::Arc<str>,
+    pub(crate) source: io::Error,
+}
+
+impl std::fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "endpoint {}: {}", self.endpoint, self.source)
+    }
+}
+
+impl std::error::Error for EndpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl EndpointError {
+    /// `err`, of the same kind, naming `endpoint`.
+    pub(crate) fn wrap(endpoint: std::sync::Arc<str>, err: io::Error) -> io::Error {
+        io::Error::new(
+            err.kind(),
+            EndpointError {
+                endpoint,
+                source: err,
+            },
+        )
+    }
+}
+
+impl TcpPoolError {
+    /// The endpoint a checkout's `BackendUnreachable` last tried, if known.
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        match self {
+            TcpPoolError::BackendUnreachable(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<EndpointError>())
+                .map(|inner| &*inner.endpoint),
+            _ => None,
+        }
+    }
+}

@@ -31,7 +31,11 @@ use crate::pool::TcpConnection;
 /// async fn explicit(conn: Result<TcpConnection, TcpPoolError>) -> String {
 ///     match conn {
 ///         Ok(_) => "connected".into(),
-///         Err(e) => format!("no connection: {e}"),
+///         // The error's text is for logs (it may name an address); the body stays generic.
+///         Err(e) => {
+///             tracing::warn!(error = %e, "no backend connection");
+///             "no connection".into()
+///         }
 ///     }
 /// }
 /// async fn degraded(conn: Option<TcpConnection>) -> &'static str {

@@ -58,7 +58,14 @@ impl IntoResponse for TcpPoolError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::warn!(error = %self, status = status.as_u16(), "backend connection error");
+            match self.endpoint() {
+                Some(endpoint) => {
+                    tracing::warn!(error = %self, status = status.as_u16(), endpoint, "backend connection error")
+                }
+                None => {
+                    tracing::warn!(error = %self, status = status.as_u16(), "backend connection error")
+                }
+            }
         } else {
             tracing::error!(error = %self, status = status.as_u16(), "connection pool misuse");
         }

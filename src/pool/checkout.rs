@@ -10,7 +10,7 @@ use std::task::Poll;
 
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
-use crate::error::TcpPoolError;
+use crate::error::{EndpointError, TcpPoolError};
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
 use crate::pool::manager::removed;
@@ -29,6 +29,10 @@ pub(crate) async fn checkout<M>(
         match checkout_one(one, None, span, false).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
+            Err(TcpPoolError::BackendUnreachable(e)) => {
+                let e = EndpointError::wrap(one.shared.addr.clone(), e);
+                return Err(TcpPoolError::BackendUnreachable(e));
+            }
             result => return result,
         }
     }
@@ -87,11 +91,14 @@ async fn failover<M>(
     }
     // For the logs: how many endpoints were tried, and the last one's error.
     Err(TcpPoolError::BackendUnreachable(match last_error {
-        Some((e, _)) if attempts == 1 => e,
-        Some((e, last)) => io::Error::new(
-            e.kind(),
-            format!("all {attempts} endpoints tried failed; the last, {last}: {e}"),
-        ),
+        Some((e, last)) if attempts == 1 => EndpointError::wrap(last, e),
+        Some((e, last)) => {
+            let all = io::Error::new(
+                e.kind(),
+                format!("every endpoint tried ({attempts}) failed; the last: {e}"),
+            );
+            EndpointError::wrap(last, all)
+        }
         None => io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
     }))
 }

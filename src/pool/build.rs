@@ -35,11 +35,15 @@ impl TcpPoolBuilder {
     /// ```
     pub fn build(self) -> Result<TcpPool, TcpPoolError> {
         let (config, ejections, runtime) = self.prepare()?;
-        let endpoints = config
-            .addrs()
-            .zip(0..)
-            .map(|(addr, id)| Endpoint::start(&config, addr, addr, id, &ejections))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A set to be resolved starts empty: checkouts wait for the first lookup.
+        let endpoints = match config.resolve_every {
+            Some(_) => Vec::new(),
+            None => config
+                .addrs()
+                .zip(0..)
+                .map(|(addr, id)| Endpoint::start(&config, addr, addr, id, &ejections))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         Ok(Self::finish(config, endpoints, ejections, runtime))
     }
 

@@ -175,10 +175,11 @@ impl TcpPoolBuilder {
     }
 
     /// Treats each address as a host name whose lookup gives a set of endpoints (a headless
-    /// service of a container platform), looked up now and again every `every`. Until the
-    /// first lookup ends, the name itself is the endpoint; a lookup that fails or finds
-    /// nothing keeps the endpoints the name had; an address that goes away is removed like
-    /// with [`TcpPool::set_endpoints`]. TLS checks each endpoint against the host name.
+    /// service of a container platform), looked up now and again every `every`. Checkouts
+    /// wait for the first lookup (within `checkout_timeout`); a lookup that fails or finds
+    /// nothing keeps the endpoints the name had, or, if it had none (a Unix socket path, a
+    /// name not resolving yet), uses the name as it is; an address that goes away is removed
+    /// like with [`TcpPool::set_endpoints`]. TLS checks each endpoint against the host name.
     ///
     /// ```
     /// use std::time::Duration;

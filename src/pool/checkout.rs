@@ -36,16 +36,28 @@ pub(crate) async fn checkout<M>(
             result => return result,
         }
     }
-    failover(set, set.current(), span).await
+    failover(set, span).await
 }
 
-/// The checkout over the set (several endpoints, or one other than the first).
+/// The checkout over the set (several endpoints, one other than the first, or a set still
+/// to be resolved).
 async fn failover<M>(
     set: &Endpoints,
-    mut endpoints: Arc<[Arc<Endpoint>]>,
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let deadline = Instant::now().checked_add(set.config.checkout_timeout);
+    if !set.is_looked_up() {
+        // A pool that resolves its set starts empty: wait for the first lookup.
+        match deadline {
+            Some(at) => {
+                if timeout_at(at, set.looked_up()).await.is_err() {
+                    return Err(TcpPoolError::CheckoutTimeout);
+                }
+            }
+            None => set.looked_up().await,
+        }
+    }
+    let mut endpoints = set.current();
     let mut tried = Tried::default();
     let (mut last_error, mut attempts) = (None, 0);
     // A set replaced while this checkout ran is taken afresh, a bounded number of times.

@@ -24,8 +24,12 @@ pub(crate) struct Endpoints {
     /// The first endpoint the pool was built with, and whether the set is that endpoint
     /// alone: the checkout of a one-endpoint pool then takes neither the lock nor a
     /// reference count.
-    first: Arc<Endpoint>,
+    /// (None for a pool that resolves its set: it starts empty.)
+    first: Option<Arc<Endpoint>>,
     first_only: AtomicBool,
+    /// Set once the first lookup of `resolve_endpoints` was applied (at once without it).
+    looked_up: AtomicBool,
+    looked_up_now: Notify,
     /// Removed endpoints with connections still open (in use when they were removed).
     draining: Mutex<Vec<Arc<Endpoint>>>,
     /// The totals of removed endpoints that have no connection left.
@@ -57,12 +61,15 @@ impl Endpoints {
         let ids: Vec<u64> = endpoints.iter().map(|e| e.id).collect();
         ejections.set_endpoints(&ids);
         let next_id = ids.iter().max().map_or(0, |id| id + 1);
+        let looked_up = config.resolve_every.is_none();
         let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
         Arc::new(Endpoints {
             balancer: Balancer::new(config.balance),
             config,
-            first: endpoints[0].clone(),
+            first: endpoints.first().cloned(),
             first_only: AtomicBool::new(endpoints.len() == 1),
+            looked_up: AtomicBool::new(looked_up),
+            looked_up_now: Notify::new(),
             current: RwLock::new(endpoints.into()),
             draining: Mutex::new(Vec::new()),
             retired: Mutex::new(PoolState::default()),
@@ -80,7 +87,10 @@ impl Endpoints {
     /// any other set. (Read without a lock: a checkout that races a change may still go
     /// there, and finds it removed.)
     pub(crate) fn only_first(&self) -> Option<&Endpoint> {
-        self.first_only.load(Relaxed).then_some(&*self.first)
+        match &self.first {
+            Some(first) if self.first_only.load(Relaxed) => Some(first),
+            _ => None,
+        }
     }
 
     /// The set now. (A checkout keeps this snapshot; a change makes a new one.)
@@ -182,7 +192,7 @@ impl Endpoints {
         let ids: Vec<u64> = next.iter().map(|e| e.id).collect();
         self.ejections.set_endpoints(&ids);
         self.first_only.store(
-            matches!(&next[..], [one] if Arc::ptr_eq(one, &self.first)),
+            matches!((&next[..], &self.first), ([one], Some(first)) if Arc::ptr_eq(one, first)),
             Relaxed,
         );
         *current = next.into();
@@ -245,7 +255,7 @@ impl Endpoints {
         let current = self.current();
         let mut pairs: Vec<(String, String)> = Vec::new();
         for (name, found) in names.iter().zip(resolved) {
-            let found: Vec<String> = match found {
+            let mut found: Vec<String> = match found {
                 Some(addrs) => addrs.iter().map(ToString::to_string).collect(),
                 None => current
                     .iter()
@@ -253,6 +263,11 @@ impl Endpoints {
                     .map(|e| e.shared.addr.to_string())
                     .collect(),
             };
+            if found.is_empty() {
+                // Nothing found and nothing to keep (a Unix socket path, or a name that does
+                // not resolve yet): the name itself, resolved again on every connect.
+                found.push(name.clone());
+            }
             for addr in found {
                 // Two names giving one address: one endpoint.
                 if !pairs.iter().any(|(a, _)| *a == addr) {
@@ -265,11 +280,30 @@ impl Endpoints {
                 .iter()
                 .zip(current.iter())
                 .all(|((a, n), e)| *a == *e.shared.addr && *n == e.name_addr);
-        if pairs.is_empty() || unchanged || self.names() != names {
-            return;
+        if !(pairs.is_empty() || unchanged || self.names() != names) {
+            if let Err(e) = self.replace(&pairs) {
+                tracing::warn!(pool = self.config.name(), error = %e, "resolved endpoints not applied");
+            }
         }
-        if let Err(e) = self.replace(&pairs) {
-            tracing::warn!(pool = self.config.name(), error = %e, "resolved endpoints not applied");
+        if !self.looked_up.swap(true, SeqCst) {
+            self.looked_up_now.notify_waiters();
+        }
+    }
+
+    /// Whether the first lookup of `resolve_endpoints` was applied (always, without it).
+    pub(crate) fn is_looked_up(&self) -> bool {
+        self.looked_up.load(SeqCst)
+    }
+
+    /// Waits until the first lookup of `resolve_endpoints` was applied (at once without it).
+    pub(crate) async fn looked_up(&self) {
+        loop {
+            let mut notified = pin!(self.looked_up_now.notified());
+            notified.as_mut().enable();
+            if self.looked_up.load(SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 

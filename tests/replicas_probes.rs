@@ -1,5 +1,7 @@
-//! Review probes on issues 12 and 13 that held on the reviewed branch: kept so the lead can
-//! see what was covered (each can fail: they assert the promise, not the implementation).
+//! Several endpoints, end to end through HTTP: error bodies that leak nothing, an endpoint that
+//! accepts but fails every exchange ejected, one of three down under load, set changes under
+//! load, bad sets refused, recovery after all went down, and framed replies across
+//! `into_connection`. (Written by an independent review; each asserts a promise of the spec.)
 
 use std::time::Duration;
 

@@ -183,6 +183,14 @@ async fn assert_reused(backend: &Backend, pool: &TcpPool, requests: usize) {
     );
 }
 
+/// A connection of `pool`, framed with the line codec.
+async fn lines(pool: &TcpPool) -> PooledFramed<LinesCodec> {
+    pool.get()
+        .await
+        .expect("connection")
+        .framed(LinesCodec::new())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_replies_read_reuses_one_connection() {
     let (backend, pool, client) = setup(|b| b, routes).await;
@@ -218,11 +226,7 @@ async fn a_partial_frame_in_the_buffer_closes_the_connection() {
     let pool = TcpPool::builder(backend.addr_string())
         .build()
         .expect("pool");
-    let mut framed = pool
-        .get()
-        .await
-        .expect("connection")
-        .framed(LinesCodec::new());
+    let mut framed = lines(&pool).await;
     framed.send("ECHO whole").await.expect("send");
     // No reply frame expected for this one (as for a fire-and-forget command): only the
     // buffer can tell that it answered anyway.
@@ -370,11 +374,7 @@ async fn into_connection_without_buffered_bytes_gives_a_clean_plain_connection()
     let pool = TcpPool::builder(backend.addr_string())
         .build()
         .expect("pool");
-    let mut framed = pool
-        .get()
-        .await
-        .expect("connection")
-        .framed(LinesCodec::new());
+    let mut framed = lines(&pool).await;
     framed.send("ECHO framed").await.expect("send");
     let line = testkit::bounded("reply", framed.next()).await;
     assert_eq!(line.expect("a line").expect("decoded"), "framed");
@@ -386,11 +386,7 @@ async fn into_connection_without_buffered_bytes_gives_a_clean_plain_connection()
     assert_eq!(pool.state().idle, 1);
 
     // A reply frame still expected is a reply not read on the plain connection.
-    let mut framed = pool
-        .get()
-        .await
-        .expect("connection")
-        .framed(LinesCodec::new());
+    let mut framed = lines(&pool).await;
     framed.send("HOLD owed").await.expect("send");
     let conn = framed.into_connection().expect("an empty buffer");
     assert_eq!(conn.discard_reason(), Some(DiscardReason::ReplyNotRead));
@@ -411,11 +407,7 @@ async fn into_connection_with_buffered_bytes_hands_the_framed_value_back() {
     let pool = TcpPool::builder(backend.addr_string())
         .build()
         .expect("pool");
-    let mut framed = pool
-        .get()
-        .await
-        .expect("connection")
-        .framed(LinesCodec::new());
+    let mut framed = lines(&pool).await;
     framed.send("TWICE dup").await.expect("send");
     let line = testkit::bounded("reply", framed.next()).await;
     assert_eq!(line.expect("a line").expect("decoded"), "dup");

@@ -1,5 +1,5 @@
 //! Several endpoints, the edge cases an independent review found broken: each test names the
-//! promise it holds the pool to, and failed before its fix. Real sockets on 127.0.0.1, waits
+//! promise it holds the pool to, and its comment tells how it failed before its fix. Real sockets on 127.0.0.1, waits
 //! on events (a future polled once to know it is queued, backend counts), no sleeps.
 
 use std::future::Future;
@@ -93,7 +93,7 @@ async fn every_endpoint_refusing_is_502_even_while_one_has_a_connection_lent(
 /// max_size 1; a's one connection is in use, b's is idle. Round robin sends the next checkout
 /// to a, where it waits out checkout_timeout: 503 while b had a free connection all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_robin_gives_503_while_another_endpoint_has_a_free_connection(
+async fn round_robin_never_gives_503_while_another_endpoint_has_a_free_connection(
 ) -> Result<(), TcpPoolError> {
     let (a, b) = (Backend::start().await, Backend::start().await);
     let pool = TcpPool::builder(a.addr_string())
@@ -120,7 +120,7 @@ async fn round_robin_gives_503_while_another_endpoint_has_a_free_connection(
 /// them with their connection in use, the third free. Power of two choices draws the two
 /// full ones one time in three and then waits on one of them: 503s while an endpoint is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_loaded_gives_503_while_another_endpoint_has_a_free_connection(
+async fn least_loaded_never_gives_503_while_another_endpoint_has_a_free_connection(
 ) -> Result<(), TcpPoolError> {
     let (a, b, c) = (
         Backend::start().await,

@@ -45,7 +45,9 @@ async fn a_host_name_becomes_its_addresses_and_follows_set_endpoints() -> Result
     a.wait_for("a's connection closed", |s| s.open == 0).await;
     let conn = pool.get().await?;
     assert_eq!(conn.endpoint(), ip_b);
-    assert_eq!(b.seen().accepts, 1, "one connection to b");
+    // The backend counts an accept after the client's connect returns: wait for it.
+    let seen = b.wait_for("b's accept", |s| s.accepts >= 1).await;
+    assert_eq!(seen.accepts, 1, "one connection to b");
     Ok(())
 }
 

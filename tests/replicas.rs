@@ -316,13 +316,15 @@ async fn stopped_mid_load(balance: Balance) -> (Replicas, TcpPool, HttpClient) {
     r.backend(1)
         .wait_for("backend 1 serves under load", |s| s.replies >= 30)
         .await;
-    {
+    let failures_at_stop = {
         // A request in flight on backend 1 when it dies fails (its reply never comes): that
-        // is the handler's exchange, not a checkout. Stop it between two requests.
+        // is the handler's exchange, not a checkout. Stop it between two requests, counting
+        // failures from just before (after, the load may already have made them).
         let _quiet = gate.write().await;
+        let before = pool.state().connect_failures;
         r.backend(1).stop().await;
-    }
-    let failures_at_stop = pool.state().connect_failures;
+        before
+    };
     let first = wait_endpoint(&pool, &down, "backend 1 ejected", |e| {
         e.is_some_and(|e| e.times_ejected >= 1)
     })

@@ -59,7 +59,7 @@ async fn failover<M>(
     }
     let mut endpoints = set.current();
     let mut tried = Tried::default();
-    let (mut last_error, mut attempts) = (None, 0);
+    let (mut last_error, mut attempts, mut repicks) = (None, 0, 0);
     // A set replaced while this checkout ran is taken afresh, a bounded number of times.
     let mut refreshes = 0;
     loop {
@@ -73,19 +73,27 @@ async fn failover<M>(
             }
             break;
         };
-        tried.insert(i);
         let endpoint = &endpoints[i];
+        // Every endpoint left is full: wait on this one, but choose again when a connection
+        // comes back to any (a bounded number of times).
+        let repick = endpoint.shared.is_full() && repicks < MAX_REPICKS;
         let _waiting = Waiting::new(endpoint);
+        let attempt = unless_returned(set, repick, checkout_one(endpoint, deadline, span, true));
         let result = match deadline {
-            Some(at) => match timeout_at(at, checkout_one(endpoint, Some(at), span, true)).await {
+            Some(at) => match timeout_at(at, attempt).await {
                 Ok(result) => result,
                 Err(_) => {
                     endpoint.shared.counters.restart_timed_out();
-                    Err(TcpPoolError::CheckoutTimeout)
+                    Some(Err(TcpPoolError::CheckoutTimeout))
                 }
             },
-            None => checkout_one(endpoint, None, span, true).await,
+            None => attempt.await,
         };
+        let Some(result) = result else {
+            repicks += 1;
+            continue;
+        };
+        tried.insert(i);
         match result {
             Err(TcpPoolError::BackendUnreachable(e)) => {
                 tracing::debug!(
@@ -113,6 +121,35 @@ async fn failover<M>(
         }
         None => io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
     }))
+}
+
+/// How many times one checkout chooses again when a connection comes back elsewhere.
+const MAX_REPICKS: u32 = 64;
+
+/// `attempt`, or, with `repick`, `None` as soon as a connection comes back to any endpoint of
+/// the pool first (the attempt is dropped: cancel-safe).
+async fn unless_returned<F: Future>(
+    set: &Endpoints,
+    repick: bool,
+    attempt: F,
+) -> Option<F::Output> {
+    if !repick {
+        return Some(attempt.await);
+    }
+    let waiter = set.returns().waiter();
+    let mut returned = pin!(waiter.notified());
+    returned.as_mut().enable();
+    let mut attempt = pin!(attempt);
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = attempt.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        if returned.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Counts a checkout as waiting on an endpoint, for the balancer, until dropped.

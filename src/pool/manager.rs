@@ -76,6 +76,7 @@ impl bb8::ManageConnection for TcpManager {
         let lent = std::mem::take(&mut conn.lent);
         if lent {
             shared.fail_fast.give_back();
+            shared.outlier.pool().returns.returned();
         }
         let marked = conn.tracker.marked();
         let verdict = clean::returned(&conn.tracker, &mut conn.stream);

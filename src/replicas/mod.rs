@@ -5,7 +5,7 @@
 
 mod balance;
 mod endpoint;
-mod outlier;
+pub(crate) mod outlier;
 pub(crate) mod resolve;
 mod set;
 

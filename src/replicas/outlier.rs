@@ -142,9 +142,52 @@ impl OutlierDetection {
 }
 
 /// The pool-wide cap: which endpoints are ejected now, out of how many.
+///
+/// The one state all endpoints of a pool share, it also carries [`Returns`]: the wake-up of
+/// checkouts waiting on a full endpoint when a connection comes back to any endpoint.
 #[derive(Debug)]
 pub(crate) struct Ejections {
     inner: Mutex<Budget>,
+    pub(crate) returns: Returns,
+}
+
+/// Wakes the checkouts that wait on a full endpoint when a connection comes back to any
+/// endpoint of the pool, so they can move to the one that has room now.
+#[derive(Debug, Default)]
+pub(crate) struct Returns {
+    notify: tokio::sync::Notify,
+    waiters: std::sync::atomic::AtomicUsize,
+}
+
+impl Returns {
+    /// A connection came back (clean or to be closed: either frees a place). Costs a load
+    /// while no checkout waits on a full endpoint.
+    pub(crate) fn returned(&self) {
+        if self.waiters.load(Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Counts a waiting checkout until the guard is dropped; `notified()` is its wake-up.
+    pub(crate) fn waiter(&self) -> ReturnWaiter<'_> {
+        self.waiters.fetch_add(1, Relaxed);
+        ReturnWaiter(self)
+    }
+}
+
+/// See [`Returns::waiter`].
+pub(crate) struct ReturnWaiter<'a>(&'a Returns);
+
+impl<'a> ReturnWaiter<'a> {
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'a> {
+        self.0.notify.notified()
+    }
+}
+
+impl Drop for ReturnWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -178,6 +221,7 @@ impl Ejections {
                 percent: settings.max_ejected_percent,
                 active: Vec::new(),
             }),
+            returns: Returns::default(),
         }
     }
 
@@ -346,6 +390,11 @@ impl Outlier {
         }
         self.maybe_ejected.store(false, Relaxed);
         false
+    }
+
+    /// The pool-wide state this endpoint shares with the others.
+    pub(crate) fn pool(&self) -> &Ejections {
+        &self.ejections
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {

@@ -290,6 +290,11 @@ impl Endpoints {
         }
     }
 
+    /// What wakes checkouts waiting on a full endpoint when any endpoint gets one back.
+    pub(crate) fn returns(&self) -> &crate::replicas::outlier::Returns {
+        &self.ejections.returns
+    }
+
     /// Whether the first lookup of `resolve_endpoints` was applied (always, without it).
     pub(crate) fn is_looked_up(&self) -> bool {
         self.looked_up.load(SeqCst)

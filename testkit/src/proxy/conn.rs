@@ -17,11 +17,12 @@ use super::Fault;
 
 /// Counts a new connection, after retiring those the client has closed. When that would set
 /// a new maximum while some counted socket still has unread bytes, the connection tasks get
-/// a bounded moment (at most about 300 ms; they may be sleeping out a latency fault, on a
-/// busy host) to drain them, so that a FIN behind them is seen.
+/// a bounded moment (at most about 2 s; they may be sleeping out a latency fault, on a busy
+/// host: 300 ms once proved too short with three proxies and their pools on two busy CPUs)
+/// to drain them, so that a FIN behind them is seen.
 pub(super) async fn accept_one(shared: &Arc<Shared>, client: TcpStream) {
     let c = &shared.counters;
-    for _ in 0..300 {
+    for _ in 0..2_000 {
         let ambiguous = shared.retire_closed();
         if !ambiguous || c.open.load(SeqCst) < c.max_open.load(SeqCst) {
             break;

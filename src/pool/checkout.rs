@@ -74,11 +74,28 @@ async fn failover<M>(
             break;
         };
         let endpoint = &endpoints[i];
-        // Every endpoint left is full: wait on this one, but choose again when a connection
-        // comes back to any (a bounded number of times).
-        let repick = endpoint.shared.is_full() && repicks < MAX_REPICKS;
+        // If this one has no connection for it, choose again when a connection comes back to
+        // any endpoint (a bounded number of times).
+        let repick = repicks < MAX_REPICKS;
         let _waiting = Waiting::new(endpoint);
-        let attempt = unless_returned(set, repick, checkout_one(endpoint, deadline, span, true));
+        let full = || endpoint.shared.is_full();
+        let idle_elsewhere = || {
+            endpoints.iter().enumerate().any(|(j, e)| {
+                let s = &e.shared;
+                j != i
+                    && !tried.contains(j)
+                    && !s.is_removed()
+                    && s.has_idle_connection()
+                    && !s.outlier.is_ejected()
+            })
+        };
+        let attempt = unless_returned(
+            set,
+            repick,
+            full,
+            idle_elsewhere,
+            checkout_one(endpoint, deadline, span, true),
+        );
         let result = match deadline {
             Some(at) => match timeout_at(at, attempt).await {
                 Ok(result) => result,
@@ -91,6 +108,9 @@ async fn failover<M>(
         };
         let Some(result) = result else {
             repicks += 1;
+            // No longer waiting here: others waiting elsewhere may now see room here.
+            drop(_waiting);
+            set.returns().returned();
             continue;
         };
         tried.insert(i);
@@ -126,24 +146,43 @@ async fn failover<M>(
 /// How many times one checkout chooses again when a connection comes back elsewhere.
 const MAX_REPICKS: u32 = 64;
 
-/// `attempt`, or, with `repick`, `None` as soon as a connection comes back to any endpoint of
-/// the pool first (the attempt is dropped: cancel-safe).
+/// `attempt`, or, with `repick`, `None` if it has to wait and a connection comes back to
+/// any endpoint of the pool first (the attempt is dropped: cancel-safe). A checkout that
+/// waits on one endpoint thus moves when another gets room: checkouts choosing at the same
+/// moment can all pick the endpoint with one free place. Nothing is registered unless the
+/// attempt waits.
+///
+/// Asked once, when the attempt first has to wait: whether it waits for a connection to come
+/// back (`full`: not for a connect, which it keeps waiting for), and whether another
+/// endpoint has an idle connection now (`idle_elsewhere`: checkouts choosing at the same
+/// moment all took this one), which means choose again at once.
 async fn unless_returned<F: Future>(
     set: &Endpoints,
     repick: bool,
+    full: impl Fn() -> bool,
+    idle_elsewhere: impl Fn() -> bool,
     attempt: F,
 ) -> Option<F::Output> {
-    if !repick {
-        return Some(attempt.await);
-    }
-    let waiter = set.returns().waiter();
-    let mut returned = pin!(waiter.notified());
-    returned.as_mut().enable();
     let mut attempt = pin!(attempt);
+    let mut waiting = None;
+    let mut decided = None;
     poll_fn(|cx| {
         if let Poll::Ready(result) = attempt.as_mut().poll(cx) {
             return Poll::Ready(Some(result));
         }
+        // Decided at the first wait.
+        if !*decided.get_or_insert_with(|| repick && full()) {
+            return Poll::Pending;
+        }
+        if waiting.is_none() && idle_elsewhere() {
+            return Poll::Ready(None);
+        }
+        let (_waiter, returned) = waiting.get_or_insert_with(|| {
+            let waiter = set.returns().waiter();
+            let mut returned = Box::pin(waiter.notified());
+            returned.as_mut().enable();
+            (waiter, returned)
+        });
         if returned.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }

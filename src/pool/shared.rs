@@ -76,6 +76,12 @@ impl Shared {
         self.load() >= u64::from(self.config.max_size)
     }
 
+    /// Whether a connection is open that is neither lent out nor promised to a waiting
+    /// checkout.
+    pub(crate) fn has_idle_connection(&self) -> bool {
+        self.open.load(Relaxed) > self.load()
+    }
+
     /// Whether a checkout here would not make the pool open a connection while another
     /// endpoint has one idle: a connection is open that is neither lent out nor promised to
     /// a waiting checkout, or none is open at all. (An endpoint with no connection yet, just

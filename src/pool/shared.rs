@@ -88,7 +88,6 @@ impl Shared {
     /// added or back from an outage, must not lose every choice to one with an idle
     /// connection, or at low load it would never open its first.)
     pub(crate) fn has_idle(&self) -> bool {
-        let open = self.open.load(Relaxed);
-        open == 0 || open > self.load()
+        self.open.load(Relaxed) == 0 || self.has_idle_connection()
     }
 }

@@ -626,10 +626,28 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
         conn.write_all(b"HOLD held\n").await.expect("write");
         read_line(&mut conn).await.expect("read")
     }
+    // Requests the server has not dropped yet, counted outside the pool layer: aborting the
+    // client only closes its socket, and the server notices that a moment later.
+    struct Live(tokio::sync::watch::Sender<usize>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.send_modify(|n| *n -= 1);
+        }
+    }
+    let (live, mut live_rx) = tokio::sync::watch::channel(0usize);
+    let count = middleware::from_fn(move |req: Request, next: Next| {
+        live.send_modify(|n| *n += 1);
+        let guard = Live(live.clone());
+        async move {
+            let _guard = guard;
+            next.run(req).await
+        }
+    });
     let app = Router::new()
         .route("/hold", get(hold))
         .route("/echo/{tag}", get(echo))
-        .route_layer(TcpPoolLayer::new(pool.clone()));
+        .route_layer(TcpPoolLayer::new(pool.clone()))
+        .layer(count);
     let client = HttpClient::new(serve(app).await);
     let holder = client.spawn_get("/hold");
     backend
@@ -645,6 +663,12 @@ async fn an_eager_request_cancelled_while_waiting_for_a_checkout_leaves_the_pool
     for w in waiters {
         let _ = w.await;
     }
+    bounded(
+        "the server drops the waiting requests",
+        live_rx.wait_for(|n| *n == 1),
+    )
+    .await
+    .expect("the counter lives in the app");
     backend.release();
     assert_eq!(holder.await.expect("holder").body, "held");
     for i in 0..3 {

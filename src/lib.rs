@@ -10,6 +10,7 @@ mod clean;
 mod error;
 mod failfast;
 mod framed;
+mod lifecycle;
 mod pool;
 mod replicas;
 mod state;

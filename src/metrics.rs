@@ -31,6 +31,8 @@
 //! | `tcp_pool_discards_total` | counter | `pool`, `reason` | connections closed instead of reused, one series per [`DiscardReason::as_str`] ([`PoolState::discards`]) |
 //! | `tcp_pool_closed_idle_timeout_total` | counter | `pool` | closed for sitting idle past `idle_timeout` ([`PoolState::closed_idle_timeout`]) |
 //! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
+//! | `tcp_pool_idle_probes_total` | counter | `pool` | idle connections checked by idle probing ([`PoolState::idle_probes`]) |
+//! | `tcp_pool_idle_probe_failures_total` | counter | `pool` | idle connections idle probing found dead ([`PoolState::idle_probe_failures`]) |
 //!
 //!
 //! A pool with [several endpoints](crate::TcpPoolBuilder#several-endpoints) also exports one
@@ -124,6 +126,10 @@ pub const DISCARDS: &str = "tcp_pool_discards_total";
 pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
 /// Counter: connections closed because they were older than `max_lifetime`.
 pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
+/// Counter: idle connections checked by idle probing.
+pub const IDLE_PROBES: &str = "tcp_pool_idle_probes_total";
+/// Counter: idle connections idle probing found dead.
+pub const IDLE_PROBE_FAILURES: &str = "tcp_pool_idle_probe_failures_total";
 
 /// Gauge: one endpoint's open connections.
 pub const ENDPOINT_CONNECTIONS: &str = "tcp_pool_endpoint_connections";
@@ -201,6 +207,8 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CONNECT_FAILURES, "pool" => pool.to_owned()).absolute(s.connect_failures);
     counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
+    counter!(IDLE_PROBES, "pool" => pool.to_owned()).absolute(s.idle_probes);
+    counter!(IDLE_PROBE_FAILURES, "pool" => pool.to_owned()).absolute(s.idle_probe_failures);
     for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
@@ -320,5 +328,15 @@ fn describe() {
         CLOSED_MAX_LIFETIME,
         Unit::Count,
         "Connections closed because they were older than max_lifetime."
+    );
+    describe_counter!(
+        IDLE_PROBES,
+        Unit::Count,
+        "Idle connections checked by idle probing."
+    );
+    describe_counter!(
+        IDLE_PROBE_FAILURES,
+        Unit::Count,
+        "Idle connections idle probing found dead, and closed."
     );
 }

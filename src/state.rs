@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::clean::DiscardReason;
 
-/// Connections closed instead of reused, by [`DiscardReason`]. Connections bb8 closes for age
-/// or idleness are in [`PoolState::closed_idle_timeout`] and
-/// [`PoolState::closed_max_lifetime`].
+/// Connections closed instead of reused, by [`DiscardReason`]. Connections closed for age,
+/// idleness or a failed idle probe are in [`PoolState::closed_idle_timeout`],
+/// [`PoolState::closed_max_lifetime`] and [`PoolState::idle_probe_failures`].
 ///
 /// ```
 /// use axum_tcp_pool::{DiscardReason, Discards};
@@ -112,15 +112,22 @@ pub struct PoolState {
     pub closed_broken: u64,
     /// Connections closed at checkout because they failed the health check (bb8's count).
     pub closed_invalid: u64,
-    /// Connections closed because they sat idle longer than `idle_timeout`.
+    /// Connections above `min_idle` closed because they sat idle longer than `idle_timeout`
+    /// (see [`idle_timeout`](crate::TcpPoolBuilder::idle_timeout)).
     pub closed_idle_timeout: u64,
-    /// Connections closed because they were older than `max_lifetime`.
+    /// Connections closed because they reached their lifetime (`max_lifetime` less its
+    /// jitter): idle ones at their deadline, ones in use when they came back.
     pub closed_max_lifetime: u64,
     /// Connections closed instead of being reused, by reason.
     pub discards: Discards,
     /// Each endpoint in the pool's set, in its order; the fields above are sums over these
     /// (and over endpoints removed since the pool was built, so totals never go down).
     pub endpoints: Vec<EndpointState>,
+    /// Idle connections checked by idle probing (the peek, then the probe if configured; see
+    /// [`idle_probe_interval`](crate::TcpPoolBuilder::idle_probe_interval)).
+    pub idle_probes: u64,
+    /// Idle connections idle probing found dead, and closed.
+    pub idle_probe_failures: u64,
 }
 
 /// One endpoint of a pool: its sizes and its outlier-detection state. In
@@ -170,6 +177,8 @@ impl PoolState {
         self.closed_invalid += other.closed_invalid;
         self.closed_idle_timeout += other.closed_idle_timeout;
         self.closed_max_lifetime += other.closed_max_lifetime;
+        self.idle_probes += other.idle_probes;
+        self.idle_probe_failures += other.idle_probe_failures;
         for &reason in DiscardReason::ALL {
             *self.discards.count_mut(reason) += other.discards.get(reason);
         }
@@ -229,6 +238,8 @@ impl Counters {
             closed_max_lifetime: st.connections_closed_max_lifetime,
             discards,
             endpoints: Vec::new(),
+            idle_probes: 0,
+            idle_probe_failures: 0,
         }
     }
 }

@@ -12,13 +12,15 @@ impl TcpPoolBuilder {
     /// Validates the settings and builds the pool. No I/O: connections are opened on demand
     /// (and `min_idle` of them in the background).
     ///
-    /// Must be called from within a Tokio runtime (bb8 spawns its background tasks there).
+    /// Must be called from within a Tokio runtime (the pool's background tasks run there).
     ///
     /// # Errors
     ///
     /// [`TcpPoolError::Config`], with a message that says what to fix, for: `max_size(0)`,
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
-    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`), a keepalive outside 1 s to
+    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`,
+    /// `idle_probe_interval(Some(ZERO))`), a `max_lifetime_jitter` outside 0.0 to 0.5 (or
+    /// NaN), a keepalive outside 1 s to
     /// 32767 s, an address without a port, a `unix:` address without a usable path, TLS
     /// settings that cannot be used (see `TlsConfig`), an empty [`name`](Self::name), or no
     /// Tokio runtime.
@@ -63,7 +65,7 @@ impl TcpPoolBuilder {
 
     fn finish(
         config: Arc<Config>,
-        endpoints: Vec<Endpoint>,
+        endpoints: Vec<Arc<Endpoint>>,
         ejections: Arc<Ejections>,
         runtime: tokio::runtime::Handle,
     ) -> TcpPool {

@@ -39,11 +39,13 @@ impl TcpPool {
 /// | [`outlier_detection`](Self::outlier_detection) | 5 failures eject for 30 s | when an endpoint is taken out of rotation |
 /// | [`resolve_endpoints`](Self::resolve_endpoints) | off | each address is a host name whose addresses are the endpoints, looked up again at this interval |
 /// | [`max_size`](Self::max_size) | 10 | most connections open at once, per endpoint |
-/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open and refilled in the background, per endpoint |
+/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open across idle periods and refilled in the background, per endpoint |
 /// | [`checkout_timeout`](Self::checkout_timeout) | 5 s | how long a request may wait for a free connection |
 /// | [`connect_timeout`](Self::connect_timeout) | 2 s | one connect attempt (and one health probe) |
-/// | [`idle_timeout`](Self::idle_timeout) | 10 min | idle connections are closed after this (then refilled up to `min_idle`) |
-/// | [`max_lifetime`](Self::max_lifetime) | 30 min | connections older than this are replaced |
+/// | [`idle_timeout`](Self::idle_timeout) | 10 min | connections above `min_idle` idle this long are closed (the `min_idle` ones stay) |
+/// | [`max_lifetime`](Self::max_lifetime) | 30 min | connections older than this (less their jitter) are replaced |
+/// | [`max_lifetime_jitter`](Self::max_lifetime_jitter) | 0.025 | each connection's lifetime is shortened by a random share of `max_lifetime` up to this, so connections opened together are not replaced together |
+/// | [`idle_probe_interval`](Self::idle_probe_interval) | off | idle connections are checked in the background at this interval, dead ones replaced |
 /// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` |
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
@@ -111,6 +113,48 @@ impl TcpPool {
 ///
 /// [`DiscardReason::IoError`]: crate::DiscardReason::IoError
 /// [`DiscardReason::Eof`]: crate::DiscardReason::Eof
+///
+/// # Lifecycle
+///
+/// Each endpoint has a background task (bb8's reaper and `min_idle` are not used) that:
+///
+/// - **replaces each connection at its own deadline**: `max_lifetime` less a random share
+///   of it up to [`max_lifetime_jitter`](Self::max_lifetime_jitter), drawn at connect, so
+///   connections opened together are not replaced together; an idle one is closed at its
+///   deadline, one in use when it comes back ([`PoolState::closed_max_lifetime`]);
+/// - **keeps `min_idle` without churn**: it opens them, refills after any connection closes,
+///   and closes for idleness only connections above `min_idle`, oldest first (HikariCP's
+///   `idleTimeout`; [`PoolState::closed_idle_timeout`]); `min_idle` connections stay open
+///   across idle periods until their lifetime ends;
+/// - **probes idle connections** with [`idle_probe_interval`](Self::idle_probe_interval)
+///   (HikariCP's `keepaliveTime`): those not used since the previous round get the peek, then
+///   the [health check](Self::health_check) probe, one at a time; a dead one is closed and
+///   the task refills up to `min_idle` (HikariCP's `fillPool`; with `min_idle` 0 it is only
+///   closed). Probing never opens a connection by itself and never touches one in use
+///   ([`PoolState::idle_probes`], [`PoolState::idle_probe_failures`]).
+///
+/// The task holds the endpoint weakly: it ends when the pool is dropped. On the request path
+/// it costs a thread-local read per checkout and, when `max_lifetime` or `idle_timeout` is
+/// set, one clock read per return.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use std::time::Duration;
+/// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+///     .min_idle(2)
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .max_lifetime(Some(Duration::from_secs(1800)))
+///     .max_lifetime_jitter(0.025)
+///     .idle_probe_interval(Some(Duration::from_secs(30)))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+///
+/// [`PoolState::closed_max_lifetime`]: crate::PoolState::closed_max_lifetime
+/// [`PoolState::closed_idle_timeout`]: crate::PoolState::closed_idle_timeout
+/// [`PoolState::idle_probes`]: crate::PoolState::idle_probes
+/// [`PoolState::idle_probe_failures`]: crate::PoolState::idle_probe_failures
 ///
 /// # Validation
 ///
@@ -202,8 +246,10 @@ impl TcpPoolBuilder {
         self
     }
 
-    /// Idle connections to keep open (default 0; at most `max_size`). They are opened in the
-    /// background after `build()` and refilled whenever the idle count drops below it.
+    /// Idle connections to keep open, per endpoint (default 0; at most `max_size`). They are
+    /// opened in the background after `build()`, refilled after any connection closes, and
+    /// stay open across idle periods (only connections above `min_idle` close for
+    /// [idleness](Self::idle_timeout)). See the [lifecycle](Self#lifecycle).
     ///
     /// ```
     /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").min_idle(2);
@@ -237,9 +283,10 @@ impl TcpPoolBuilder {
         self
     }
 
-    /// Idle connections are closed after sitting unused this long, then bb8 reopens
-    /// connections up to `min_idle` (default 10 minutes). `None` keeps idle connections
-    /// forever; `Some(Duration::ZERO)` is an error.
+    /// Connections above `min_idle` are closed after sitting idle this long since their last
+    /// return, oldest first (default 10 minutes); the `min_idle` ones stay open. `None` keeps
+    /// idle connections forever; `Some(Duration::ZERO)` is an error. See the
+    /// [lifecycle](Self#lifecycle).
     ///
     /// ```
     /// use std::time::Duration;
@@ -250,9 +297,10 @@ impl TcpPoolBuilder {
         self
     }
 
-    /// Connections older than this are closed and replaced: when they come back to the pool,
-    /// or by the background reaper while idle (default 30 minutes). `None` lets connections
-    /// live forever; `Some(Duration::ZERO)` is an error.
+    /// Connections older than this, less their [jitter](Self::max_lifetime_jitter), are
+    /// closed and replaced: at their own deadline while idle, when they come back if in use
+    /// (default 30 minutes). `None` lets connections live forever; `Some(Duration::ZERO)` is
+    /// an error. See the [lifecycle](Self#lifecycle).
     ///
     /// ```
     /// use std::time::Duration;
@@ -351,6 +399,39 @@ impl TcpPoolBuilder {
     /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = Some(name.into());
+        self
+    }
+
+    /// The largest share of `max_lifetime` taken off each connection's lifetime, drawn at
+    /// random at connect (default 0.025, HikariCP's 2.5 %; from 0.0 to 0.5, NaN is an
+    /// error): connections opened together are replaced one by one, not together. See the
+    /// [lifecycle](Self#lifecycle).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+    ///     .max_lifetime(Some(Duration::from_secs(1800)))
+    ///     .max_lifetime_jitter(0.1);
+    /// ```
+    pub fn max_lifetime_jitter(mut self, jitter: f64) -> Self {
+        self.config.max_lifetime_jitter = jitter;
+        self
+    }
+
+    /// Checks idle connections in the background at this interval (default `None`, off;
+    /// `Some(Duration::ZERO)` is an error): those not used since the previous round get the
+    /// non-blocking peek, then the [health check](Self::health_check) probe if one is set,
+    /// and dead ones are closed and replaced up to `min_idle`. It never opens a connection by
+    /// itself and never touches one in use. See the [lifecycle](Self#lifecycle).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+    ///     .min_idle(2)
+    ///     .idle_probe_interval(Some(Duration::from_secs(30)));
+    /// ```
+    pub fn idle_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.idle_probe_interval = interval;
         self
     }
 

@@ -36,6 +36,10 @@ pub(crate) struct Config {
     pub(crate) write_only: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::TlsConfig>,
+    /// The largest fraction of `max_lifetime` taken off one connection's lifetime.
+    pub(crate) max_lifetime_jitter: f64,
+    /// Idle connections are checked in the background at this interval.
+    pub(crate) idle_probe_interval: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -59,6 +63,8 @@ impl fmt::Debug for Config {
             .field("write_only", &self.write_only);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
+        d.field("max_lifetime_jitter", &self.max_lifetime_jitter)
+            .field("idle_probe_interval", &self.idle_probe_interval);
         d.finish()
     }
 }
@@ -84,6 +90,8 @@ impl Config {
             write_only: false,
             #[cfg(feature = "tls")]
             tls: None,
+            max_lifetime_jitter: 0.025,
+            idle_probe_interval: None,
         }
     }
 
@@ -142,17 +150,25 @@ impl Config {
             ("connect_timeout", Some(self.connect_timeout)),
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
+            ("idle_probe_interval", self.idle_probe_interval),
         ] {
             if value == Some(Duration::ZERO) {
                 let none = match name {
                     "idle_timeout" => "; use idle_timeout(None) to keep idle connections forever",
                     "max_lifetime" => "; use max_lifetime(None) to let connections live forever",
+                    "idle_probe_interval" => "; use idle_probe_interval(None) to turn idle probing off",
                     _ => "",
                 };
                 return Err(TcpPoolError::config(format!(
                     "{name} must be greater than zero{none}"
                 )));
             }
+        }
+        if !(0.0..=MAX_LIFETIME_JITTER).contains(&self.max_lifetime_jitter) {
+            return Err(TcpPoolError::config(format!(
+                "max_lifetime_jitter must be between 0.0 and {MAX_LIFETIME_JITTER} (got {}): it is the largest fraction of max_lifetime taken off a connection's lifetime",
+                self.max_lifetime_jitter
+            )));
         }
         if let Some(idle) = self.keepalive {
             // TCP_KEEPIDLE is whole seconds, 1 to 32767 on Linux: anything else would make
@@ -184,20 +200,11 @@ impl Config {
             keepalive: self.keepalive,
         })
     }
-
-    /// How often bb8's reaper looks for idle and expired connections: often enough that short
-    /// timeouts are honoured (a quarter of the shortest one), at most bb8's default of 30 s.
-    pub(crate) fn reaper_rate(&self) -> Duration {
-        let shortest = [self.idle_timeout, self.max_lifetime]
-            .into_iter()
-            .flatten()
-            .min();
-        match shortest {
-            Some(d) => (d / 4).clamp(Duration::from_millis(1), Duration::from_secs(30)),
-            None => Duration::from_secs(30),
-        }
-    }
 }
+
+/// The largest `max_lifetime_jitter`: beyond half, a connection may live a small fraction of
+/// the lifetime asked for.
+pub(crate) const MAX_LIFETIME_JITTER: f64 = 0.5;
 
 /// A set of endpoints: at least one, none twice.
 pub(crate) fn check_endpoints<'a>(
@@ -223,15 +230,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reaper_rate_follows_the_shortest_timeout() {
-        let mut c = Config::new("a:1".into());
-        c.idle_timeout = Some(Duration::from_millis(200));
-        assert_eq!(c.reaper_rate(), Duration::from_millis(50));
-        c.idle_timeout = None;
-        c.max_lifetime = None;
-        assert_eq!(c.reaper_rate(), Duration::from_secs(30));
-        c.max_lifetime = Some(Duration::MAX);
-        assert_eq!(c.reaper_rate(), Duration::from_secs(30));
+    fn max_lifetime_jitter_is_a_fraction_up_to_one_half() {
+        let mut c = Config::new("127.0.0.1:1".into());
+        for ok in [0.0, 0.025, 0.5] {
+            c.max_lifetime_jitter = ok;
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [-0.1, 0.51, 1.0, f64::NAN, f64::INFINITY] {
+            c.max_lifetime_jitter = bad;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("max_lifetime_jitter"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -241,6 +250,7 @@ mod tests {
         c.connect_timeout = Duration::MAX;
         c.idle_timeout = Some(Duration::MAX);
         c.max_lifetime = Some(Duration::MAX);
+        c.idle_probe_interval = Some(Duration::MAX);
         assert!(c.validate().is_ok());
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::clean::{self, DiscardReason};
 use crate::error::TcpPoolError;
+use crate::lifecycle;
 use crate::pool::health;
 use crate::pool::pooled::PooledStream;
 use crate::pool::shared::Shared;
@@ -65,6 +66,10 @@ impl bb8::ManageConnection for TcpManager {
     }
 
     async fn is_valid(&self, conn: &mut PooledStream) -> Result<(), TcpPoolError> {
+        if lifecycle::sweeping() {
+            // The lifecycle task taking idle connections out: not a checkout.
+            return Ok(());
+        }
         if self.shared.is_removed() {
             return Err(TcpPoolError::Io(removed()));
         }
@@ -73,6 +78,14 @@ impl bb8::ManageConnection for TcpManager {
 
     fn has_broken(&self, conn: &mut PooledStream) -> bool {
         let shared = &self.shared;
+        if let Some(verdict) = conn.life.sweep.take() {
+            // Back from the lifecycle task (or new from it): neither a lend nor a return.
+            let close = lifecycle::swept_back(shared, verdict);
+            if close {
+                conn.stream.close_now();
+            }
+            return close;
+        }
         let lent = std::mem::take(&mut conn.lent);
         if lent {
             shared.fail_fast.give_back();
@@ -102,7 +115,12 @@ impl bb8::ManageConnection for TcpManager {
             return true;
         }
         let Some(reason) = verdict else {
-            return false;
+            // Clean: closed only if past its lifetime.
+            let expired = lent && lifecycle::returned(shared, &mut conn.life);
+            if expired {
+                conn.stream.close_now();
+            }
+            return expired;
         };
         shared.counters.discarded(reason);
         let (pool, endpoint) = (shared.config.name(), &*shared.addr);

@@ -26,6 +26,7 @@ pub use probe::{ProbeFn, ProbeFuture};
 
 pub(crate) use config::{check_endpoints, Config};
 pub(crate) use manager::{FailureSink, TcpManager};
+pub(crate) use pooled::PooledStream;
 pub(crate) use shared::Shared;
 
 use crate::error::TcpPoolError;

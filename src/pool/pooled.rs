@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use crate::clean::Tracker;
+use crate::lifecycle::{Life, Lifecycle};
 use crate::pool::shared::Shared;
 use crate::transport::BackendStream;
 
@@ -21,11 +22,14 @@ pub(crate) struct PooledStream {
     pub(crate) attempt: u64,
     /// The endpoint it goes to (counted open there until dropped).
     pub(crate) endpoint: Arc<Shared>,
+    /// Its deadline, idle time and sweep state (see the `lifecycle` module).
+    pub(crate) life: Life,
 }
 
 impl PooledStream {
     pub(crate) fn new(stream: BackendStream, attempt: u64, endpoint: Arc<Shared>) -> PooledStream {
         endpoint.open.fetch_add(1, SeqCst);
+        let life = Lifecycle::opened(&endpoint);
         PooledStream {
             stream,
             tracker: Tracker::default(),
@@ -33,6 +37,7 @@ impl PooledStream {
             lent: false,
             attempt,
             endpoint,
+            life,
         }
     }
 }
@@ -40,5 +45,6 @@ impl PooledStream {
 impl Drop for PooledStream {
     fn drop(&mut self) {
         self.endpoint.open.fetch_sub(1, SeqCst);
+        self.endpoint.lifecycle.dropped(&self.life);
     }
 }

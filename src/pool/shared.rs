@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::failfast::FailFast;
+use crate::lifecycle::Lifecycle;
 use crate::pool::config::Config;
 use crate::replicas::Outlier;
 use crate::state::Counters;
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     /// The runtime the pool was built in, lent to a connection dropped on a thread without
     /// one (bb8 may spawn a refill task then).
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Lifetimes, `min_idle`, idle timeout and idle probing (see the `lifecycle` module).
+    pub(crate) lifecycle: Lifecycle,
 }
 
 impl Shared {

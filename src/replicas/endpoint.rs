@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::error::TcpPoolError;
 use crate::failfast::FailFast;
+use crate::lifecycle::{self, Lifecycle};
 use crate::pool::{Config, FailureSink, Shared, TcpManager};
 use crate::replicas::outlier::{Ejections, Outlier};
 use crate::state::{Counters, EndpointState, PoolState};
@@ -20,49 +21,51 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint at `addr` (resolved from `name_addr`); opens nothing but `min_idle`
-    /// connections, in the background.
+    /// The endpoint at `addr` (resolved from `name_addr`), with its lifecycle task; opens
+    /// nothing but `min_idle` connections, in the background.
     pub(crate) fn start(
         config: &Arc<Config>,
         addr: &str,
         name_addr: &str,
         id: u64,
         ejections: &Arc<Ejections>,
-    ) -> Result<Endpoint, TcpPoolError> {
-        let (builder, shared) = Self::prepare(config, addr, name_addr, id, ejections)?;
-        let pool = builder.build_unchecked(TcpManager {
-            shared: shared.clone(),
-        });
-        Ok(Endpoint {
-            id,
-            pool,
-            shared,
-            name_addr: name_addr.to_owned(),
-        })
+    ) -> Result<Arc<Endpoint>, TcpPoolError> {
+        let endpoint = Self::unstarted(config, addr, name_addr, id, ejections)?;
+        lifecycle::spawn(&endpoint);
+        Ok(endpoint)
     }
 
-    /// The same, waiting until its `min_idle` connections are open; the first connect error
-    /// is returned at once.
+    /// The same, waiting until its `min_idle` connections are open (concurrently); the first
+    /// connect error is returned at once.
     pub(crate) async fn start_filled(
         config: &Arc<Config>,
         addr: &str,
         id: u64,
         ejections: &Arc<Ejections>,
-    ) -> Result<Endpoint, TcpPoolError> {
-        let (builder, shared) = Self::prepare(config, addr, addr, id, ejections)?;
-        // bb8 opens the min_idle connections concurrently and, with retries off, returns
-        // the first connect error at once.
-        let pool = builder
-            .build(TcpManager {
-                shared: shared.clone(),
-            })
-            .await?;
-        Ok(Endpoint {
+    ) -> Result<Arc<Endpoint>, TcpPoolError> {
+        let endpoint = Self::unstarted(config, addr, addr, id, ejections)?;
+        lifecycle::fill(&endpoint).await?;
+        lifecycle::spawn(&endpoint);
+        Ok(endpoint)
+    }
+
+    fn unstarted(
+        config: &Arc<Config>,
+        addr: &str,
+        name_addr: &str,
+        id: u64,
+        ejections: &Arc<Ejections>,
+    ) -> Result<Arc<Endpoint>, TcpPoolError> {
+        let (builder, shared) = Self::prepare(config, addr, name_addr, id, ejections)?;
+        let pool = builder.build_unchecked(TcpManager {
+            shared: shared.clone(),
+        });
+        Ok(Arc::new(Endpoint {
             id,
             pool,
             shared,
-            name_addr: addr.to_owned(),
-        })
+            name_addr: name_addr.to_owned(),
+        }))
     }
 
     fn prepare(
@@ -78,14 +81,15 @@ impl Endpoint {
         })?;
         let builder = bb8::Pool::builder()
             .max_size(config.max_size)
-            .min_idle((config.min_idle > 0).then_some(config.min_idle))
+            // The lifecycle task does these instead of bb8's reaper (see `lifecycle`): bb8
+            // then runs no reaper and opens connections only for checkouts.
+            .min_idle(None)
+            .max_lifetime(None)
+            .idle_timeout(None)
             .test_on_check_out(true)
-            .max_lifetime(config.max_lifetime)
-            .idle_timeout(config.idle_timeout)
             .connection_timeout(config.checkout_timeout)
             // Fail fast: one attempt per request; waiting requests are told at once.
             .retry_connection(false)
-            .reaper_rate(config.reaper_rate())
             // Reuse the most recently returned connection, so surplus ones go idle and expire.
             .queue_strategy(bb8::QueueStrategy::Lifo);
         let shared = Arc::new(Shared {
@@ -99,6 +103,7 @@ impl Endpoint {
             open: Default::default(),
             removed: Default::default(),
             runtime,
+            lifecycle: Lifecycle::new(),
         });
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
         Ok((builder, shared))
@@ -106,7 +111,8 @@ impl Endpoint {
 
     /// This endpoint's sizes and counters, and its entry in [`PoolState::endpoints`].
     pub(crate) fn state(&self) -> (PoolState, EndpointState) {
-        let s = self.shared.counters.snapshot(self.pool.state());
+        let mut s = self.shared.counters.snapshot(self.pool.state());
+        self.shared.lifecycle.counted(&mut s);
         let e = EndpointState {
             addr: self.shared.addr.to_string(),
             connections: s.connections,
@@ -118,5 +124,12 @@ impl Endpoint {
             checkouts: self.shared.fail_fast.lends(),
         };
         (s, e)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // Its lifecycle task holds a weak reference: it ends when it wakes.
+        self.shared.lifecycle.wake();
     }
 }

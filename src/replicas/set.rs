@@ -53,7 +53,7 @@ impl Endpoints {
     /// current runtime.
     pub(crate) fn new(
         config: Arc<Config>,
-        endpoints: Vec<Endpoint>,
+        endpoints: Vec<Arc<Endpoint>>,
         ejections: Arc<Ejections>,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Endpoints> {
@@ -62,7 +62,6 @@ impl Endpoints {
         ejections.set_endpoints(&ids);
         let next_id = ids.iter().max().map_or(0, |id| id + 1);
         let looked_up = config.resolve_every.is_none();
-        let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
         Arc::new(Endpoints {
             balancer: Balancer::new(config.balance),
             config,
@@ -164,8 +163,13 @@ impl Endpoints {
                 true => None,
                 false => {
                     let id = self.next_id.fetch_add(1, Relaxed);
-                    let e = Endpoint::start(&self.config, addr, name, id, &self.ejections)?;
-                    Some(Arc::new(e))
+                    Some(Endpoint::start(
+                        &self.config,
+                        addr,
+                        name,
+                        id,
+                        &self.ejections,
+                    )?)
                 }
             });
         }
@@ -178,6 +182,7 @@ impl Endpoints {
                 let i = draining.iter().position(|e| is(e, addr, name))?;
                 let e = draining.swap_remove(i);
                 e.shared.removed.store(false, Relaxed);
+                crate::lifecycle::spawn(&e);
                 Some(e)
             };
             if let Some(e) = made.or(kept).or_else(revived) {
@@ -205,6 +210,8 @@ impl Endpoints {
             );
             endpoint.shared.removed.store(true, Relaxed);
             close_idle(endpoint);
+            // Its lifecycle task ends.
+            endpoint.shared.lifecycle.wake();
             // Checkouts waiting here move to the set as it is now.
             endpoint.shared.fail_fast.wake();
         }

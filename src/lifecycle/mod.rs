@@ -1,0 +1,76 @@
+//! The lifecycle of an endpoint's connections, run by this crate instead of bb8: lifetimes
+//! that do not expire together, `min_idle` without churn, and idle probing.
+//!
+//! # Why not bb8's reaper
+//!
+//! bb8's reaper wakes every `reaper_rate` and closes, in one batch, every idle connection
+//! past `idle_timeout` or `max_lifetime`, the `min_idle` ones included, then opens new ones:
+//! connections opened together expire together, and an idle service reconnects its
+//! `min_idle` connections once per `idle_timeout` for nothing. bb8 has no way to list or
+//! remove idle connections, so this cannot be changed from outside. The pool therefore
+//! gives bb8 neither `idle_timeout` nor `max_lifetime` nor `min_idle` (bb8 then runs no
+//! reaper and opens connections only for checkouts), and each endpoint gets one background
+//! task of its own (`keeper`), started with the endpoint (when any of these settings is
+//! on), holding only a weak reference to it: it ends when the endpoint is dropped or
+//! removed from the set.
+//!
+//! # Lifetimes that don't expire together
+//!
+//! At connect, each connection draws its own deadline: `max_lifetime` less a random share
+//! of it, up to `max_lifetime_jitter` (2.5 % by default, as HikariCP). The task keeps the
+//! deadlines of the open connections in order and wakes at the earliest, not at a shared
+//! tick: an idle connection is closed at its own deadline, one in use when it comes back.
+//! `min_idle` is then refilled, so connections opened together (at start-up, after a
+//! restart) are replaced one by one over the jitter window.
+//!
+//! # `min_idle` without churn
+//!
+//! `min_idle` connections are opened by the task (at start, and after any connection of
+//! the endpoint closes), through the manager's own connect, so fail-fast and reconnect
+//! backoff apply, and handed to bb8 (which refuses them beyond `max_size`). After a failed
+//! connect the task tries again after a delay doubling from 50 ms to 5 s.
+//!
+//! Only connections above `min_idle` close for idleness (HikariCP's `idleTimeout`): while
+//! more than `min_idle` connections are open, the task looks, when the oldest idle one above
+//! `min_idle` would expire, for connections idle (since their last return) longer than
+//! `idle_timeout`, and closes them, oldest first, while more than `min_idle` stay idle. The
+//! `min_idle` connections stay open across any number of idle periods; `max_lifetime` still
+//! replaces them.
+//!
+//! # Idle probing
+//!
+//! With `idle_probe_interval`, every interval the idle connections not used since the
+//! previous round are checked (HikariCP's `keepaliveTime`): the non-blocking peek, then the
+//! configured [`health_check`](crate::TcpPoolBuilder::health_check) probe if any, limited by
+//! `connect_timeout`, one connection out of the pool at a time (the others stay available).
+//! A dead one is closed (counted in `idle_probe_failures`) and the task refills up to
+//! `min_idle` (HikariCP's `fillPool`): with `min_idle` 0 it is only closed. Probing itself
+//! never opens a connection and never touches one in use.
+//!
+//! # Sweeps
+//!
+//! To look at its idle connections the task takes them out of bb8 (`sweep`): one poll of a
+//! checkout per idle connection, synchronously, never awaiting while it holds them, with the
+//! checkout health check skipped for that poll alone (a thread-local flag). It gives back
+//! those it keeps last first, so bb8's most-recently-returned-first order is unchanged. A
+//! connection given back by a sweep is not a return: its tracker, the endpoint's fail-fast
+//! and outlier state are untouched. Those it closes are counted in `closed_idle_timeout`,
+//! `closed_max_lifetime` or `idle_probe_failures`, not as discards nor as broken. A
+//! checkout elsewhere at the very moment of a sweep may find no idle connection for those
+//! microseconds: it waits for one to come back or, below `max_size`, has bb8 open one.
+//!
+//! # Cost on the request path
+//!
+//! A checkout reads one thread-local flag. A return reads the clock once when
+//! `max_lifetime` or `idle_timeout` is set (bb8 did the same for `max_lifetime`); nothing
+//! else, no lock, no allocation.
+
+mod keeper;
+mod lifetime;
+mod probing;
+mod state;
+mod sweep;
+
+pub(crate) use keeper::{fill, spawn};
+pub(crate) use state::{returned, swept_back, Life, Lifecycle};
+pub(crate) use sweep::sweeping;

@@ -1,0 +1,256 @@
+//! The lifecycle state: [`Lifecycle`] for one endpoint (what its task, its connections and
+//! `pool.state()` share), [`Life`] for one connection.
+
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::lifecycle::lifetime;
+use crate::pool::Shared;
+use crate::state::PoolState;
+
+/// One endpoint's lifecycle state.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    /// The deadlines of its open connections that have one, with their ids: the task's
+    /// timer is the first. Entries past are dropped by the sweep that handles them.
+    deadlines: Mutex<BTreeSet<(Instant, u64)>>,
+    /// Wakes the task: a connection opened or closed, the endpoint dropped or removed.
+    wake: Notify,
+    /// A connection closed since the task last looked: refill `min_idle`.
+    closed: AtomicBool,
+    /// The task is running (a revived endpoint starts one only if not).
+    pub(crate) running: AtomicBool,
+    next_id: AtomicU64,
+    rng: AtomicU64,
+    pub(crate) counts: Counts,
+}
+
+/// What the lifecycle counts, for [`PoolState`].
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) closed_idle_timeout: AtomicU64,
+    pub(crate) closed_max_lifetime: AtomicU64,
+    pub(crate) idle_probes: AtomicU64,
+    pub(crate) idle_probe_failures: AtomicU64,
+    /// Connections the task opened and bb8 took (bb8 counts only those it opens).
+    pub(crate) added: AtomicU64,
+    /// Checkouts the sweeps made (bb8 counts them as its own).
+    pub(crate) sweep_gets: AtomicU64,
+}
+
+/// One connection's lifecycle state.
+#[derive(Debug)]
+pub(crate) struct Life {
+    id: u64,
+    /// When `max_lifetime` (less its jitter) runs out.
+    pub(crate) deadline: Option<Instant>,
+    /// Since when it is idle: its connect, then its last return (with `idle_timeout` only).
+    pub(crate) idle_since: Option<Instant>,
+    /// Lent and given back since the last idle probe round.
+    pub(crate) used: bool,
+    /// Set while a sweep has it out of bb8: what its return means. `None`: a real return.
+    pub(crate) sweep: Option<Verdict>,
+}
+
+/// What a sweep decided for a connection it took out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Back to the idle queue, untouched.
+    Keep,
+    /// Closed, and counted for this reason.
+    Close(Why),
+}
+
+/// Why the lifecycle closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    IdleTimeout,
+    MaxLifetime,
+    ProbeFailed,
+    /// Dropped in the middle of an idle probe (the task ended): closed, counted nowhere.
+    Aborted,
+}
+
+impl Why {
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::IdleTimeout => "idle_timeout",
+            Why::MaxLifetime => "max_lifetime",
+            Why::ProbeFailed => "idle_probe_failed",
+            Why::Aborted => "idle_probe_aborted",
+        }
+    }
+}
+
+impl Lifecycle {
+    pub(crate) fn new() -> Lifecycle {
+        Lifecycle {
+            deadlines: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            // Per endpoint, so pools started together do not draw the same lifetimes.
+            rng: AtomicU64::new(RandomState::new().hash_one(0u64)),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The state of a connection just opened to `shared`'s endpoint: its deadline drawn and
+    /// registered with the task, which is woken.
+    pub(crate) fn opened(shared: &Shared) -> Life {
+        let this = &shared.lifecycle;
+        let config = &shared.config;
+        let id = this.next_id.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        let deadline = config.max_lifetime.and_then(|lifetime| {
+            let random = lifetime::splitmix(this.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed));
+            lifetime::deadline(
+                now,
+                lifetime,
+                config.max_lifetime_jitter,
+                lifetime::unit(random),
+            )
+        });
+        if let Some(at) = deadline {
+            this.deadlines().insert((at, id));
+        }
+        this.wake.notify_one();
+        Life {
+            id,
+            deadline,
+            idle_since: config.idle_timeout.map(|_| now),
+            used: false,
+            sweep: None,
+        }
+    }
+
+    /// A connection closed (dropped): its deadline is forgotten, and the task refills.
+    pub(crate) fn dropped(&self, life: &Life) {
+        if let Some(at) = life.deadline {
+            self.deadlines().remove(&(at, life.id));
+        }
+        self.closed.store(true, SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Wakes the task (the endpoint was dropped or removed from the set).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// What wakes the task.
+    pub(crate) fn woken(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Whether a connection closed since the last call.
+    pub(crate) fn take_closed(&self) -> bool {
+        self.closed.swap(false, SeqCst)
+    }
+
+    /// The earliest deadline of an open connection.
+    pub(crate) fn first_deadline(&self) -> Option<Instant> {
+        self.deadlines().first().map(|&(at, _)| at)
+    }
+
+    /// Forgets the deadlines up to `now` (their idle connections were just closed; those in
+    /// use are closed when they come back).
+    pub(crate) fn passed(&self, now: Instant) {
+        let mut deadlines = self.deadlines();
+        let later = deadlines.split_off(&(now, u64::MAX));
+        *deadlines = later;
+    }
+
+    fn deadlines(&self) -> std::sync::MutexGuard<'_, BTreeSet<(Instant, u64)>> {
+        match self.deadlines.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Puts the lifecycle's counts into `s`, the endpoint's state made from bb8's: bb8
+    /// counts the sweeps' checkouts as checkouts and their closes as broken connections,
+    /// and does not count the connections the task opened.
+    pub(crate) fn counted(&self, s: &mut PoolState) {
+        let c = &self.counts;
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        s.closed_idle_timeout = load(&c.closed_idle_timeout);
+        s.closed_max_lifetime = load(&c.closed_max_lifetime);
+        s.idle_probes = load(&c.idle_probes);
+        s.idle_probe_failures = load(&c.idle_probe_failures);
+        s.connections_created += load(&c.added);
+        s.gets = s.gets.saturating_sub(load(&c.sweep_gets));
+        s.closed_broken = s.closed_broken.saturating_sub(
+            s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures,
+        );
+    }
+}
+
+impl Life {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// A connection given back after use (bb8's `has_broken`, found clean): whether it must
+/// close for its age (counted). Reads the clock only when `max_lifetime` or `idle_timeout`
+/// is set, once for both.
+pub(crate) fn returned(shared: &Shared, life: &mut Life) -> bool {
+    life.used = true;
+    let idle_timeout = shared.config.idle_timeout.is_some();
+    if life.deadline.is_none() && !idle_timeout {
+        return false;
+    }
+    let now = Instant::now();
+    if life.deadline.is_some_and(|at| now >= at) {
+        shared
+            .lifecycle
+            .counts
+            .closed_max_lifetime
+            .fetch_add(1, Relaxed);
+        tracing::debug!(
+            pool = shared.config.name(),
+            addr = &*shared.addr,
+            endpoint = &*shared.addr,
+            reason = Why::MaxLifetime.as_str(),
+            "closing connection at the end of its lifetime"
+        );
+        return true;
+    }
+    if idle_timeout {
+        life.idle_since = Some(now);
+    }
+    false
+}
+
+/// A connection a sweep took out comes back (bb8's `has_broken`): whether it closes, as the
+/// sweep decided (counted here) or because its endpoint was removed. Neither a lend nor a
+/// return: its tracker and the endpoint's fail-fast and outlier state are left alone.
+pub(crate) fn swept_back(shared: &Shared, verdict: Verdict) -> bool {
+    let why = match verdict {
+        Verdict::Keep if !shared.is_removed() => return false,
+        Verdict::Keep => None,
+        Verdict::Close(why) => Some(why),
+    };
+    let counts = &shared.lifecycle.counts;
+    match why {
+        Some(Why::IdleTimeout) => counts.closed_idle_timeout.fetch_add(1, Relaxed),
+        Some(Why::MaxLifetime) => counts.closed_max_lifetime.fetch_add(1, Relaxed),
+        Some(Why::ProbeFailed) => counts.idle_probe_failures.fetch_add(1, Relaxed),
+        Some(Why::Aborted) | None => 0,
+    };
+    tracing::debug!(
+        pool = shared.config.name(),
+        addr = &*shared.addr,
+        endpoint = &*shared.addr,
+        reason = why.map_or("endpoint_removed", Why::as_str),
+        "closing idle connection"
+    );
+    true
+}

@@ -1,0 +1,98 @@
+//! Taking an endpoint's idle connections out of bb8 and putting them back: bb8 can neither
+//! list nor remove its idle connections, so a sweep checks each out, without I/O, and gives
+//! back those it keeps in the order that leaves bb8's queue as it was.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
+
+use bb8::PooledConnection;
+
+use crate::lifecycle::state::Verdict;
+use crate::pool::TcpManager;
+use crate::replicas::Endpoint;
+
+thread_local! {
+    /// Set only around a sweep's synchronous checkout, on its thread: the checkout health
+    /// check is skipped for it (and for nobody else).
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the checkout running on this thread is a sweep's (bb8's `is_valid` skips the
+/// health check then).
+pub(crate) fn sweeping() -> bool {
+    SWEEPING.with(Cell::get)
+}
+
+/// Resets the flag even if bb8 panics.
+struct Sweeping;
+
+impl Sweeping {
+    fn start() -> Sweeping {
+        SWEEPING.with(|s| s.set(true));
+        Sweeping
+    }
+}
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        SWEEPING.with(|s| s.set(false));
+    }
+}
+
+/// An endpoint's idle connections, out of bb8, in the order bb8 would have handed them out
+/// (the most recently returned first). Dropped, it gives them back last first, so bb8's LIFO
+/// queue is as it was, but for those marked [`Verdict::Close`], which bb8 closes.
+pub(crate) struct Taken {
+    pub(crate) conns: Vec<PooledConnection<'static, TcpManager>>,
+}
+
+impl Taken {
+    /// Takes every idle connection of `endpoint` out of bb8, synchronously: one poll of a
+    /// checkout per idle connection, never one when bb8 reports none idle (so a sweep never
+    /// makes bb8 connect). Each is marked [`Verdict::Keep`] until decided otherwise.
+    ///
+    /// A checkout made elsewhere at the same moment may find the queue empty for these few
+    /// microseconds, and then waits for a connection to come back (they all do, at once) or,
+    /// below `max_size`, has bb8 open one.
+    pub(crate) fn idle(endpoint: &Endpoint) -> Taken {
+        let pool = &endpoint.pool;
+        let gets = &endpoint.shared.lifecycle.counts.sweep_gets;
+        let idle = pool.state().idle_connections as usize;
+        let mut conns = Vec::with_capacity(idle);
+        for _ in 0..idle {
+            if pool.state().idle_connections == 0 {
+                break;
+            }
+            gets.fetch_add(1, Relaxed);
+            let _sweeping = Sweeping::start();
+            let mut get = pin!(pool.get_owned());
+            match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(mut conn)) => {
+                    conn.life.sweep = Some(Verdict::Keep);
+                    conns.push(conn);
+                }
+                // Taken by a checkout in between: the queue is empty; the pending checkout
+                // is dropped here.
+                _ => break,
+            }
+        }
+        Taken { conns }
+    }
+
+    /// Takes the connection `id` out of this set, if it is in it.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<PooledConnection<'static, TcpManager>> {
+        let i = self.conns.iter().position(|c| c.life.id() == id)?;
+        Some(self.conns.remove(i))
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        while let Some(conn) = self.conns.pop() {
+            drop(conn);
+        }
+    }
+}

@@ -57,7 +57,7 @@ pub(crate) fn spawn(endpoint: &Arc<Endpoint>) {
 /// the first connect error is returned at once. For `TcpPoolBuilder::connect`.
 pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
     let mut fills = JoinSet::new();
-    for _ in 0..wanted(endpoint, 0) {
+    for _ in 0..wanted(endpoint) {
         connect(&mut fills, &endpoint.shared);
     }
     while let Some(result) = fills.join_next().await {
@@ -66,12 +66,12 @@ pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
     Ok(())
 }
 
-/// How many connections to open so that `min_idle` are idle, `pending` being opened
-/// already, without exceeding `max_size`.
-fn wanted(endpoint: &Endpoint, pending: usize) -> usize {
+/// How many connections to open so that `min_idle` are idle, without exceeding `max_size`,
+/// counting those being opened (for checkouts) as idle already.
+fn wanted(endpoint: &Endpoint) -> usize {
     let c = &endpoint.shared.config;
     let s = endpoint.pool.state();
-    let pending = u32::try_from(pending).unwrap_or(u32::MAX);
+    let pending = u32::try_from(endpoint.shared.fail_fast.connecting()).unwrap_or(u32::MAX);
     let missing = c
         .min_idle
         .saturating_sub(s.idle_connections.saturating_add(pending));
@@ -101,12 +101,18 @@ fn connected(result: Result<Connect, JoinError>) -> Connect {
     })
 }
 
-/// Hands a new connection to bb8, which refuses it beyond `max_size` (it is then closed).
+/// Hands a new connection to bb8, which refuses it beyond `max_size` (checkouts opened
+/// connections meanwhile): it is then closed, without waking the task to refill.
 fn add(endpoint: &Endpoint, mut conn: PooledStream) {
     // bb8 asks `has_broken` first: a new connection, not a return.
     conn.life.sweep = Some(Verdict::Keep);
-    if endpoint.pool.add(conn).is_ok() {
-        endpoint.shared.lifecycle.counts.added.fetch_add(1, Relaxed);
+    match endpoint.pool.add(conn) {
+        Ok(()) => {
+            endpoint.shared.lifecycle.counts.added.fetch_add(1, Relaxed);
+        }
+        Err(bb8::AddError::Broken(mut conn) | bb8::AddError::NoCapacity(mut conn)) => {
+            conn.life.unpooled = true;
+        }
     }
 }
 
@@ -204,11 +210,12 @@ impl Keeper {
                 self.next_idle = now.checked_add(timeout);
             }
         }
+        // One batch at a time: what is missing is counted once the last batch is in bb8.
         let retry_ok = self.retry_at.is_none_or(|at| at <= now);
-        if self.want_fill && retry_ok {
+        if self.want_fill && retry_ok && self.fills.is_empty() {
             self.want_fill = false;
             self.retry_at = None;
-            for _ in 0..wanted(endpoint, self.fills.len()) {
+            for _ in 0..wanted(endpoint) {
                 connect(&mut self.fills, &self.shared);
             }
         }

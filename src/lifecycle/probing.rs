@@ -38,14 +38,17 @@ pub(crate) async fn round(endpoint: &Weak<Endpoint>, shared: &Shared) {
     let Some(probe) = probe else { return };
     for id in to_probe {
         // Out of bb8 alone: the others stay available while it is probed.
-        let mut conn = {
+        let mut one = {
             let Some(e) = endpoint.upgrade() else { return };
             let mut taken = Taken::idle(&e);
             match taken.remove(id) {
-                Some(conn) => conn,
+                Some(one) => one,
                 // Checked out meanwhile, or closed: not ours to probe.
                 None => continue,
             }
+        };
+        let Some(conn) = one.conns.first_mut() else {
+            continue;
         };
         // Closed, not given back half-way through an exchange, if the task ends mid-probe.
         conn.life.sweep = Some(Verdict::Close(Why::Aborted));
@@ -64,9 +67,9 @@ pub(crate) async fn round(endpoint: &Weak<Endpoint>, shared: &Shared) {
         match result {
             Ok(()) => {
                 conn.life.sweep = Some(Verdict::Keep);
-                put_last(endpoint, conn);
+                put_last(endpoint, one);
             }
-            Err(e) => failed(shared, &mut conn, &e),
+            Err(e) => failed(shared, conn, &e),
         }
     }
 }
@@ -86,13 +89,13 @@ fn failed(shared: &Shared, conn: &mut PooledConnection<'static, TcpManager>, err
 /// Gives a probed connection back at the end of bb8's queue, where it was (it had not been
 /// used since the last round): ahead of the others, it would be handed out next, and the
 /// connections above `min_idle` would never sit idle long enough to close.
-fn put_last(endpoint: &Weak<Endpoint>, conn: PooledConnection<'static, TcpManager>) {
+fn put_last(endpoint: &Weak<Endpoint>, probed: Taken) {
     match endpoint.upgrade() {
         Some(e) => {
-            let taken = Taken::idle(&e);
-            drop(conn);
-            drop(taken);
+            let others = Taken::idle(&e);
+            drop(probed);
+            drop(others);
         }
-        None => drop(conn),
+        None => drop(probed),
     }
 }

@@ -41,6 +41,9 @@ pub(crate) struct Counts {
     pub(crate) added: AtomicU64,
     /// Checkouts the sweeps made (bb8 counts them as its own).
     pub(crate) sweep_gets: AtomicU64,
+    /// Idle connections out of bb8 in a sweep or an idle probe right now: still idle for
+    /// `pool.state()`.
+    pub(crate) out: AtomicU64,
 }
 
 /// One connection's lifecycle state.
@@ -55,6 +58,8 @@ pub(crate) struct Life {
     pub(crate) used: bool,
     /// Set while a sweep has it out of bb8: what its return means. `None`: a real return.
     pub(crate) sweep: Option<Verdict>,
+    /// Opened by the task and refused by bb8 (full): its close is no reason to refill.
+    pub(crate) unpooled: bool,
 }
 
 /// What a sweep decided for a connection it took out.
@@ -127,6 +132,7 @@ impl Lifecycle {
             idle_since: config.idle_timeout.map(|_| now),
             used: false,
             sweep: None,
+            unpooled: false,
         }
     }
 
@@ -135,8 +141,10 @@ impl Lifecycle {
         if let Some(at) = life.deadline {
             self.deadlines().remove(&(at, life.id));
         }
-        self.closed.store(true, SeqCst);
-        self.wake.notify_one();
+        if !life.unpooled {
+            self.closed.store(true, SeqCst);
+            self.wake.notify_one();
+        }
     }
 
     /// Wakes the task (the endpoint was dropped or removed from the set).
@@ -185,6 +193,9 @@ impl Lifecycle {
         s.idle_probes = load(&c.idle_probes);
         s.idle_probe_failures = load(&c.idle_probe_failures);
         s.connections_created += load(&c.added);
+        let out = u32::try_from(load(&c.out)).unwrap_or(u32::MAX);
+        s.idle = s.idle.saturating_add(out).min(s.connections);
+        s.in_use = s.connections - s.idle;
         s.gets = s.gets.saturating_sub(load(&c.sweep_gets));
         s.closed_broken = s.closed_broken.saturating_sub(
             s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures,

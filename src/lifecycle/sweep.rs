@@ -59,14 +59,17 @@ impl Taken {
     /// below `max_size`, has bb8 open one.
     pub(crate) fn idle(endpoint: &Endpoint) -> Taken {
         let pool = &endpoint.pool;
-        let gets = &endpoint.shared.lifecycle.counts.sweep_gets;
+        let counts = &endpoint.shared.lifecycle.counts;
         let idle = pool.state().idle_connections as usize;
         let mut conns = Vec::with_capacity(idle);
         for _ in 0..idle {
             if pool.state().idle_connections == 0 {
                 break;
             }
-            gets.fetch_add(1, Relaxed);
+            counts.sweep_gets.fetch_add(1, Relaxed);
+            // Counted out before bb8 counts it in use: `pool.state()` may count it idle
+            // twice for an instant, never as in use.
+            counts.out.fetch_add(1, Relaxed);
             let _sweeping = Sweeping::start();
             let mut get = pin!(pool.get_owned());
             match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
@@ -76,23 +79,31 @@ impl Taken {
                 }
                 // Taken by a checkout in between: the queue is empty; the pending checkout
                 // is dropped here.
-                _ => break,
+                _ => {
+                    counts.out.fetch_sub(1, Relaxed);
+                    break;
+                }
             }
         }
         Taken { conns }
     }
 
-    /// Takes the connection `id` out of this set, if it is in it.
-    pub(crate) fn remove(&mut self, id: u64) -> Option<PooledConnection<'static, TcpManager>> {
+    /// Takes the connection `id` out of this set, if it is in it, as a set of its own.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Taken> {
         let i = self.conns.iter().position(|c| c.life.id() == id)?;
-        Some(self.conns.remove(i))
+        Some(Taken {
+            conns: vec![self.conns.remove(i)],
+        })
     }
 }
 
 impl Drop for Taken {
     fn drop(&mut self) {
         while let Some(conn) = self.conns.pop() {
+            // Back (or closed) first, then no longer counted out.
+            let shared = conn.endpoint.clone();
             drop(conn);
+            shared.lifecycle.counts.out.fetch_sub(1, Relaxed);
         }
     }
 }

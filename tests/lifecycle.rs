@@ -1,0 +1,282 @@
+//! The lifecycle of connections: lifetimes that don't expire together, `min_idle` without
+//! churn, idle probing. Real sockets on loopback; every wait is on an event (the backend's
+//! counts, the pool's state), bounded.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use axum_tcp_pool::{BackendStream, TcpPool};
+use testkit::{app, read_line, setup, wait_pool, Backend};
+use tokio::io::AsyncWriteExt;
+
+/// The configured probe of these tests: `PING`, answered `PONG` by the test backend.
+async fn ping(stream: &mut BackendStream) -> io::Result<()> {
+    stream.write_all(b"PING\n").await?;
+    match read_line(stream).await?.as_str() {
+        "PONG" => Ok(()),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "not PONG")),
+    }
+}
+
+/// Groups sorted instants into batches: an instant less than `gap` after the previous one is
+/// in its batch.
+fn batches(instants: &[Instant], gap: Duration) -> usize {
+    1 + instants
+        .windows(2)
+        .filter(|w| w[1].duration_since(w[0]) >= gap)
+        .count()
+}
+
+/// Part 3. Ten connections opened together with a 2 s lifetime and a jitter of 0.5 each get a
+/// deadline between 1 s and 2 s: they are replaced at different instants. A shared reaper
+/// batches them at its ticks: bb8's (a quarter of `max_lifetime`, 500 ms here) can make at
+/// most three batches of closes in that 1 s window, without jitter one. Ten deadlines drawn
+/// at random over 1 s make fewer than four batches (closes less than 3 ms apart, as the test
+/// sees them) with a probability of about 1e-4 even if the test task is 20 ms late each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_together_are_replaced_at_their_own_deadlines() {
+    const N: usize = 10;
+    let lifetime = Duration::from_secs(2);
+    let backend = Backend::start().await;
+    let before = Instant::now();
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(N as u32)
+        .min_idle(N as u32)
+        .idle_timeout(None)
+        .max_lifetime(Some(lifetime))
+        .max_lifetime_jitter(0.5)
+        .connect()
+        .await
+        .expect("backend is up");
+    assert_eq!(backend.seen().accepts, N);
+    // The instant each close is seen (closes = accepts - open).
+    let mut closes: Vec<Instant> = Vec::with_capacity(N);
+    while closes.len() < N {
+        let seen = closes.len();
+        let s = backend
+            .wait_for("the next close", |s| s.accepts - s.open > seen)
+            .await;
+        let now = Instant::now();
+        let closed = (s.accepts - s.open).min(N);
+        closes.extend(std::iter::repeat_n(now, closed - seen));
+    }
+    // No connection closed before its shortest possible lifetime.
+    assert!(
+        closes[0].duration_since(before) >= lifetime / 2,
+        "first close after {:?}",
+        closes[0].duration_since(before)
+    );
+    let spread = closes[N - 1].duration_since(closes[0]);
+    let gaps: Vec<_> = closes
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis())
+        .collect();
+    let n = batches(&closes, Duration::from_millis(3));
+    assert!(
+        n >= 4,
+        "{n} batches of closes, gaps (ms) {gaps:?}: replaced together, not each at its deadline"
+    );
+    assert!(
+        spread > lifetime / 8,
+        "closes spread over {spread:?} only; gaps (ms) {gaps:?}"
+    );
+    // Each replaced: min_idle is refilled.
+    let s = wait_pool(&pool, "all replaced", |s| {
+        s.closed_max_lifetime >= N as u64 && s.idle == N as u32
+    })
+    .await;
+    assert_eq!(s.discards.total(), 0, "{s:?}");
+    backend
+        .wait_for("replacements accepted", |s| s.accepts >= 2 * N)
+        .await;
+    eprintln!("closes spread over {spread:?}, {n} batches, gaps (ms) {gaps:?}");
+}
+
+/// Part 4. min_idle 2, max_size 4: a burst of four requests opens four connections; after
+/// it, the two above min_idle close for idleness, and the two left stay open across many
+/// idle_timeout periods (counted by idle probe rounds, one every 50 ms, each of which checks
+/// both idle connections): the backend sees no new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_connections_stay_open_across_idle_periods() {
+    let idle_timeout = Duration::from_millis(200);
+    let (backend, pool, client) = setup(
+        |b| {
+            b.max_size(4)
+                .min_idle(2)
+                .idle_timeout(Some(idle_timeout))
+                .max_lifetime(None)
+                .idle_probe_interval(Some(Duration::from_millis(50)))
+        },
+        app::eager,
+    )
+    .await;
+    backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    let held: Vec<_> = (0..4)
+        .map(|i| client.spawn_get(&format!("/hold/h{i}")))
+        .collect();
+    backend.wait_for("4 requests held", |s| s.holding == 4).await;
+    backend.release();
+    for h in held {
+        assert_eq!(h.await.expect("request task").status, 200);
+    }
+    assert_eq!(backend.seen().accepts, 4, "{:?}", pool.state());
+    let s = wait_pool(&pool, "back to min_idle", |s| s.connections == 2).await;
+    assert_eq!(s.closed_idle_timeout, 2, "{s:?}");
+    backend.wait_for("2 closed", |s| s.open == 2).await;
+    // 20 rounds of 50 ms: five idle_timeout periods at least.
+    let probes = s.idle_probes;
+    let s = wait_pool(&pool, "20 probe rounds", |s| s.idle_probes >= probes + 40).await;
+    assert_eq!(
+        (s.connections, s.idle, s.closed_idle_timeout),
+        (2, 2, 2),
+        "{s:?}"
+    );
+    assert_eq!(s.idle_probe_failures, 0, "{s:?}");
+    let seen = backend.seen();
+    assert_eq!(
+        (seen.accepts, seen.open),
+        (4, 2),
+        "min_idle connections were reopened: {seen:?}"
+    );
+    let r = client.get("/echo/after").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
+    assert_eq!(backend.seen().accepts, 4);
+}
+
+/// Part 4. With max_lifetime set, the min_idle connections are still replaced when it ends,
+/// and never for idleness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_connections_are_still_replaced_at_their_lifetime() {
+    let (backend, pool, client) = setup(
+        |b| {
+            b.max_size(4)
+                .min_idle(2)
+                .idle_timeout(Some(Duration::from_millis(50)))
+                .max_lifetime(Some(Duration::from_millis(600)))
+                .max_lifetime_jitter(0.0)
+        },
+        app::eager,
+    )
+    .await;
+    backend.wait_for("min_idle opened", |s| s.accepts == 2).await;
+    let s = wait_pool(&pool, "replaced at their lifetime", |s| {
+        s.closed_max_lifetime >= 2 && s.idle == 2
+    })
+    .await;
+    assert_eq!(s.closed_idle_timeout, 0, "{s:?}");
+    let seen = backend.wait_for("replacements", |s| s.accepts >= 4).await;
+    assert!(seen.accepts >= 4, "{seen:?}");
+    let r = client.get("/echo/after").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
+    assert_eq!(pool.state().closed_idle_timeout, 0);
+}
+
+/// Part 5. The backend closes its side of the idle connections (a restart, a NAT timeout):
+/// idle probing finds them dead and replaces them before any request needs them; the first
+/// request then succeeds at once, no checkout finding a dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_probing_replaces_connections_the_backend_closed() {
+    let (backend, pool, client) = setup(
+        |b| {
+            b.max_size(4)
+                .min_idle(2)
+                .idle_probe_interval(Some(Duration::from_millis(200)))
+        },
+        app::eager,
+    )
+    .await;
+    backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    // Just after a round, so the next one is an interval away while the backend closes them.
+    let probes = pool.state().idle_probes;
+    wait_pool(&pool, "a probe round", |s| s.idle_probes > probes).await;
+    backend.close_all().await;
+    let s = wait_pool(&pool, "dead connections replaced", |s| {
+        s.idle_probe_failures >= 2 && s.idle == 2
+    })
+    .await;
+    assert_eq!(s.idle_probe_failures, 2, "{s:?}");
+    backend
+        .wait_for("replacements opened", |s| s.accepts == 4 && s.open == 2)
+        .await;
+    let r = client.get("/echo/after").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
+    let s = pool.state();
+    assert_eq!(
+        (s.discards.health_check, s.closed_invalid, s.connect_failures),
+        (0, 0, 0),
+        "the request met a dead connection: {s:?}"
+    );
+    assert_eq!(s.discards.total(), 0, "{s:?}");
+    assert_eq!(backend.seen().accepts, 4);
+}
+
+/// Part 5. With a healthy backend and a configured probe, probe rounds open no connection;
+/// a connection in use is never probed: the backend answers a held request only if nothing
+/// else arrives on its connection, so a probe written to it would fail the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_probing_opens_nothing_and_never_touches_a_connection_in_use() {
+    let (backend, pool, client) = setup(
+        |b| {
+            b.max_size(3)
+                .min_idle(2)
+                .health_check(ping)
+                .idle_probe_interval(Some(Duration::from_millis(50)))
+        },
+        app::eager,
+    )
+    .await;
+    backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    let held = client.spawn_get("/hold/kept");
+    backend.wait_for("a held request", |s| s.holding == 1).await;
+    let (probes, lines) = (pool.state().idle_probes, backend.seen().lines);
+    // Ten rounds, each probing the one idle connection.
+    let s = wait_pool(&pool, "10 probe rounds", |s| s.idle_probes >= probes + 10).await;
+    assert_eq!(s.idle_probe_failures, 0, "{s:?}");
+    assert_eq!(backend.seen().holding, 1, "the held connection was probed");
+    backend.release();
+    let r = held.await.expect("request task");
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "kept"),
+        "the held connection was probed"
+    );
+    let seen = backend.seen();
+    assert!(
+        seen.lines >= lines + 10,
+        "the probes did not reach the backend: {seen:?}"
+    );
+    // No request in flight: many more rounds, still no new connection.
+    let probes = pool.state().idle_probes;
+    let s = wait_pool(&pool, "10 more rounds", |s| s.idle_probes >= probes + 20).await;
+    assert_eq!((s.connections, s.idle_probe_failures), (2, 0), "{s:?}");
+    assert_eq!(backend.seen().accepts, 2);
+}
+
+/// Part 5. Probing off by default; a zero interval and a jitter out of range are
+/// configuration errors.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_probe_interval_and_jitter_are_validated() {
+    let b = || TcpPool::builder("127.0.0.1:1");
+    for (builder, needle) in [
+        (
+            b().idle_probe_interval(Some(Duration::ZERO)),
+            "idle_probe_interval",
+        ),
+        (b().max_lifetime_jitter(0.75), "max_lifetime_jitter"),
+        (b().max_lifetime_jitter(-0.01), "max_lifetime_jitter"),
+        (b().max_lifetime_jitter(f64::NAN), "max_lifetime_jitter"),
+    ] {
+        let err = builder.build().expect_err("invalid");
+        assert!(
+            matches!(err, axum_tcp_pool::TcpPoolError::Config(_)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let pool = b()
+        .max_lifetime_jitter(0.5)
+        .idle_probe_interval(Some(Duration::from_secs(1)))
+        .build()
+        .expect("valid");
+    assert_eq!(pool.state().idle_probes, 0);
+}

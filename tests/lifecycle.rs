@@ -114,7 +114,9 @@ async fn min_idle_connections_stay_open_across_idle_periods() {
     let held: Vec<_> = (0..4)
         .map(|i| client.spawn_get(&format!("/hold/h{i}")))
         .collect();
-    backend.wait_for("4 requests held", |s| s.holding == 4).await;
+    backend
+        .wait_for("4 requests held", |s| s.holding == 4)
+        .await;
     backend.release();
     for h in held {
         assert_eq!(h.await.expect("request task").status, 200);
@@ -158,7 +160,9 @@ async fn min_idle_connections_are_still_replaced_at_their_lifetime() {
         app::eager,
     )
     .await;
-    backend.wait_for("min_idle opened", |s| s.accepts == 2).await;
+    backend
+        .wait_for("min_idle opened", |s| s.accepts == 2)
+        .await;
     let s = wait_pool(&pool, "replaced at their lifetime", |s| {
         s.closed_max_lifetime >= 2 && s.idle == 2
     })
@@ -202,7 +206,11 @@ async fn idle_probing_replaces_connections_the_backend_closed() {
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
     let s = pool.state();
     assert_eq!(
-        (s.discards.health_check, s.closed_invalid, s.connect_failures),
+        (
+            s.discards.health_check,
+            s.closed_invalid,
+            s.connect_failures
+        ),
         (0, 0, 0),
         "the request met a dead connection: {s:?}"
     );
@@ -279,4 +287,35 @@ async fn idle_probe_interval_and_jitter_are_validated() {
         .build()
         .expect("valid");
     assert_eq!(pool.state().idle_probes, 0);
+}
+
+/// The lifecycle counters are exported like the others.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_counters_are_exported() {
+    use axum_tcp_pool::metrics as names;
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .name("life")
+        .min_idle(1)
+        .idle_probe_interval(Some(Duration::from_millis(20)))
+        .build()
+        .expect("pool");
+    let s = wait_pool(&pool, "two probes", |s| s.idle_probes >= 2).await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || pool.record_metrics());
+    let text = handle.render();
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name}{{pool=\"life\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{name} not exported: {text}"));
+        line[prefix.len()..].parse().expect("a count")
+    };
+    assert!(value(names::IDLE_PROBES) >= s.idle_probes);
+    assert_eq!(value(names::IDLE_PROBE_FAILURES), 0);
+    assert_eq!(value(names::CLOSED_IDLE_TIMEOUT), 0);
+    assert_eq!(value(names::CLOSED_MAX_LIFETIME), 0);
 }

@@ -193,7 +193,10 @@ impl Keeper {
             self.want_fill = config.min_idle > 0;
         }
         let now = Instant::now();
-        let lifetime_due = shared.lifecycle.first_deadline().is_some_and(|at| at <= now);
+        let lifetime_due = shared
+            .lifecycle
+            .first_deadline()
+            .is_some_and(|at| at <= now);
         let idle_due = self.next_idle.is_some_and(|at| at <= now);
         if lifetime_due || idle_due {
             let next_idle = sweep(endpoint, now, idle_due);

@@ -197,9 +197,9 @@ impl Lifecycle {
         s.idle = s.idle.saturating_add(out).min(s.connections);
         s.in_use = s.connections - s.idle;
         s.gets = s.gets.saturating_sub(load(&c.sweep_gets));
-        s.closed_broken = s.closed_broken.saturating_sub(
-            s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures,
-        );
+        s.closed_broken = s
+            .closed_broken
+            .saturating_sub(s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures);
     }
 }
 

@@ -156,7 +156,9 @@ impl Config {
                 let none = match name {
                     "idle_timeout" => "; use idle_timeout(None) to keep idle connections forever",
                     "max_lifetime" => "; use max_lifetime(None) to let connections live forever",
-                    "idle_probe_interval" => "; use idle_probe_interval(None) to turn idle probing off",
+                    "idle_probe_interval" => {
+                        "; use idle_probe_interval(None) to turn idle probing off"
+                    }
                     _ => "",
                 };
                 return Err(TcpPoolError::config(format!(

@@ -22,6 +22,8 @@ use crate::replicas::Endpoint;
 /// each failure in a row, up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How soon `min_idle` is looked at again when connects for checkouts were counted in it.
+const RECHECK: Duration = Duration::from_millis(50);
 
 type Connect = Result<PooledStream, TcpPoolError>;
 
@@ -57,7 +59,7 @@ pub(crate) fn spawn(endpoint: &Arc<Endpoint>) {
 /// the first connect error is returned at once. For `TcpPoolBuilder::connect`.
 pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
     let mut fills = JoinSet::new();
-    for _ in 0..wanted(endpoint) {
+    for _ in 0..wanted(endpoint).0 {
         connect(&mut fills, &endpoint.shared);
     }
     while let Some(result) = fills.join_next().await {
@@ -67,8 +69,9 @@ pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
 }
 
 /// How many connections to open so that `min_idle` are idle, without exceeding `max_size`,
-/// counting those being opened (for checkouts) as idle already.
-fn wanted(endpoint: &Endpoint) -> usize {
+/// counting those being opened (for checkouts) as idle already; and whether there were any
+/// (if they fail, more are wanted).
+fn wanted(endpoint: &Endpoint) -> (usize, bool) {
     let c = &endpoint.shared.config;
     let s = endpoint.pool.state();
     let pending = u32::try_from(endpoint.shared.fail_fast.connecting()).unwrap_or(u32::MAX);
@@ -78,7 +81,7 @@ fn wanted(endpoint: &Endpoint) -> usize {
     let room = c
         .max_size
         .saturating_sub(s.connections.saturating_add(pending));
-    missing.min(room) as usize
+    (missing.min(room) as usize, pending > 0)
 }
 
 /// Opens a connection through the manager's own connect (fail-fast and reconnect backoff
@@ -199,7 +202,7 @@ impl Keeper {
             .is_some_and(|at| at <= now);
         let idle_due = self.next_idle.is_some_and(|at| at <= now);
         if lifetime_due || idle_due {
-            let next_idle = sweep(endpoint, now, idle_due);
+            let next_idle = sweep(endpoint, now, lifetime_due, idle_due);
             if idle_due {
                 self.next_idle = next_idle;
             }
@@ -216,11 +219,14 @@ impl Keeper {
         // One batch at a time: what is missing is counted once the last batch is in bb8.
         let retry_ok = self.retry_at.is_none_or(|at| at <= now);
         if self.want_fill && retry_ok && self.fills.is_empty() {
-            self.want_fill = false;
-            self.retry_at = None;
-            for _ in 0..wanted(endpoint) {
+            let (wanted, pending) = wanted(endpoint);
+            for _ in 0..wanted {
                 connect(&mut self.fills, &self.shared);
             }
+            // Connects under way for checkouts were counted: look again once they are done
+            // (a failed one wakes nobody).
+            self.want_fill = pending;
+            self.retry_at = pending.then(|| now.checked_add(RECHECK)).flatten();
         }
         self.next_probe.is_some_and(|at| at <= now)
     }
@@ -266,8 +272,16 @@ impl Keeper {
 /// `idle_timeout`, oldest first, while more than `min_idle` stay idle. Returns when to look
 /// again for idle ones: when the oldest left above `min_idle` would expire, or, if none is
 /// left above it, `idle_timeout` from now while more than `min_idle` are open.
-fn sweep(endpoint: &Endpoint, now: Instant, idle: bool) -> Option<Instant> {
+fn sweep(endpoint: &Endpoint, now: Instant, lifetime: bool, idle: bool) -> Option<Instant> {
     let config = &endpoint.shared.config;
+    let s = endpoint.pool.state();
+    if !lifetime && s.idle_connections <= config.min_idle {
+        // Nothing to close: no need to take them out.
+        let timeout = config.idle_timeout?;
+        return (s.connections > config.min_idle)
+            .then(|| now.checked_add(timeout))
+            .flatten();
+    }
     let mut taken = Taken::idle(endpoint);
     let mut kept: Vec<usize> = Vec::with_capacity(taken.conns.len());
     for (i, conn) in taken.conns.iter_mut().enumerate() {

@@ -319,3 +319,50 @@ async fn lifecycle_counters_are_exported() {
     assert_eq!(value(names::CLOSED_IDLE_TIMEOUT), 0);
     assert_eq!(value(names::CLOSED_MAX_LIFETIME), 0);
 }
+
+/// The local port of a checked-out connection: which connection it is.
+fn port(conn: &axum_tcp_pool::TcpConnection) -> u16 {
+    conn.get_ref()
+        .tcp()
+        .expect("a TCP connection")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Sweeps give the connections back in bb8's order (the most recently returned is handed out
+/// first), also after a probe took one out alone; and they are not checkouts: `gets` and each
+/// endpoint's `checkouts` count only the real ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_rounds_keep_the_order_and_are_not_checkouts() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(3)
+        .health_check(ping)
+        .idle_probe_interval(Some(Duration::from_millis(100)))
+        .build()
+        .expect("pool");
+    let (a, b, c) = tokio::join!(pool.get(), pool.get(), pool.get());
+    let conns = [a.expect("a"), b.expect("b"), c.expect("c")];
+    let ports: Vec<u16> = conns.iter().map(port).collect();
+    // Returned first to last: the last is at the front of the queue.
+    for conn in conns {
+        drop(conn);
+    }
+    // Right after the end of a round: the next is an interval away.
+    let probes = pool.state().idle_probes;
+    let s = wait_pool(&pool, "3 probe rounds", |s| s.idle_probes >= probes + 9).await;
+    assert_eq!((s.gets, s.endpoints[0].checkouts), (3, 3), "{s:?}");
+    assert_eq!(s.idle_probe_failures, 0, "{s:?}");
+    let first = pool.get().await.expect("first");
+    let second = pool.get().await.expect("second");
+    let third = pool.get().await.expect("third");
+    assert_eq!(
+        [port(&first), port(&second), port(&third)],
+        [ports[2], ports[1], ports[0]],
+        "probe rounds changed the order of the idle connections"
+    );
+    let s = pool.state();
+    assert_eq!((s.gets, s.endpoints[0].checkouts), (6, 6), "{s:?}");
+    assert_eq!(backend.seen().accepts, 3);
+}

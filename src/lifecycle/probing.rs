@@ -27,11 +27,13 @@ pub(crate) async fn round(endpoint: &Weak<Endpoint>, shared: &Shared) {
             if std::mem::take(&mut conn.life.used) {
                 continue;
             }
-            counts.idle_probes.fetch_add(1, Relaxed);
             if let Some(found) = conn.stream.idle_state() {
+                counts.idle_probes.fetch_add(1, Relaxed);
                 failed(shared, conn, &found.into_error());
             } else if probe.is_some() {
                 to_probe.push(conn.life.id());
+            } else {
+                counts.idle_probes.fetch_add(1, Relaxed);
             }
         }
     }
@@ -64,6 +66,7 @@ pub(crate) async fn round(endpoint: &Weak<Endpoint>, shared: &Shared) {
                 "idle probe timed out",
             )),
         };
+        counts.idle_probes.fetch_add(1, Relaxed);
         match result {
             Ok(()) => {
                 conn.life.sweep = Some(Verdict::Keep);

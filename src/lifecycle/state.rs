@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -25,6 +25,9 @@ pub(crate) struct Lifecycle {
     closed: AtomicBool,
     /// The task is running (a revived endpoint starts one only if not).
     pub(crate) running: AtomicBool,
+    /// Held while a sweep takes connections out or gives them back, and while `pool.state()`
+    /// reads bb8's counts and these: a snapshot never sees half a sweep.
+    consistent: Mutex<()>,
     next_id: AtomicU64,
     rng: AtomicU64,
     pub(crate) counts: Counts,
@@ -44,6 +47,9 @@ pub(crate) struct Counts {
     /// Idle connections out of bb8 in a sweep or an idle probe right now: still idle for
     /// `pool.state()`.
     pub(crate) out: AtomicU64,
+    /// Connections bb8 closed as broken (not known clean, failed the checkout check, of a
+    /// removed endpoint): bb8's own count would include the lifecycle's closes.
+    pub(crate) broken: AtomicU64,
 }
 
 /// One connection's lifecycle state.
@@ -99,6 +105,7 @@ impl Lifecycle {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            consistent: Mutex::new(()),
             next_id: AtomicU64::new(0),
             // Per endpoint, so pools started together do not draw the same lifetimes.
             rng: AtomicU64::new(RandomState::new().hash_one(0u64)),
@@ -175,16 +182,30 @@ impl Lifecycle {
         *deadlines = later;
     }
 
-    fn deadlines(&self) -> std::sync::MutexGuard<'_, BTreeSet<(Instant, u64)>> {
+    /// See [`Lifecycle::consistent`]'s field.
+    pub(crate) fn consistent(&self) -> MutexGuard<'_, ()> {
+        match self.consistent.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A connection closed as broken (bb8's `has_broken` said so).
+    pub(crate) fn broken(&self) {
+        self.counts.broken.fetch_add(1, Relaxed);
+    }
+
+    fn deadlines(&self) -> MutexGuard<'_, BTreeSet<(Instant, u64)>> {
         match self.deadlines.lock() {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Puts the lifecycle's counts into `s`, the endpoint's state made from bb8's: bb8
-    /// counts the sweeps' checkouts as checkouts and their closes as broken connections,
-    /// and does not count the connections the task opened.
+    /// Puts the lifecycle's counts into `s`, the endpoint's state made from bb8's (read
+    /// under [`consistent`](Self::consistent)): bb8 counts the sweeps' checkouts as
+    /// checkouts, the connections they hold as in use, and their closes as broken, and does
+    /// not count the connections the task opened.
     pub(crate) fn counted(&self, s: &mut PoolState) {
         let c = &self.counts;
         let load = |a: &AtomicU64| a.load(Relaxed);
@@ -197,9 +218,7 @@ impl Lifecycle {
         s.idle = s.idle.saturating_add(out).min(s.connections);
         s.in_use = s.connections - s.idle;
         s.gets = s.gets.saturating_sub(load(&c.sweep_gets));
-        s.closed_broken = s
-            .closed_broken
-            .saturating_sub(s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures);
+        s.closed_broken = load(&c.broken);
     }
 }
 
@@ -254,7 +273,7 @@ pub(crate) fn swept_back(shared: &Shared, verdict: Verdict) -> bool {
         Some(Why::IdleTimeout) => counts.closed_idle_timeout.fetch_add(1, Relaxed),
         Some(Why::MaxLifetime) => counts.closed_max_lifetime.fetch_add(1, Relaxed),
         Some(Why::ProbeFailed) => counts.idle_probe_failures.fetch_add(1, Relaxed),
-        Some(Why::Aborted) | None => 0,
+        Some(Why::Aborted) | None => counts.broken.fetch_add(1, Relaxed),
     };
     tracing::debug!(
         pool = shared.config.name(),

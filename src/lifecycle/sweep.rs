@@ -6,12 +6,13 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bb8::PooledConnection;
 
 use crate::lifecycle::state::Verdict;
-use crate::pool::TcpManager;
+use crate::pool::{Shared, TcpManager};
 use crate::replicas::Endpoint;
 
 thread_local! {
@@ -47,6 +48,7 @@ impl Drop for Sweeping {
 /// queue is as it was, but for those marked [`Verdict::Close`], which bb8 closes.
 pub(crate) struct Taken {
     pub(crate) conns: Vec<PooledConnection<'static, TcpManager>>,
+    shared: Arc<Shared>,
 }
 
 impl Taken {
@@ -60,6 +62,7 @@ impl Taken {
     pub(crate) fn idle(endpoint: &Endpoint) -> Taken {
         let pool = &endpoint.pool;
         let counts = &endpoint.shared.lifecycle.counts;
+        let _consistent = endpoint.shared.lifecycle.consistent();
         let idle = pool.state().idle_connections as usize;
         let mut conns = Vec::with_capacity(idle);
         for _ in 0..idle {
@@ -67,8 +70,6 @@ impl Taken {
                 break;
             }
             counts.sweep_gets.fetch_add(1, Relaxed);
-            // Counted out before bb8 counts it in use: `pool.state()` may count it idle
-            // twice for an instant, never as in use.
             counts.out.fetch_add(1, Relaxed);
             let _sweeping = Sweeping::start();
             let mut get = pin!(pool.get_owned());
@@ -85,7 +86,10 @@ impl Taken {
                 }
             }
         }
-        Taken { conns }
+        Taken {
+            conns,
+            shared: endpoint.shared.clone(),
+        }
     }
 
     /// Takes the connection `id` out of this set, if it is in it, as a set of its own.
@@ -93,17 +97,21 @@ impl Taken {
         let i = self.conns.iter().position(|c| c.life.id() == id)?;
         Some(Taken {
             conns: vec![self.conns.remove(i)],
+            shared: self.shared.clone(),
         })
     }
 }
 
 impl Drop for Taken {
     fn drop(&mut self) {
+        if self.conns.is_empty() {
+            return;
+        }
+        let lifecycle = &self.shared.lifecycle;
+        let _consistent = lifecycle.consistent();
         while let Some(conn) = self.conns.pop() {
-            // Back (or closed) first, then no longer counted out.
-            let shared = conn.endpoint.clone();
             drop(conn);
-            shared.lifecycle.counts.out.fetch_sub(1, Relaxed);
+            lifecycle.counts.out.fetch_sub(1, Relaxed);
         }
     }
 }

@@ -112,6 +112,7 @@ impl bb8::ManageConnection for TcpManager {
                 "closing connection of a removed endpoint"
             );
             conn.stream.close_now();
+            shared.lifecycle.broken();
             return true;
         }
         let Some(reason) = verdict else {
@@ -145,6 +146,7 @@ impl bb8::ManageConnection for TcpManager {
         }
         // FIN now, before bb8 decides whether to open a replacement.
         conn.stream.close_now();
+        shared.lifecycle.broken();
         true
     }
 }

@@ -111,8 +111,10 @@ impl Endpoint {
 
     /// This endpoint's sizes and counters, and its entry in [`PoolState::endpoints`].
     pub(crate) fn state(&self) -> (PoolState, EndpointState) {
+        let consistent = self.shared.lifecycle.consistent();
         let mut s = self.shared.counters.snapshot(self.pool.state());
         self.shared.lifecycle.counted(&mut s);
+        drop(consistent);
         let e = EndpointState {
             addr: self.shared.addr.to_string(),
             connections: s.connections,

@@ -121,6 +121,8 @@ pub struct PoolState {
     /// Each endpoint in the pool's set, in its order; the fields above are sums over these
     /// (and over endpoints removed since the pool was built, so totals never go down).
     pub endpoints: Vec<EndpointState>,
+    /// Whether the pool was [closed](crate::TcpPool::close).
+    pub closed: bool,
 }
 
 /// One endpoint of a pool: its sizes and its outlier-detection state. In
@@ -229,6 +231,7 @@ impl Counters {
             closed_max_lifetime: st.connections_closed_max_lifetime,
             discards,
             endpoints: Vec::new(),
+            closed: false,
         }
     }
 }

@@ -25,6 +25,20 @@ pub(crate) async fn checkout<M>(
     set: &Endpoints,
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
+    if set.is_closed() {
+        return Err(TcpPoolError::Closed);
+    }
+    match checkout_set(set, span).await {
+        // Closed while this checkout waited (the close woke it).
+        Err(_) if set.is_closed() => Err(TcpPoolError::Closed),
+        result => result,
+    }
+}
+
+async fn checkout_set<M>(
+    set: &Endpoints,
+    span: Option<&tracing::Span>,
+) -> Result<TcpConnection<M>, TcpPoolError> {
     if let Some(one) = set.only_first() {
         match checkout_one(one, None, span, false).await {
             // Removed while this checkout waited: try the set as it is now.

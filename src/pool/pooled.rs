@@ -40,5 +40,8 @@ impl PooledStream {
 impl Drop for PooledStream {
     fn drop(&mut self) {
         self.endpoint.open.fetch_sub(1, SeqCst);
+        if self.endpoint.is_removed() {
+            self.endpoint.drained.notify_waiters();
+        }
     }
 }

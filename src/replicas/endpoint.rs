@@ -98,6 +98,7 @@ impl Endpoint {
             waiting: Default::default(),
             open: Default::default(),
             removed: Default::default(),
+            drained: Default::default(),
             runtime,
         });
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));

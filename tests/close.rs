@@ -178,3 +178,41 @@ async fn graceful_shutdown_then_close_finishes_in_flight_requests_first() {
     assert_eq!(backend.wait_for("closed", |s| s.open == 0).await.open, 0);
     assert_eq!(pool.state().connections, 0);
 }
+
+/// A checkout that was probing a connection when the pool closed gets `Closed`, not the
+/// connection, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_probing_when_the_pool_closes_gets_closed_and_its_connection_closes() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+    let backend = Backend::start().await;
+    let (probing, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let pool = {
+        let (probing, go) = (probing.clone(), go.clone());
+        TcpPool::builder(backend.addr_string())
+            .health_check(move |_stream: &mut axum_tcp_pool::BackendStream| {
+                let (probing, go) = (probing.clone(), go.clone());
+                Box::pin(async move {
+                    probing.notify_one();
+                    go.notified().await;
+                    Ok(())
+                }) as axum_tcp_pool::ProbeFuture<'_>
+            })
+            .build()
+            .expect("pool")
+    };
+    let client = HttpClient::new(testkit::serve(app::eager(&pool)).await);
+    let request = client.spawn_get("/echo/probed");
+    bounded("the probe runs", probing.notified()).await;
+    let closing = tokio::spawn(pool.close());
+    go.notify_one();
+    let r = bounded("the request", request).await.expect("request");
+    assert_eq!(r.status, 503, "{r:?}");
+    bounded("close", closing).await.expect("close task");
+    assert_eq!(backend.wait_for("closed", |s| s.open == 0).await.accepts, 1);
+    assert_eq!(
+        backend.seen().lines,
+        0,
+        "the connection was handed to the handler"
+    );
+}

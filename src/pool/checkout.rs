@@ -28,11 +28,13 @@ pub(crate) async fn checkout<M>(
     if set.is_closed() {
         return Err(TcpPoolError::Closed);
     }
-    match checkout_set(set, span).await {
-        // Closed while this checkout waited (the close woke it).
-        Err(_) if set.is_closed() => Err(TcpPoolError::Closed),
-        result => result,
+    let result = checkout_set(set, span).await;
+    if set.is_closed() {
+        // Closed while this checkout waited (the close woke it), or while it probed a new
+        // connection: that one is closed as it is dropped.
+        return Err(TcpPoolError::Closed);
     }
+    result
 }
 
 async fn checkout_set<M>(

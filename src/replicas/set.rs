@@ -235,8 +235,12 @@ impl Endpoints {
             drain(endpoint);
         }
         drop(current);
-        // The resolver task ends at its next wake-up.
+        // The resolver task ends at its next wake-up; checkouts waiting for its first lookup
+        // go on, and fail with `Closed`.
         self.names_changed.notify_waiters();
+        if !self.looked_up.swap(true, SeqCst) {
+            self.looked_up_now.notify_waiters();
+        }
     }
 
     /// Whether `TcpPool::close` was called.

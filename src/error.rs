@@ -73,6 +73,13 @@ pub enum TcpPoolError {
     #[error("TcpConnection extracted without TcpPoolLayer: add `.route_layer(TcpPoolLayer::new(pool))` to its route")]
     MissingLayer,
 
+    /// The pool was [closed](crate::TcpPool::close): it hands out no connection any more.
+    ///
+    /// Answered with `503 Service Unavailable` and a `Retry-After` header (the service is
+    /// shutting down; another instance may serve the retry).
+    #[error("the connection pool is closed")]
+    Closed,
+
     /// [`TcpConnection`](crate::TcpConnection) was extracted twice in the same request.
     ///
     /// Answered with `500 Internal Server Error`.

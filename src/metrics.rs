@@ -22,6 +22,7 @@
 //! | `tcp_pool_idle_connections` | gauge | `pool` | idle connections ([`PoolState::idle`]) |
 //! | `tcp_pool_in_use_connections` | gauge | `pool` | checked-out connections ([`PoolState::in_use`]) |
 //! | `tcp_pool_max_connections` | gauge | `pool` | the most connections the pool may open: `max_size` times the endpoints |
+//! | `tcp_pool_closed` | gauge | `pool` | `1` once the pool is [closed](TcpPool::close), else `0` ([`PoolState::closed`]) |
 //! | `tcp_pool_gets_total` | counter | `pool` | checkouts started ([`PoolState::gets`]) |
 //! | `tcp_pool_gets_waited_total` | counter | `pool` | checkouts that had to wait ([`PoolState::gets_waited`]) |
 //! | `tcp_pool_gets_timed_out_total` | counter | `pool` | checkouts that timed out, answered `503` ([`PoolState::gets_timed_out`]) |
@@ -107,6 +108,8 @@ pub const IDLE_CONNECTIONS: &str = "tcp_pool_idle_connections";
 pub const IN_USE_CONNECTIONS: &str = "tcp_pool_in_use_connections";
 /// Gauge: the most connections the pool may open (`max_size` per endpoint).
 pub const MAX_CONNECTIONS: &str = "tcp_pool_max_connections";
+/// Gauge: `1` once the pool is closed, else `0`.
+pub const CLOSED: &str = "tcp_pool_closed";
 /// Counter: checkouts started.
 pub const GETS: &str = "tcp_pool_gets_total";
 /// Counter: checkouts that had to wait for a connection.
@@ -198,6 +201,7 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     gauge!(IDLE_CONNECTIONS, "pool" => pool.to_owned()).set(s.idle);
     gauge!(IN_USE_CONNECTIONS, "pool" => pool.to_owned()).set(s.in_use);
     gauge!(MAX_CONNECTIONS, "pool" => pool.to_owned()).set(max_size);
+    gauge!(CLOSED, "pool" => pool.to_owned()).set(if s.closed { 1.0 } else { 0.0 });
     counter!(GETS, "pool" => pool.to_owned()).absolute(s.gets);
     counter!(GETS_WAITED, "pool" => pool.to_owned()).absolute(s.gets_waited);
     counter!(GETS_TIMED_OUT, "pool" => pool.to_owned()).absolute(s.gets_timed_out);
@@ -257,6 +261,7 @@ fn describe() {
         Unit::Count,
         "The most connections the pool may open."
     );
+    describe_gauge!(CLOSED, Unit::Count, "1 once the pool is closed, else 0.");
     describe_counter!(GETS, Unit::Count, "Checkouts started.");
     describe_counter!(
         GETS_WAITED,

@@ -128,6 +128,8 @@ pub struct PoolState {
     pub idle_probes: u64,
     /// Idle connections idle probing found dead, and closed.
     pub idle_probe_failures: u64,
+    /// Whether the pool was [closed](crate::TcpPool::close).
+    pub closed: bool,
 }
 
 /// One endpoint of a pool: its sizes and its outlier-detection state. In
@@ -240,6 +242,7 @@ impl Counters {
             endpoints: Vec::new(),
             idle_probes: 0,
             idle_probe_failures: 0,
+            closed: false,
         }
     }
 }

@@ -20,7 +20,7 @@ impl TcpPoolError {
     /// ```
     pub fn status(&self) -> StatusCode {
         match self {
-            TcpPoolError::CheckoutTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            TcpPoolError::CheckoutTimeout | TcpPoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             TcpPoolError::BackendUnreachable(_) | TcpPoolError::Io(_) => StatusCode::BAD_GATEWAY,
             TcpPoolError::Config(_)
             | TcpPoolError::MissingLayer
@@ -32,6 +32,7 @@ impl TcpPoolError {
     fn body(&self) -> &'static str {
         match self {
             TcpPoolError::CheckoutTimeout => "Service unavailable: no backend connection is free, try again later\n",
+            TcpPoolError::Closed => "Service unavailable: the service is shutting down, try again later\n",
             TcpPoolError::BackendUnreachable(_) => "Bad gateway: the backend is unreachable\n",
             TcpPoolError::Io(_) => "Bad gateway: the backend connection failed\n",
             TcpPoolError::Config(_) => "Internal server error\n",
@@ -41,7 +42,8 @@ impl TcpPoolError {
     }
 }
 
-/// `503` with `Retry-After` for [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout), `502`
+/// `503` with `Retry-After` for [`CheckoutTimeout`](TcpPoolError::CheckoutTimeout) and
+/// [`Closed`](TcpPoolError::Closed), `502`
 /// for [`BackendUnreachable`](TcpPoolError::BackendUnreachable) and
 /// [`Io`](TcpPoolError::Io), `500` for the rest. The body is a short plain-text sentence; the
 /// error itself is logged (`warn` for 502/503, `error` for 500).

@@ -25,6 +25,22 @@ pub(crate) async fn checkout<M>(
     set: &Endpoints,
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
+    if set.is_closed() {
+        return Err(TcpPoolError::Closed);
+    }
+    let result = checkout_set(set, span).await;
+    if set.is_closed() {
+        // Closed while this checkout waited (the close woke it), or while it probed a new
+        // connection: that one is closed as it is dropped.
+        return Err(TcpPoolError::Closed);
+    }
+    result
+}
+
+async fn checkout_set<M>(
+    set: &Endpoints,
+    span: Option<&tracing::Span>,
+) -> Result<TcpConnection<M>, TcpPoolError> {
     if let Some(one) = set.only_first() {
         match checkout_one(one, None, span, false).await {
             // Removed while this checkout waited: try the set as it is now.

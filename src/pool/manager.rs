@@ -30,6 +30,33 @@ impl bb8::ManageConnection for TcpManager {
     type Error = TcpPoolError;
 
     async fn connect(&self) -> Result<PooledStream, TcpPoolError> {
+        let result = self.attempt().await;
+        if self.shared.is_removed() {
+            // The attempt has ended: `TcpPool::close` may be waiting for it.
+            self.shared.drained.notify_waiters();
+        }
+        result
+    }
+
+    async fn is_valid(&self, conn: &mut PooledStream) -> Result<(), TcpPoolError> {
+        if lifecycle::sweeping() {
+            // The lifecycle task taking idle connections out: not a checkout.
+            return Ok(());
+        }
+        if self.shared.is_removed() {
+            return Err(TcpPoolError::Io(removed()));
+        }
+        health::check(&self.shared, conn).await
+    }
+
+    fn has_broken(&self, conn: &mut PooledStream) -> bool {
+        self.returned(conn)
+    }
+}
+
+impl TcpManager {
+    /// One connect attempt.
+    async fn attempt(&self) -> Result<PooledStream, TcpPoolError> {
         let shared = &self.shared;
         let attempt = shared.fail_fast.begin_attempt();
         // `attempt` ends after a failure is recorded (bb8 wakes the waiters, through the error
@@ -65,18 +92,8 @@ impl bb8::ManageConnection for TcpManager {
         }
     }
 
-    async fn is_valid(&self, conn: &mut PooledStream) -> Result<(), TcpPoolError> {
-        if lifecycle::sweeping() {
-            // The lifecycle task taking idle connections out: not a checkout.
-            return Ok(());
-        }
-        if self.shared.is_removed() {
-            return Err(TcpPoolError::Io(removed()));
-        }
-        health::check(&self.shared, conn).await
-    }
-
-    fn has_broken(&self, conn: &mut PooledStream) -> bool {
+    /// bb8's `has_broken`: the return-time verdict of the clean-connection rule.
+    fn returned(&self, conn: &mut PooledStream) -> bool {
         let shared = &self.shared;
         if let Some(verdict) = conn.life.sweep.take() {
             // Back from the lifecycle task (or new from it): neither a lend nor a return.

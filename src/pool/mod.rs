@@ -126,7 +126,9 @@ impl<M> TcpPool<M> {
     ///   the `checkout_timeout`;
     /// - [`BackendUnreachable`](TcpPoolError::BackendUnreachable): a connect attempt made
     ///   while this call waited failed and no connection is in use elsewhere that could come
-    ///   back to it (an attempt that started before this call does not fail it).
+    ///   back to it (an attempt that started before this call does not fail it);
+    /// - [`Closed`](TcpPoolError::Closed): the pool was [closed](Self::close), before or
+    ///   while this call waited.
     ///
     /// # Cancellation
     ///
@@ -137,7 +139,7 @@ impl<M> TcpPool<M> {
     ///
     /// A `debug` span `tcp_pool.checkout` with the fields `pool`, `addr` (the first
     /// endpoint), `endpoint` (the one tried last, the one the connection goes to when `ok`),
-    /// `wait_us` and `outcome` (`ok`, `timeout`, `unreachable`). When no subscriber wants it, no span is
+    /// `wait_us` and `outcome` (`ok`, `timeout`, `unreachable`, `closed`). When no subscriber wants it, no span is
     /// made and the clock is not read.
     ///
     /// ```no_run
@@ -169,6 +171,7 @@ impl<M> TcpPool<M> {
                 let outcome = match &result {
                     Ok(_) => "ok",
                     Err(TcpPoolError::CheckoutTimeout) => "timeout",
+                    Err(TcpPoolError::Closed) => "closed",
                     Err(_) => "unreachable",
                 };
                 span.record("wait_us", wait_us);
@@ -250,6 +253,35 @@ impl<M> TcpPool<M> {
             .collect()
     }
 
+    /// Closes the pool, for a graceful shutdown. At once: checkouts, new or waiting, fail with
+    /// [`Closed`](TcpPoolError::Closed) (`503`), idle connections are closed, and the set of
+    /// endpoints stops changing; connections in use are closed when they come back, connects
+    /// under way when they end. The future resolves when no connection is open any more (it
+    /// need not be awaited for the close to happen, and may be awaited from any handle, any
+    /// number of times).
+    ///
+    /// Call it after the server has finished its in-flight requests
+    /// (`axum::serve(..).with_graceful_shutdown(..)` returns then): see the `shutdown`
+    /// example. A connection a task keeps forever keeps the future pending: bound it with a
+    /// timeout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+    /// use axum_tcp_pool::{TcpPool, TcpPoolError};
+    ///
+    /// let pool = TcpPool::builder("127.0.0.1:6379").build()?;
+    /// pool.close().await;
+    /// assert!(matches!(pool.get().await, Err(TcpPoolError::Closed)));
+    /// assert!(pool.state().closed);
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.set.close();
+        let set = self.set.clone();
+        async move { set.drained().await }
+    }
+
     /// Replaces the pool's endpoints, at run time, without dropping a request: endpoints kept
     /// keep their idle connections; new ones start empty; a removed one takes no new checkout,
     /// its idle connections are closed at once and those in use when they come back. With
@@ -260,6 +292,7 @@ impl<M> TcpPool<M> {
     ///
     /// [`TcpPoolError::Config`] for an empty set, an address listed twice, or one that
     /// [`build`](TcpPoolBuilder::build) would refuse; the set is then left as it was.
+    /// [`TcpPoolError::Closed`] once the pool is [closed](Self::close).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -46,5 +46,8 @@ impl Drop for PooledStream {
     fn drop(&mut self) {
         self.endpoint.open.fetch_sub(1, SeqCst);
         self.endpoint.lifecycle.dropped(&self.life);
+        if self.endpoint.is_removed() {
+            self.endpoint.drained.notify_waiters();
+        }
     }
 }

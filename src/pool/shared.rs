@@ -26,8 +26,10 @@ pub(crate) struct Shared {
     pub(crate) waiting: AtomicU64,
     /// Connections open (from connect until bb8 drops them).
     pub(crate) open: AtomicU64,
-    /// Taken out of the pool's set: no new connection, none given back.
+    /// Taken out of the pool's set (or the pool closed): no new connection, none given back.
     pub(crate) removed: AtomicBool,
+    /// Woken, once removed, by each connection closing and each connect ending.
+    pub(crate) drained: tokio::sync::Notify,
     /// The runtime the pool was built in, lent to a connection dropped on a thread without
     /// one (bb8 may spawn a refill task then).
     pub(crate) runtime: tokio::runtime::Handle,

@@ -102,6 +102,7 @@ impl Endpoint {
             waiting: Default::default(),
             open: Default::default(),
             removed: Default::default(),
+            drained: Default::default(),
             runtime,
             lifecycle: Lifecycle::new(),
         });

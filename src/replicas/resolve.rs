@@ -19,13 +19,20 @@ pub(crate) fn spawn(set: &Arc<Endpoints>, every: Duration) {
         loop {
             let mut notified = pin!(changed.notified());
             notified.as_mut().enable();
-            let Some(names) = weak.upgrade().map(|set| set.names()) else {
+            let Some(names) = weak
+                .upgrade()
+                .filter(|set| !set.is_closed())
+                .map(|set| set.names())
+            else {
                 return;
             };
             let resolved = resolve(&names).await;
             let Some(set) = weak.upgrade() else {
                 return;
             };
+            if set.is_closed() {
+                return;
+            }
             set.apply_resolved(&names, resolved);
             drop(set);
             // The interval, or a change of names, whichever comes first.

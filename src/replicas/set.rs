@@ -43,6 +43,8 @@ pub(crate) struct Endpoints {
     pub(crate) names_changed: Arc<Notify>,
     /// The runtime the pool was built in (bb8 spawns its tasks there).
     runtime: tokio::runtime::Handle,
+    /// Set by `TcpPool::close`: no checkout, no change of the set, every endpoint drained.
+    closed: AtomicBool,
     /// The endpoints whose metrics were exported last.
     #[cfg(feature = "metrics")]
     recorded: Mutex<Vec<String>>,
@@ -77,6 +79,7 @@ impl Endpoints {
             names: Mutex::new(names),
             names_changed: Arc::new(Notify::new()),
             runtime,
+            closed: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             recorded: Mutex::new(Vec::new()),
         })
@@ -145,6 +148,10 @@ impl Endpoints {
             Ok(set) => set,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Checked under the lock `close` takes: a closed pool's set never changes again.
+        if self.is_closed() {
+            return Err(TcpPoolError::Closed);
+        }
         let mut draining = match self.draining.lock() {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
@@ -208,17 +215,57 @@ impl Endpoints {
                 endpoint = &*endpoint.shared.addr,
                 "endpoint removed from the pool"
             );
-            endpoint.shared.removed.store(true, Relaxed);
-            close_idle(endpoint);
-            // Its lifecycle task ends.
-            endpoint.shared.lifecycle.wake();
-            // Checkouts waiting here move to the set as it is now.
-            endpoint.shared.fail_fast.wake();
+            drain(endpoint);
         }
         draining.extend(removed);
         drop(draining);
         self.prune();
         Ok(())
+    }
+
+    /// `TcpPool::close`: from now on checkouts fail with `Closed`; every endpoint is drained
+    /// (idle connections closed now, those in use when they come back, connects under way
+    /// when they end). The set stays as it is, for `state()`.
+    pub(crate) fn close(&self) {
+        let current = match self.current.write() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.closed.swap(true, SeqCst) {
+            return;
+        }
+        let _runtime = self.runtime.enter();
+        tracing::info!(pool = self.config.name(), "closing the pool");
+        for endpoint in current.iter() {
+            drain(endpoint);
+        }
+        drop(current);
+        // The resolver task ends at its next wake-up; checkouts waiting for its first lookup
+        // go on, and fail with `Closed`.
+        self.names_changed.notify_waiters();
+        if !self.looked_up.swap(true, SeqCst) {
+            self.looked_up_now.notify_waiters();
+        }
+    }
+
+    /// Whether `TcpPool::close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Resolves once no connection of any endpoint (current or draining) is open and no
+    /// connect is under way.
+    pub(crate) async fn drained(&self) {
+        let endpoints: Vec<Arc<Endpoint>> = {
+            let draining = match self.draining.lock() {
+                Ok(d) => d.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            self.current().iter().cloned().chain(draining).collect()
+        };
+        for endpoint in endpoints {
+            drained(&endpoint).await;
+        }
     }
 
     /// The addresses as given (host names, with `resolve_endpoints`).
@@ -232,6 +279,9 @@ impl Endpoints {
     /// `set_endpoints`: validates `addrs`, then makes them the set (or, with
     /// `resolve_endpoints`, the names to resolve, resolved at once in the background).
     pub(crate) fn set_names(&self, addrs: Vec<String>) -> Result<(), TcpPoolError> {
+        if self.is_closed() {
+            return Err(TcpPoolError::Closed);
+        }
         check_endpoints(addrs.iter().map(String::as_str))?;
         for addr in &addrs {
             self.config.connector(addr, addr)?;
@@ -287,7 +337,7 @@ impl Endpoints {
                 .iter()
                 .zip(current.iter())
                 .all(|((a, n), e)| *a == *e.shared.addr && *n == e.name_addr);
-        if !(pairs.is_empty() || unchanged || self.names() != names) {
+        if !(pairs.is_empty() || unchanged || self.names() != names || self.is_closed()) {
             if let Err(e) = self.replace(&pairs) {
                 tracing::warn!(pool = self.config.name(), error = %e, "resolved endpoints not applied");
             }
@@ -376,6 +426,7 @@ impl Endpoints {
         for e in draining.iter() {
             total.add(&e.state().0);
         }
+        total.closed = self.is_closed();
         total.endpoints.reserve(current.len());
         for e in current.iter() {
             let (s, entry) = e.state();
@@ -406,6 +457,37 @@ impl Tried {
             Some(bit) => self.first & bit != 0,
             None => self.more.contains(&i),
         }
+    }
+}
+
+/// Takes `endpoint` out of service: no new connection, none given back, its idle ones closed
+/// now, and the checkouts waiting on it woken (they move to the set as it is now).
+fn drain(endpoint: &Endpoint) {
+    endpoint.shared.removed.store(true, SeqCst);
+    close_idle(endpoint);
+    // Its lifecycle task ends.
+    endpoint.shared.lifecycle.wake();
+    endpoint.shared.fail_fast.wake();
+}
+
+/// Resolves once a removed endpoint has no connection open and no connect under way. Woken
+/// by each of its connections closing and each of its connects ending; it also looks again
+/// every 100 ms, for a connect that succeeded just as the endpoint was removed (its
+/// connection may reach the idle queue after the removal closed the idle ones).
+async fn drained(endpoint: &Endpoint) {
+    let shared = &endpoint.shared;
+    loop {
+        let mut notified = pin!(shared.drained.notified());
+        notified.as_mut().enable();
+        // Attempts first: a connect that succeeds counts its connection open before its
+        // attempt ends.
+        if shared.fail_fast.connecting() == 0 && shared.open.load(SeqCst) == 0 {
+            return;
+        }
+        if endpoint.pool.state().idle_connections > 0 {
+            close_idle(endpoint);
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
     }
 }
 

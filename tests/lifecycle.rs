@@ -366,3 +366,35 @@ async fn probe_rounds_keep_the_order_and_are_not_checkouts() {
     assert_eq!((s.gets, s.endpoints[0].checkouts), (6, 6), "{s:?}");
     assert_eq!(backend.seen().accepts, 3);
 }
+
+/// After `close()`, the lifecycle task opens nothing: no refill of `min_idle`, no
+/// replacement at the end of a lifetime, no probe. Time is counted by another pool's probe
+/// rounds (on its own backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pool_refills_nothing() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .min_idle(2)
+        .max_lifetime(Some(Duration::from_millis(200)))
+        .idle_probe_interval(Some(Duration::from_millis(20)))
+        .build()
+        .expect("pool");
+    backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    testkit::bounded("close", pool.close()).await;
+    backend.wait_for("closed", |s| s.open == 0).await;
+    let accepts = backend.seen().accepts;
+    let probes = pool.state().idle_probes;
+
+    let clock_backend = Backend::start().await;
+    let clock = TcpPool::builder(clock_backend.addr_string())
+        .min_idle(1)
+        .idle_probe_interval(Some(Duration::from_millis(20)))
+        .build()
+        .expect("clock pool");
+    // 30 rounds of 20 ms: three lifetimes of the closed pool's connections.
+    wait_pool(&clock, "30 probe rounds", |s| s.idle_probes >= 30).await;
+    let seen = backend.seen();
+    assert_eq!((seen.accepts, seen.open), (accepts, 0), "{seen:?}");
+    let s = pool.state();
+    assert_eq!((s.connections, s.idle_probes), (0, probes), "{s:?}");
+}

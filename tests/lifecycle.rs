@@ -398,3 +398,49 @@ async fn a_closed_pool_refills_nothing() {
     let s = pool.state();
     assert_eq!((s.connections, s.idle_probes), (0, probes), "{s:?}");
 }
+
+/// Part 5. Idle connections that went silent (a firewall dropping their packets: the proxy
+/// swallows what they send and never answers) fail the configured probe by its time limit,
+/// `connect_timeout`, and are replaced before a request needs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_probing_replaces_connections_that_went_silent() {
+    use testkit::proxy::{Fault, Proxy};
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr).await.expect("start proxy");
+    let pool = TcpPool::builder(proxy.addr().to_string())
+        .max_size(4)
+        .min_idle(2)
+        .connect_timeout(Duration::from_millis(300))
+        .health_check(ping)
+        .idle_probe_interval(Some(Duration::from_millis(100)))
+        .connect()
+        .await
+        .expect("backend is up");
+    let client = testkit::HttpClient::new(testkit::serve(app::eager(&pool)).await);
+    let opened = proxy
+        .wait_for(testkit::BOUND, |s| s.open == 2)
+        .await
+        .expect("2 open");
+    assert_eq!(opened.accepts, 2);
+    for conn in proxy.connections() {
+        conn.set(Fault::blackhole());
+    }
+    let s = wait_pool(&pool, "silent connections replaced", |s| {
+        s.idle_probe_failures >= 2 && s.idle == 2
+    })
+    .await;
+    assert_eq!(s.idle_probe_failures, 2, "{s:?}");
+    let replaced = proxy
+        .wait_for(testkit::BOUND, |s| s.accepts == 4)
+        .await
+        .expect("2 replacements");
+    assert_eq!(replaced.accepts, 4);
+    let r = client.get("/echo/after").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "after"));
+    let s = pool.state();
+    assert_eq!(
+        (s.discards.health_check, s.closed_invalid),
+        (0, 0),
+        "the request met a silent connection: {s:?}"
+    );
+}

@@ -115,7 +115,7 @@ impl Lifecycle {
 
     /// The state of a connection just opened to `shared`'s endpoint: its deadline drawn and
     /// registered with the task, which is woken.
-    pub(crate) fn opened(shared: &Shared) -> Life {
+    pub(crate) fn opened(shared: &Shared) -> Box<Life> {
         let this = &shared.lifecycle;
         let config = &shared.config;
         let id = this.next_id.fetch_add(1, Relaxed);
@@ -133,14 +133,14 @@ impl Lifecycle {
             this.deadlines().insert((at, id));
         }
         this.wake.notify_one();
-        Life {
+        Box::new(Life {
             id,
             deadline,
             idle_since: config.idle_timeout.map(|_| now),
             used: false,
             sweep: None,
             unpooled: false,
-        }
+        })
     }
 
     /// A connection closed (dropped): its deadline is forgotten, and the task refills.
@@ -231,6 +231,7 @@ impl Life {
 /// A connection given back after use (bb8's `has_broken`, found clean): whether it must
 /// close for its age (counted). Reads the clock only when `max_lifetime` or `idle_timeout`
 /// is set, once for both.
+#[inline]
 pub(crate) fn returned(shared: &Shared, life: &mut Life) -> bool {
     life.used = true;
     let idle_timeout = shared.config.idle_timeout.is_some();
@@ -239,24 +240,30 @@ pub(crate) fn returned(shared: &Shared, life: &mut Life) -> bool {
     }
     let now = Instant::now();
     if life.deadline.is_some_and(|at| now >= at) {
-        shared
-            .lifecycle
-            .counts
-            .closed_max_lifetime
-            .fetch_add(1, Relaxed);
-        tracing::debug!(
-            pool = shared.config.name(),
-            addr = &*shared.addr,
-            endpoint = &*shared.addr,
-            reason = Why::MaxLifetime.as_str(),
-            "closing connection at the end of its lifetime"
-        );
+        expired(shared);
         return true;
     }
     if idle_timeout {
         life.idle_since = Some(now);
     }
     false
+}
+
+/// Counts and logs a connection closed at the end of its lifetime when it came back.
+#[cold]
+fn expired(shared: &Shared) {
+    shared
+        .lifecycle
+        .counts
+        .closed_max_lifetime
+        .fetch_add(1, Relaxed);
+    tracing::debug!(
+        pool = shared.config.name(),
+        addr = &*shared.addr,
+        endpoint = &*shared.addr,
+        reason = Why::MaxLifetime.as_str(),
+        "closing connection at the end of its lifetime"
+    );
 }
 
 /// A connection a sweep took out comes back (bb8's `has_broken`): whether it closes, as the

@@ -23,6 +23,7 @@ thread_local! {
 
 /// Whether the checkout running on this thread is a sweep's (bb8's `is_valid` skips the
 /// health check then).
+#[inline]
 pub(crate) fn sweeping() -> bool {
     SWEEPING.with(Cell::get)
 }

@@ -22,8 +22,9 @@ pub(crate) struct PooledStream {
     pub(crate) attempt: u64,
     /// The endpoint it goes to (counted open there until dropped).
     pub(crate) endpoint: Arc<Shared>,
-    /// Its deadline, idle time and sweep state (see the `lifecycle` module).
-    pub(crate) life: Life,
+    /// Its deadline, idle time and sweep state (see the `lifecycle` module). Boxed: bb8
+    /// moves this struct on every checkout and return, and each byte of it costs there.
+    pub(crate) life: Box<Life>,
 }
 
 impl PooledStream {

@@ -62,8 +62,12 @@
 //! # Cost on the request path
 //!
 //! A checkout reads one thread-local flag. A return reads the clock once when
-//! `max_lifetime` or `idle_timeout` is set (bb8 did the same for `max_lifetime`); nothing
-//! else, no lock, no allocation.
+//! `max_lifetime` or `idle_timeout` is set (bb8 did the same for `max_lifetime`), and writes
+//! two fields of the connection's state; no lock, no allocation. That state is boxed, once
+//! per connection: bb8 moves the pooled struct on every checkout and return, and 48 bytes
+//! more in it cost about 750 instructions per request, the box 8 bytes. Measured with
+//! callgrind through the router (`benches/callgrind.sh`): the eager layer +79 instructions
+//! per request at one request in flight, +66 at 64 (about 0.4 %).
 
 mod keeper;
 mod lifetime;

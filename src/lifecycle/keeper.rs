@@ -69,8 +69,8 @@ pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
 }
 
 /// How many connections to open so that `min_idle` are idle, without exceeding `max_size`,
-/// counting those being opened (for checkouts) as idle already; and whether there were any
-/// (if they fail, more are wanted).
+/// counting those being opened (for checkouts) as idle already; and whether those made it
+/// fewer (if they fail, more are wanted).
 fn wanted(endpoint: &Endpoint) -> (usize, bool) {
     let c = &endpoint.shared.config;
     let s = endpoint.pool.state();
@@ -81,7 +81,8 @@ fn wanted(endpoint: &Endpoint) -> (usize, bool) {
     let room = c
         .max_size
         .saturating_sub(s.connections.saturating_add(pending));
-    (missing.min(room) as usize, pending > 0)
+    let counted = c.min_idle.saturating_sub(s.idle_connections) > missing;
+    (missing.min(room) as usize, counted)
 }
 
 /// Opens a connection through the manager's own connect (fail-fast and reconnect backoff
@@ -193,7 +194,7 @@ impl Keeper {
             }
         }
         if shared.lifecycle.take_closed() {
-            self.want_fill = config.min_idle > 0;
+            self.want_fill |= config.min_idle > 0;
         }
         let now = Instant::now();
         let lifetime_due = shared

@@ -444,3 +444,20 @@ async fn idle_probing_replaces_connections_that_went_silent() {
         "the request met a silent connection: {s:?}"
     );
 }
+
+/// Part 4. A backend down when the pool starts: the task keeps trying (a delay doubling from
+/// 50 ms) and opens `min_idle` once it is back, with no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_is_opened_once_a_backend_down_at_start_is_back() {
+    let backend = Backend::start().await;
+    backend.stop().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .min_idle(2)
+        .build()
+        .expect("pool");
+    wait_pool(&pool, "a failed connect", |s| s.connect_failures >= 1).await;
+    backend.restart().await;
+    backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    let s = wait_pool(&pool, "2 idle", |s| s.idle == 2).await;
+    assert_eq!(s.connections, 2, "{s:?}");
+}

@@ -48,7 +48,7 @@ async fn connections_opened_together_are_replaced_at_their_own_deadlines() {
         .connect()
         .await
         .expect("backend is up");
-    assert_eq!(backend.seen().accepts, N);
+    backend.wait_for("N accepted", |s| s.accepts == N).await;
     // The instant each close is seen (closes = accepts - open).
     let mut closes: Vec<Instant> = Vec::with_capacity(N);
     while closes.len() < N {
@@ -111,6 +111,7 @@ async fn min_idle_connections_stay_open_across_idle_periods() {
     )
     .await;
     backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 2).await;
     let held: Vec<_> = (0..4)
         .map(|i| client.spawn_get(&format!("/hold/h{i}")))
         .collect();
@@ -190,6 +191,7 @@ async fn idle_probing_replaces_connections_the_backend_closed() {
     )
     .await;
     backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 2).await;
     // Just after a round, so the next one is an interval away while the backend closes them.
     let probes = pool.state().idle_probes;
     wait_pool(&pool, "a probe round", |s| s.idle_probes > probes).await;
@@ -234,6 +236,7 @@ async fn idle_probing_opens_nothing_and_never_touches_a_connection_in_use() {
     )
     .await;
     backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 2).await;
     let held = client.spawn_get("/hold/kept");
     backend.wait_for("a held request", |s| s.holding == 1).await;
     let (probes, lines) = (pool.state().idle_probes, backend.seen().lines);
@@ -380,6 +383,7 @@ async fn a_closed_pool_refills_nothing() {
         .build()
         .expect("pool");
     backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 2).await;
     testkit::bounded("close", pool.close()).await;
     backend.wait_for("closed", |s| s.open == 0).await;
     let accepts = backend.seen().accepts;

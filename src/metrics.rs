@@ -32,6 +32,7 @@
 //! | `tcp_pool_discards_total` | counter | `pool`, `reason` | connections closed instead of reused, one series per [`DiscardReason::as_str`] ([`PoolState::discards`]) |
 //! | `tcp_pool_closed_idle_timeout_total` | counter | `pool` | closed for sitting idle past `idle_timeout` ([`PoolState::closed_idle_timeout`]) |
 //! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
+//! | `tcp_pool_connects_backed_off_total` | counter | `pool` | connects refused by the reconnect backoff, no SYN sent ([`PoolState::connects_backed_off`]) |
 //!
 //!
 //! A pool with [several endpoints](crate::TcpPoolBuilder#several-endpoints) also exports one
@@ -128,6 +129,9 @@ pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
 /// Counter: connections closed because they were older than `max_lifetime`.
 pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
 
+/// Counter: connect attempts refused by the reconnect backoff (no SYN sent).
+pub const CONNECTS_BACKED_OFF: &str = "tcp_pool_connects_backed_off_total";
+
 /// Gauge: one endpoint's open connections.
 pub const ENDPOINT_CONNECTIONS: &str = "tcp_pool_endpoint_connections";
 /// Gauge: one endpoint's idle connections.
@@ -205,6 +209,7 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CONNECT_FAILURES, "pool" => pool.to_owned()).absolute(s.connect_failures);
     counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
+    counter!(CONNECTS_BACKED_OFF, "pool" => pool.to_owned()).absolute(s.connects_backed_off);
     for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
@@ -325,5 +330,10 @@ fn describe() {
         CLOSED_MAX_LIFETIME,
         Unit::Count,
         "Connections closed because they were older than max_lifetime."
+    );
+    describe_counter!(
+        CONNECTS_BACKED_OFF,
+        Unit::Count,
+        "Connect attempts refused by the reconnect backoff (no SYN sent)."
     );
 }

@@ -50,6 +50,7 @@ impl TcpPool {
 /// | [`write_only`](Self::write_only) | `false` | writes need no reply (statsd-like backends) |
 /// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
 /// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
+/// | [`reconnect_backoff`](Self::reconnect_backoff) | 50 ms to 5 s | after a failed connect, how long new connects to that endpoint fail at once before one probes it ([`connects_backed_off`](crate::PoolState::connects_backed_off)) |
 ///
 /// # Several endpoints
 ///
@@ -111,6 +112,29 @@ impl TcpPool {
 ///
 /// [`DiscardReason::IoError`]: crate::DiscardReason::IoError
 /// [`DiscardReason::Eof`]: crate::DiscardReason::Eof
+///
+/// # Reconnect backoff
+///
+/// A backend that is down must not get one connect attempt per request, nor all of them at
+/// once when it comes back. After a failed connect to an endpoint, new connects to it wait a
+/// delay: `min` after the first failure, doubling with each failure in a row, at most `max`,
+/// with *equal jitter* (a random delay between half the step and the step: probes of many
+/// app instances spread out, yet never come faster than half a step). During the delay a
+/// checkout that needs a new connection there fails at once, with no SYN sent:
+/// [`BackendUnreachable`](crate::TcpPoolError::BackendUnreachable) (`502`), or it fails over
+/// to another endpoint; idle connections are still used. When the delay is over, one connect
+/// at a time probes the endpoint (the others keep failing at once); its success resets the
+/// backoff, its failure starts the next, longer step. It applies per endpoint, to every
+/// connect (checkouts and the `min_idle` refill alike), and a checkout never waits for more
+/// than one connect attempt. Refused connects are counted in
+/// [`PoolState::connects_backed_off`](crate::PoolState::connects_backed_off), not in
+/// `connect_failures`.
+///
+/// The logs stay short during an outage: the first failed connect of an endpoint is a `warn`,
+/// then at most one `warn` every 5 s per endpoint counts the failed and backed-off attempts
+/// since the last line, and the first success logs `info` "reconnected after N failures".
+/// The `warn` of the `502` responses is throttled the same way, per pool (every response
+/// still gets a `debug` line).
 ///
 /// # Validation
 ///
@@ -374,6 +398,25 @@ impl TcpPoolBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, config: crate::transport::TlsConfig) -> Self {
         self.config.tls = Some(config);
+        self
+    }
+
+    /// The [reconnect backoff](Self#reconnect-backoff): after a failed connect to an
+    /// endpoint, new connects to it fail at once for a delay from `min`, doubling per failure
+    /// in a row, up to `max` (default 50 ms and 5 s), then one probes it.
+    /// `reconnect_backoff(Duration::ZERO, Duration::ZERO)` turns it off (one connect attempt
+    /// per checkout that needs one). `min` must not exceed `max`, and be above zero unless
+    /// both are.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+    ///     .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(10));
+    /// let off = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+    ///     .reconnect_backoff(Duration::ZERO, Duration::ZERO);
+    /// ```
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.reconnect_backoff = (min, max);
         self
     }
 }

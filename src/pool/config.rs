@@ -36,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) write_only: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::TlsConfig>,
+    /// `(min, max)` delay after a failed connect; `(ZERO, ZERO)`: off.
+    pub(crate) reconnect_backoff: (Duration, Duration),
 }
 
 impl fmt::Debug for Config {
@@ -59,6 +61,7 @@ impl fmt::Debug for Config {
             .field("write_only", &self.write_only);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
+        d.field("reconnect_backoff", &self.reconnect_backoff);
         d.finish()
     }
 }
@@ -84,6 +87,7 @@ impl Config {
             write_only: false,
             #[cfg(feature = "tls")]
             tls: None,
+            reconnect_backoff: (Duration::from_millis(50), Duration::from_secs(5)),
         }
     }
 
@@ -153,6 +157,17 @@ impl Config {
                     "{name} must be greater than zero{none}"
                 )));
             }
+        }
+        let (min, max) = self.reconnect_backoff;
+        if min > max {
+            return Err(TcpPoolError::config(format!(
+                "reconnect_backoff min ({min:?}) must not exceed max ({max:?})"
+            )));
+        }
+        if min.is_zero() && !max.is_zero() {
+            return Err(TcpPoolError::config(
+                "reconnect_backoff min must be greater than zero (a zero delay would never grow); use reconnect_backoff(Duration::ZERO, Duration::ZERO) to turn it off",
+            ));
         }
         if let Some(idle) = self.keepalive {
             // TCP_KEEPIDLE is whole seconds, 1 to 32767 on Linux: anything else would make
@@ -241,6 +256,23 @@ mod tests {
         c.connect_timeout = Duration::MAX;
         c.idle_timeout = Some(Duration::MAX);
         c.max_lifetime = Some(Duration::MAX);
+        c.reconnect_backoff = (Duration::MAX, Duration::MAX);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn reconnect_backoff_is_validated() {
+        let mut c = Config::new("127.0.0.1:1".into());
+        let ms = Duration::from_millis;
+        for (min, max, ok) in [
+            (ms(50), ms(5000), true),
+            (ms(5), ms(5), true),
+            (Duration::ZERO, Duration::ZERO, true),
+            (ms(6), ms(5), false),
+            (Duration::ZERO, ms(5), false),
+        ] {
+            c.reconnect_backoff = (min, max);
+            assert_eq!(c.validate().is_ok(), ok, "{min:?}, {max:?}");
+        }
     }
 }

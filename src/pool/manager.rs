@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::clean::{self, DiscardReason};
 use crate::error::TcpPoolError;
+use crate::failfast::backoff::Admission;
 use crate::pool::health;
 use crate::pool::pooled::PooledStream;
 use crate::pool::shared::Shared;
@@ -21,6 +22,14 @@ pub(crate) fn removed() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,
         "the endpoint was removed from the pool",
+    )
+}
+
+/// The error of a connect refused by the reconnect backoff (no attempt made).
+fn backed_off() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        "the backend is down: connect not retried yet (reconnect backoff)",
     )
 }
 
@@ -62,7 +71,22 @@ impl TcpManager {
             attempt.failed(&e);
             return Err(TcpPoolError::BackendUnreachable(e));
         }
-        match shared.connector.connect().await {
+        // The reconnect backoff: while the endpoint is backing off, fail at once, no SYN.
+        let permit = match shared.fail_fast.backoff.admit() {
+            Admission::Go(permit) => permit,
+            Admission::Refused => {
+                let e = backed_off();
+                attempt.failed(&e);
+                shared.connect_backed_off();
+                return Err(TcpPoolError::BackendUnreachable(e));
+            }
+        };
+        let result = shared.connector.connect().await;
+        match &result {
+            Ok(_) => permit.succeeded(),
+            Err(_) => permit.failed(),
+        }
+        match result {
             Ok(_) if shared.is_removed() => {
                 // Removed while connecting: the connection must not idle in a drained pool.
                 let e = removed();
@@ -70,6 +94,7 @@ impl TcpManager {
                 Err(TcpPoolError::BackendUnreachable(e))
             }
             Ok(stream) => {
+                shared.connect_succeeded();
                 tracing::debug!(
                     pool = shared.config.name(),
                     addr = &*shared.addr,
@@ -80,7 +105,7 @@ impl TcpManager {
             }
             Err(e) => {
                 attempt.failed(&e);
-                shared.connect_failed(&e, "connect to backend failed");
+                shared.connect_attempt_failed(&e);
                 shared.failed();
                 Err(TcpPoolError::BackendUnreachable(e))
             }

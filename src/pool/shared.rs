@@ -92,4 +92,26 @@ impl Shared {
     pub(crate) fn has_idle(&self) -> bool {
         self.open.load(Relaxed) == 0 || self.has_idle_connection()
     }
+
+    /// Counts and logs a failed connect attempt, through the outage log (the first of an
+    /// outage, then summaries).
+    pub(crate) fn connect_attempt_failed(&self, err: &io::Error) {
+        self.counters.connect_failed();
+        self.fail_fast
+            .outage
+            .failed(self.config.name(), &self.addr, err);
+    }
+
+    /// Counts and logs a connect refused by the reconnect backoff.
+    pub(crate) fn connect_backed_off(&self) {
+        self.counters.connect_backed_off();
+        self.fail_fast.outage.refused(self.config.name(), &self.addr);
+    }
+
+    /// A connect attempt succeeded: logs the end of an outage.
+    pub(crate) fn connect_succeeded(&self) {
+        self.fail_fast
+            .outage
+            .connected(self.config.name(), &self.addr);
+    }
 }

@@ -93,7 +93,7 @@ impl Endpoint {
             addr: addr.into(),
             connector,
             counters: Counters::default(),
-            fail_fast: FailFast::default(),
+            fail_fast: FailFast::new(config.reconnect_backoff),
             outlier: Outlier::new(config.outlier, ejections.clone(), id),
             waiting: Default::default(),
             open: Default::default(),

@@ -84,10 +84,12 @@ impl Backoff {
     }
 
     fn admit_at(&self, now: Instant) -> Admission<'_> {
-        let go = |probe| Admission::Go(Permit {
-            backoff: self,
-            probe,
-        });
+        let go = |probe| {
+            Admission::Go(Permit {
+                backoff: self,
+                probe,
+            })
+        };
         if !self.is_on() {
             return go(None);
         }
@@ -181,7 +183,14 @@ mod tests {
     #[test]
     fn the_delay_doubles_with_equal_jitter_up_to_max() {
         let b = Backoff::new(ms(100), ms(1000));
-        for (failures, step) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (failures, step) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             for _ in 0..50 {
                 let d = b.delay(failures);
                 assert!(d >= ms(step) / 2 && d <= ms(step), "{failures}: {d:?}");
@@ -207,7 +216,10 @@ mod tests {
         let Admission::Go(probe) = b.admit_at(step1) else {
             panic!("the delay is over: one probe");
         };
-        assert!(matches!(b.admit_at(step1), Admission::Refused), "one probe at a time");
+        assert!(
+            matches!(b.admit_at(step1), Admission::Refused),
+            "one probe at a time"
+        );
         let t1 = Instant::now();
         probe.failed();
         assert_eq!(b.failures(), 2);

@@ -102,7 +102,11 @@ mod tests {
         let t0 = Instant::now();
         let at = |t: &Throttle, kind, quiet_ends, after| t.event_at(kind, quiet_ends, t0 + after);
         let zero = Duration::ZERO;
-        assert_eq!(at(&t, 1, false, zero), Line::Quiet, "a refusal starts no burst");
+        assert_eq!(
+            at(&t, 1, false, zero),
+            Line::Quiet,
+            "a refusal starts no burst"
+        );
         assert_eq!(at(&t, 0, false, zero), Line::First);
         for _ in 0..1000 {
             assert_eq!(at(&t, 0, false, zero), Line::Quiet);
@@ -122,8 +126,16 @@ mod tests {
         let at = |kind, quiet_ends, n: u32| t.event_at(kind, quiet_ends, t0 + EVERY * n);
         assert_eq!(at(0, true, 0), Line::First);
         assert_eq!(at(0, true, 0), Line::Quiet);
-        assert_eq!(at(0, true, 1), Line::Summary([2, 0]), "nothing unreported is lost");
+        assert_eq!(
+            at(0, true, 1),
+            Line::Summary([2, 0]),
+            "nothing unreported is lost"
+        );
         assert_eq!(at(0, true, 2), Line::First);
-        assert_eq!(at(0, false, 3), Line::Summary([1, 0]), "without quiet_ends: one burst");
+        assert_eq!(
+            at(0, false, 3),
+            Line::Summary([1, 0]),
+            "without quiet_ends: one burst"
+        );
     }
 }

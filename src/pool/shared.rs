@@ -105,7 +105,9 @@ impl Shared {
     /// Counts and logs a connect refused by the reconnect backoff.
     pub(crate) fn connect_backed_off(&self) {
         self.counters.connect_backed_off();
-        self.fail_fast.outage.refused(self.config.name(), &self.addr);
+        self.fail_fast
+            .outage
+            .refused(self.config.name(), &self.addr);
     }
 
     /// A connect attempt succeeded: logs the end of an outage.

@@ -200,12 +200,16 @@ impl FailFast {
         }
     }
 
-    fn error(&self) -> TcpPoolError {
-        let kind = self
-            .last_failure
+    /// The kind of the last connect failure.
+    pub(crate) fn last_failure_kind(&self) -> io::ErrorKind {
+        self.last_failure
             .lock()
             .map(|k| *k)
-            .unwrap_or(io::ErrorKind::Other);
+            .unwrap_or(io::ErrorKind::Other)
+    }
+
+    fn error(&self) -> TcpPoolError {
+        let kind = self.last_failure_kind();
         TcpPoolError::BackendUnreachable(io::Error::new(
             kind,
             "a connect attempt to the backend failed while waiting for a connection",

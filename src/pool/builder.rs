@@ -68,7 +68,8 @@ impl TcpPool {
 ///   has not tried, within the one `checkout_timeout` (an ejected one only when no other is
 ///   left). `502` only when every endpoint it could try failed; `503` when none had a free
 ///   connection in time.
-/// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure, an I/O error
+/// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure (one refused
+///   by the [reconnect backoff](Self#reconnect-backoff) included), an I/O error
 ///   or end-of-file met by a handler on a connection ([`DiscardReason::IoError`] /
 ///   [`DiscardReason::Eof`]), or more than `max_size` brand-new connections in a row
 ///   failing their health check (a backend that accepts connections but does not serve). A connection given back clean after

@@ -25,11 +25,12 @@ pub(crate) fn removed() -> io::Error {
     )
 }
 
-/// The error of a connect refused by the reconnect backoff (no attempt made).
-fn backed_off() -> io::Error {
+/// The error of a connect refused by the reconnect backoff (no attempt made): of the kind
+/// of the last failure of a real attempt.
+fn backed_off(kind: io::ErrorKind) -> io::Error {
     io::Error::new(
-        io::ErrorKind::ConnectionRefused,
-        "the backend is down: connect not retried yet (reconnect backoff)",
+        kind,
+        "connect not retried yet after a failed one (reconnect backoff)",
     )
 }
 
@@ -75,9 +76,11 @@ impl TcpManager {
         let permit = match shared.fail_fast.backoff.admit() {
             Admission::Go(permit) => permit,
             Admission::Refused => {
-                let e = backed_off();
+                let e = backed_off(shared.fail_fast.last_failure_kind());
                 attempt.failed(&e);
                 shared.connect_backed_off();
+                // A failure for outlier detection too: the endpoint is known down.
+                shared.failed();
                 return Err(TcpPoolError::BackendUnreachable(e));
             }
         };

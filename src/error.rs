@@ -95,12 +95,20 @@ impl TcpPoolError {
 
 /// The inner error of a [`BackendUnreachable`](TcpPoolError::BackendUnreachable) from a
 /// checkout: the endpoint it last tried, for the logs (its `Display` leads with it).
-#[derive(Debug)]
 pub(crate) struct EndpointError {
     pub(crate) endpoint: std::sync::Arc<str>,
     pub(crate) source: io::Error,
     /// The pool's throttle of the `warn` logged for these errors' responses.
     pub(crate) log: std::sync::Arc<crate::failfast::throttle::Throttle>,
+}
+
+impl std::fmt::Debug for EndpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointError")
+            .field("endpoint", &self.endpoint)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Display for EndpointError {

@@ -1,6 +1,7 @@
 //! Reconnect backoff: no reconnect storm while a backend is down, the backend back used
-//! within one backoff step, a checkout that waits for one connect attempt at most, and a
-//! handful of `warn` lines per outage instead of one per request.
+//! within one backoff step, a checkout that waits for one connect attempt at most. (The
+//! `warn` lines of an outage: `backoff_logs.rs`, alone in its binary so that its log capture
+//! sees every event.)
 //!
 //! How attempts are counted: `pool.state().connect_failures` are the connect attempts the
 //! pool really made (each a SYN, refused by the kernel when nothing listens) and
@@ -11,8 +12,8 @@
 //! half its nominal delay, so the steps that can begin while the storm runs are counted from
 //! the storm's own duration (a bound, never a speed assertion).
 
-use std::io;
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum_tcp_pool::{TcpPool, TcpPoolBuilder, TcpPoolError};
@@ -240,8 +241,9 @@ async fn blackholed_second_checkout(backoff: Duration) -> u64 {
     let hole = blackhole::Hole::new().await;
     let pool = TcpPool::builder(hole.addr.to_string())
         .max_size(1)
-        // Shorter than the first SYN retransmission (1 s): a hanging attempt times out.
-        .connect_timeout(Duration::from_millis(600))
+        // Long enough for the second checkout to start while the first attempt hangs, even
+        // on a loaded machine (the accept queue stays full: a retransmitted SYN is dropped too).
+        .connect_timeout(Duration::from_secs(2))
         .checkout_timeout(Duration::from_secs(3600))
         .reconnect_backoff(backoff, backoff)
         .build()
@@ -343,105 +345,6 @@ mod blackhole {
             .await;
         }
     }
-}
-
-/// Collects everything the `fmt` subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().expect("lock").clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-// A current-thread runtime: every task runs on this thread, under the capturing subscriber.
-#[tokio::test(flavor = "current_thread")]
-async fn an_outage_logs_a_handful_of_warn_lines_not_one_per_request() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let (backend, pool, client) = down(|b| b.name("stormed")).await;
-    let (statuses, elapsed) = storm(&client, STORM).await;
-    assert_eq!(count(&statuses, StatusCode::BAD_GATEWAY), STORM);
-    let lines = capture.lines();
-    let warns: Vec<&String> = lines.iter().filter(|l| l.contains("WARN")).collect();
-    let connect: Vec<_> = warns
-        .iter()
-        .filter(|l| l.contains("connect to backend"))
-        .collect();
-    let responses: Vec<_> = warns
-        .iter()
-        .filter(|l| l.contains("backend connection error"))
-        .collect();
-    // Per kind: the first line, then at most one summary per 5 s.
-    let per_kind = 1 + elapsed.as_secs() / 5 + 1;
-    let s = pool.state();
-    println!(
-        "figures: {STORM} requests in {elapsed:?}: {} warn lines ({} connect, {} response); {} attempts, {} backed off",
-        warns.len(),
-        connect.len(),
-        responses.len(),
-        s.connect_failures,
-        s.connects_backed_off
-    );
-    assert!(
-        connect.len() as u64 <= per_kind && !connect.is_empty(),
-        "{warns:#?}"
-    );
-    assert!(
-        responses.len() as u64 <= per_kind && !responses.is_empty(),
-        "{warns:#?}"
-    );
-    assert_eq!(warns.len(), connect.len() + responses.len(), "{warns:#?}");
-    assert!(
-        connect[0].contains("connect to backend failed") && connect[0].contains("pool=\"stormed\""),
-        "{}",
-        connect[0]
-    );
-    assert!(warns.iter().all(|l| l.contains("endpoint=")), "{warns:#?}");
-
-    // Back: one info line says so, with the failures counted.
-    backend.restart().await;
-    bounded("a request succeeds", async {
-        while client.get("/echo/back").await.status != StatusCode::OK {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let failures = pool.state().connect_failures;
-    let lines = capture.lines();
-    let back: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains("reconnected after"))
-        .collect();
-    assert_eq!(back.len(), 1, "{back:#?}");
-    assert!(
-        back[0].contains("INFO")
-            && back[0].contains(&format!("reconnected after {failures} failures")),
-        "{}",
-        back[0]
-    );
 }
 
 /// At the socket level (feature `tls`): the backend's listener accepts every connection and

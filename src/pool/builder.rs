@@ -134,8 +134,8 @@ impl TcpPool {
 /// The logs stay short during an outage: the first failed connect of an endpoint is a `warn`,
 /// then at most one `warn` every 5 s per endpoint counts the failed and backed-off attempts
 /// since the last line, and the first success logs `info` "reconnected after N failures".
-/// The `warn` of the `502` responses is throttled the same way, per pool (every response
-/// still gets a `debug` line).
+/// The `warn` of the `502` responses to failed checkouts is throttled the same way, per pool
+/// (every response still gets a `debug` line).
 ///
 /// # Validation
 ///

@@ -31,6 +31,7 @@
 //! | `tcp_pool_discards_total` | counter | `pool`, `reason` | connections closed instead of reused, one series per [`DiscardReason::as_str`] ([`PoolState::discards`]) |
 //! | `tcp_pool_closed_idle_timeout_total` | counter | `pool` | closed for sitting idle past `idle_timeout` ([`PoolState::closed_idle_timeout`]) |
 //! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
+//! | `tcp_pool_suspected_leaks_total` | counter | `pool` | connections held longer than `leak_threshold` ([`PoolState::suspected_leaks`]) |
 //!
 //!
 //! A pool with [several endpoints](crate::TcpPoolBuilder#several-endpoints) also exports one
@@ -124,6 +125,8 @@ pub const DISCARDS: &str = "tcp_pool_discards_total";
 pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
 /// Counter: connections closed because they were older than `max_lifetime`.
 pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
+/// Counter: connections held longer than `leak_threshold` (each reported once).
+pub const SUSPECTED_LEAKS: &str = "tcp_pool_suspected_leaks_total";
 
 /// Gauge: one endpoint's open connections.
 pub const ENDPOINT_CONNECTIONS: &str = "tcp_pool_endpoint_connections";
@@ -201,6 +204,7 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CONNECT_FAILURES, "pool" => pool.to_owned()).absolute(s.connect_failures);
     counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
+    counter!(SUSPECTED_LEAKS, "pool" => pool.to_owned()).absolute(s.suspected_leaks);
     for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
@@ -320,5 +324,10 @@ fn describe() {
         CLOSED_MAX_LIFETIME,
         Unit::Count,
         "Connections closed because they were older than max_lifetime."
+    );
+    describe_counter!(
+        SUSPECTED_LEAKS,
+        Unit::Count,
+        "Connections held longer than leak_threshold (each reported once)."
     );
 }

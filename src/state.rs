@@ -118,6 +118,9 @@ pub struct PoolState {
     pub closed_max_lifetime: u64,
     /// Connections closed instead of being reused, by reason.
     pub discards: Discards,
+    /// Connections held longer than [`leak_threshold`](crate::TcpPoolBuilder::leak_threshold),
+    /// each counted once, when its `warn` is logged (whether it came back later or not).
+    pub suspected_leaks: u64,
     /// Each endpoint in the pool's set, in its order; the fields above are sums over these
     /// (and over endpoints removed since the pool was built, so totals never go down).
     pub endpoints: Vec<EndpointState>,
@@ -173,6 +176,7 @@ impl PoolState {
         for &reason in DiscardReason::ALL {
             *self.discards.count_mut(reason) += other.discards.get(reason);
         }
+        self.suspected_leaks += other.suspected_leaks;
     }
 }
 
@@ -187,6 +191,8 @@ pub(crate) struct Counters {
     restart_timeouts: AtomicU64,
     /// Discards, indexed by [`DiscardReason::index`].
     discards: [AtomicU64; DiscardReason::COUNT],
+    /// Connections reported as held longer than the leak threshold.
+    suspected_leaks: AtomicU64,
 }
 
 impl Counters {
@@ -204,6 +210,10 @@ impl Counters {
 
     pub(crate) fn discarded(&self, reason: DiscardReason) {
         self.discards[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn suspected_leak(&self) {
+        self.suspected_leaks.fetch_add(1, Relaxed);
     }
 
     /// These counters with bb8's state, bb8's counts corrected for restarted checkouts.
@@ -228,6 +238,7 @@ impl Counters {
             closed_idle_timeout: st.connections_closed_idle_timeout,
             closed_max_lifetime: st.connections_closed_max_lifetime,
             discards,
+            suspected_leaks: self.suspected_leaks.load(Relaxed),
             endpoints: Vec::new(),
         }
     }

@@ -14,6 +14,7 @@ use tower_service::Service;
 use crate::clean::scope;
 use crate::error::TcpPoolError;
 use crate::middleware::slot::Slot;
+use crate::pool::leak::Request as LeakRequest;
 use crate::pool::{TcpConnection, TcpPool};
 
 /// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust, so it
@@ -30,8 +31,8 @@ thread_local! {
     static SPARE_CHECKOUTS: RefCell<Vec<Checkout>> = const { RefCell::new(Vec::new()) };
 }
 
-fn start_checkout(pool: TcpPool) -> Checkout {
-    let future = async move { pool.get().await };
+fn start_checkout(pool: TcpPool, request: Option<LeakRequest>) -> Checkout {
+    let future = async move { pool.get_for(request).await };
     let spare = SPARE_CHECKOUTS
         .try_with(|spares| spares.try_borrow_mut().ok().and_then(|mut s| s.pop()))
         .ok()
@@ -130,7 +131,8 @@ where
 {
     /// Checks out from `pool` (unmarked), for a layer of marker `M`.
     pub(crate) fn checkout<M: 'static>(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
-        let checkout = start_checkout(pool);
+        let request = pool.leak_request(req.method(), req.uri());
+        let checkout = start_checkout(pool, request);
         ResponseFuture {
             state: State::Checkout {
                 checkout,

@@ -64,7 +64,7 @@ impl<M> fmt::Debug for LazyConnection<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.taken {
             Taken::Ready(_) => "checked out",
-            Taken::Pool(_) => "not checked out",
+            Taken::Pool(..) => "not checked out",
         };
         f.debug_struct("LazyConnection")
             .field("marker", &type_name::<M>())

@@ -4,6 +4,7 @@
 use http::request::Parts;
 
 use crate::error::TcpPoolError;
+use crate::pool::leak::Request;
 use crate::pool::{TcpConnection, TcpPool};
 
 /// What a request carries: a connection checked out eagerly, or the pool to check one out
@@ -32,8 +33,8 @@ impl<M> Clone for Slot<M> {
 pub(crate) enum Taken<M> {
     /// Checked out already (eager layer).
     Ready(TcpConnection<M>),
-    /// To check out from (lazy layer).
-    Pool(TcpPool<M>),
+    /// To check out from (lazy layer), for this request (only when leak detection is on).
+    Pool(TcpPool<M>, Option<Request>),
 }
 
 impl<M> Taken<M> {
@@ -41,7 +42,7 @@ impl<M> Taken<M> {
     pub(crate) async fn connection(self) -> Result<TcpConnection<M>, TcpPoolError> {
         match self {
             Taken::Ready(conn) => Ok(conn),
-            Taken::Pool(pool) => pool.get().await,
+            Taken::Pool(pool, request) => pool.get_for(request).await,
         }
     }
 }
@@ -56,7 +57,10 @@ impl<M: 'static> Slot<M> {
             .ok_or(TcpPoolError::MissingLayer)?;
         match std::mem::replace(slot, Slot::Taken) {
             Slot::Ready(conn) => Ok(Taken::Ready(conn)),
-            Slot::Lazy(pool) => Ok(Taken::Pool(pool)),
+            Slot::Lazy(pool) => {
+                let request = pool.leak_request(&parts.method, &parts.uri);
+                Ok(Taken::Pool(pool, request))
+            }
             Slot::Taken => Err(TcpPoolError::AlreadyExtracted),
         }
     }

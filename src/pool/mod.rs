@@ -8,6 +8,7 @@ mod checkout;
 mod config;
 mod connection;
 mod health;
+pub(crate) mod leak;
 mod manager;
 mod pooled;
 mod probe;
@@ -147,6 +148,16 @@ impl<M> TcpPool<M> {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self) -> Result<TcpConnection<M>, TcpPoolError> {
+        self.get_for(None).await
+    }
+
+    /// [`get`](Self::get), for `request` (only when leak detection is on: see
+    /// [`leak_request`](Self::leak_request)).
+    pub(crate) async fn get_for(
+        &self,
+        request: Option<leak::Request>,
+    ) -> Result<TcpConnection<M>, TcpPoolError> {
+        let request = request.as_ref();
         // Only a subscriber that may want `debug` pays for the span. (With none set, even a
         // disabled span costs a few hundred instructions when tracing's `log` fallback is
         // compiled in, as axum's default features do.)
@@ -161,7 +172,7 @@ impl<M> TcpPool<M> {
             );
             if !span.is_disabled() {
                 let start = Instant::now();
-                let result = checkout::checkout(&self.set, Some(&span))
+                let result = checkout::checkout(&self.set, Some(&span), request)
                     .instrument(span.clone())
                     .await;
                 let wait_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -175,7 +186,20 @@ impl<M> TcpPool<M> {
                 return result;
             }
         }
-        checkout::checkout(&self.set, None).await
+        checkout::checkout(&self.set, None, request).await
+    }
+
+    /// The request to report a connection lent to it with, if leak detection is on (else
+    /// nothing is copied).
+    pub(crate) fn leak_request(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+    ) -> Option<leak::Request> {
+        match self.set.config.leak_threshold {
+            Some(_) => Some(leak::Request::new(method, uri)),
+            None => None,
+        }
     }
 
     /// A snapshot of the pool's sizes and counters.

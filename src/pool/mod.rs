@@ -196,10 +196,10 @@ impl<M> TcpPool<M> {
         method: &http::Method,
         uri: &http::Uri,
     ) -> Option<leak::Request> {
-        match self.set.config.leak_threshold {
-            Some(_) => Some(leak::Request::new(method, uri)),
-            None => None,
-        }
+        self.set
+            .config
+            .leak_threshold
+            .map(|_| leak::Request::new(method, uri))
     }
 
     /// A snapshot of the pool's sizes and counters.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum_core::response::{IntoResponse, Response};
-use http::{Extensions, Request};
+use http::Request;
 use pin_project_lite::pin_project;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_service::Service;
@@ -14,7 +14,6 @@ use tower_service::Service;
 use crate::clean::scope;
 use crate::error::TcpPoolError;
 use crate::middleware::slot::Slot;
-use crate::pool::leak::Request as LeakRequest;
 use crate::pool::{TcpConnection, TcpPool};
 
 /// bb8's checkout is an `async fn`, whose future type cannot be named on stable Rust, so it
@@ -31,8 +30,8 @@ thread_local! {
     static SPARE_CHECKOUTS: RefCell<Vec<Checkout>> = const { RefCell::new(Vec::new()) };
 }
 
-fn start_checkout(pool: TcpPool, request: Option<LeakRequest>) -> Checkout {
-    let future = async move { pool.get_for(request).await };
+fn start_checkout(pool: TcpPool) -> Checkout {
+    let future = async move { pool.get().await };
     let spare = SPARE_CHECKOUTS
         .try_with(|spares| spares.try_borrow_mut().ok().and_then(|mut s| s.pop()))
         .ok()
@@ -47,8 +46,15 @@ fn start_checkout(pool: TcpPool, request: Option<LeakRequest>) -> Checkout {
 }
 
 /// Puts a connection checked out for a pool of marker `M` into its slot.
-fn insert_slot<M: 'static>(extensions: &mut Extensions, conn: TcpConnection) {
-    extensions.insert(Slot::<M>::Ready(conn.with_marker()));
+fn insert_slot<M: 'static, B>(req: &mut Request<B>, conn: TcpConnection) {
+    req.extensions_mut()
+        .insert(Slot::<M>::Ready(conn.with_marker()));
+}
+
+/// [`insert_slot`], with leak detection on: the connection is lent to this request.
+fn insert_slot_lent<M: 'static, B>(req: &mut Request<B>, conn: TcpConnection) {
+    conn.lent_to(req.method(), req.uri());
+    insert_slot::<M, B>(req, conn);
 }
 
 /// Keeps a finished checkout's box for a later request on this thread.
@@ -112,8 +118,9 @@ pin_project! {
     {
         Checkout {
             checkout: Checkout,
-            // `insert_slot::<M>` for the layer's marker (keeps `M` out of this type).
-            insert: fn(&mut Extensions, TcpConnection),
+            // `insert_slot::<M>` (or `insert_slot_lent`) for the layer's marker (keeps `M` out
+            // of this type).
+            insert: fn(&mut Request<ReqBody>, TcpConnection),
             inner: S,
             req: Request<ReqBody>,
         },
@@ -131,12 +138,16 @@ where
 {
     /// Checks out from `pool` (unmarked), for a layer of marker `M`.
     pub(crate) fn checkout<M: 'static>(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
-        let request = pool.leak_request(req.method(), req.uri());
-        let checkout = start_checkout(pool, request);
+        // Chosen here, so that with leak detection off the response path tests nothing.
+        let insert = match pool.leak_detection() {
+            true => insert_slot_lent::<M, ReqBody>,
+            false => insert_slot::<M, ReqBody>,
+        };
+        let checkout = start_checkout(pool);
         ResponseFuture {
             state: State::Checkout {
                 checkout,
-                insert: insert_slot::<M>,
+                insert,
                 inner,
                 req,
             },
@@ -175,7 +186,7 @@ where
                     recycle(checkout);
                     match result {
                         Ok(conn) => {
-                            insert(req.extensions_mut(), conn);
+                            insert(&mut req, conn);
                             let future = inner.call(req);
                             state.set(State::Inner { future });
                         }

@@ -4,7 +4,6 @@
 use http::request::Parts;
 
 use crate::error::TcpPoolError;
-use crate::pool::leak::Request;
 use crate::pool::{TcpConnection, TcpPool};
 
 /// What a request carries: a connection checked out eagerly, or the pool to check one out
@@ -33,16 +32,26 @@ impl<M> Clone for Slot<M> {
 pub(crate) enum Taken<M> {
     /// Checked out already (eager layer).
     Ready(TcpConnection<M>),
-    /// To check out from (lazy layer), for this request (only when leak detection is on).
-    Pool(TcpPool<M>, Option<Request>),
+    /// To check out from (lazy layer).
+    Pool(TcpPool<M>),
 }
 
 impl<M> Taken<M> {
-    /// The connection: the one checked out already, or one checked out now.
-    pub(crate) async fn connection(self) -> Result<TcpConnection<M>, TcpPoolError> {
+    /// The connection: the one checked out already, or one checked out now, lent to
+    /// `request` (its method and target) for leak detection.
+    pub(crate) async fn connection(
+        self,
+        request: Option<(&http::Method, &http::Uri)>,
+    ) -> Result<TcpConnection<M>, TcpPoolError> {
         match self {
             Taken::Ready(conn) => Ok(conn),
-            Taken::Pool(pool, request) => pool.get_for(request).await,
+            Taken::Pool(pool) => {
+                let conn = pool.get().await?;
+                if let Some((method, uri)) = request {
+                    conn.lent_to(method, uri);
+                }
+                Ok(conn)
+            }
         }
     }
 }
@@ -57,10 +66,7 @@ impl<M: 'static> Slot<M> {
             .ok_or(TcpPoolError::MissingLayer)?;
         match std::mem::replace(slot, Slot::Taken) {
             Slot::Ready(conn) => Ok(Taken::Ready(conn)),
-            Slot::Lazy(pool) => {
-                let request = pool.leak_request(&parts.method, &parts.uri);
-                Ok(Taken::Pool(pool, request))
-            }
+            Slot::Lazy(pool) => Ok(Taken::Pool(pool)),
             Slot::Taken => Err(TcpPoolError::AlreadyExtracted),
         }
     }

@@ -13,7 +13,6 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use crate::error::{EndpointError, TcpPoolError};
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
-use crate::pool::leak::Request;
 use crate::pool::manager::removed;
 use crate::replicas::{Endpoint, Endpoints, Tried};
 
@@ -21,15 +20,13 @@ use crate::replicas::{Endpoint, Endpoints, Tried};
 /// the balancer chooses, and a connect failure moves the checkout to an endpoint it has not
 /// tried, within one `checkout_timeout`. `BackendUnreachable` only when every endpoint it
 /// could try failed.
-/// `span`, if any, gets the `endpoint` field of each endpoint tried; `request`, if any (only
-/// when leak detection is on), is the request the connection is lent to.
+/// `span`, if any, gets the `endpoint` field of each endpoint tried.
 pub(crate) async fn checkout<M>(
     set: &Endpoints,
     span: Option<&tracing::Span>,
-    request: Option<&Request>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     if let Some(one) = set.only_first() {
-        match checkout_one(one, None, span, false, request).await {
+        match checkout_one(one, None, span, false).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             Err(TcpPoolError::BackendUnreachable(e)) => {
@@ -39,7 +36,7 @@ pub(crate) async fn checkout<M>(
             result => return result,
         }
     }
-    failover(set, span, request).await
+    failover(set, span).await
 }
 
 /// The checkout over the set (several endpoints, one other than the first, or a set still
@@ -47,7 +44,6 @@ pub(crate) async fn checkout<M>(
 async fn failover<M>(
     set: &Endpoints,
     span: Option<&tracing::Span>,
-    request: Option<&Request>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let deadline = Instant::now().checked_add(set.config.checkout_timeout);
     if !set.is_looked_up() {
@@ -98,7 +94,7 @@ async fn failover<M>(
             repick,
             full,
             idle_elsewhere,
-            checkout_one(endpoint, deadline, span, true, request),
+            checkout_one(endpoint, deadline, span, true),
         );
         let result = match deadline {
             Some(at) => match timeout_at(at, attempt).await {
@@ -219,7 +215,6 @@ async fn checkout_one<M>(
     deadline: Option<Instant>,
     span: Option<&tracing::Span>,
     fail_over: bool,
-    request: Option<&Request>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let (pool, shared) = (&endpoint.pool, &*endpoint.shared);
     if let Some(span) = span {
@@ -238,7 +233,7 @@ async fn checkout_one<M>(
                 Ok(mut conn) => {
                     conn.lent = true;
                     if let (Some(lease), Some(leaks)) = (&conn.lease, &shared.leaks) {
-                        lease.lend(leaks, request);
+                        lease.lend(leaks);
                     }
                     shared.fail_fast.lend();
                     Ok(TcpConnection::new(conn))

@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -41,27 +40,6 @@ use crate::pool::shared::Shared;
 /// How often the records are looked at: a quarter of the threshold, within these bounds.
 const MIN_SCAN: Duration = Duration::from_millis(1);
 const MAX_SCAN: Duration = Duration::from_secs(60);
-
-/// The request a connection is lent to: its method and path, for the report.
-#[derive(Debug, Clone)]
-pub(crate) struct Request {
-    method: Method,
-    /// The request target; only its path is ever shown.
-    target: Option<PathAndQuery>,
-}
-
-impl Request {
-    pub(crate) fn new(method: &Method, uri: &Uri) -> Self {
-        Request {
-            method: method.clone(),
-            target: uri.path_and_query().cloned(),
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.target.as_ref().map_or("", PathAndQuery::path)
-    }
-}
 
 /// One endpoint's leak detection: its threshold and its connections' records.
 #[derive(Debug)]
@@ -130,6 +108,7 @@ impl Leaks {
     }
 
     /// The record of a connection just opened.
+    #[inline(never)]
     pub(crate) fn register(&self) -> Arc<Lease> {
         let lease = Arc::new(Lease::default());
         lock(&self.records).push(lease.clone());
@@ -137,6 +116,7 @@ impl Leaks {
     }
 
     /// The record of a connection being dropped.
+    #[inline(never)]
     pub(crate) fn unregister(&self, lease: &Arc<Lease>) {
         let mut records = lock(&self.records);
         if let Some(i) = records.iter().position(|r| Arc::ptr_eq(r, lease)) {
@@ -145,24 +125,35 @@ impl Leaks {
     }
 }
 
+// The hooks are out of line (`inline(never)`): the checkout and return paths that call them
+// stay as small as with leak detection off.
 impl Lease {
-    /// The connection is lent, to `request` if under the layer.
-    pub(crate) fn lend(&self, leaks: &Leaks, request: Option<&Request>) {
+    /// The connection is lent (by a successful checkout), to no request so far.
+    #[inline(never)]
+    pub(crate) fn lend(&self, leaks: &Leaks) {
         let now = leaks.now();
         let since = {
             let mut lent = lock(&self.lent);
             lent.since = now.max(lent.since + 1);
+            lent.method = None;
             lent.path.clear();
-            lent.method = request.map(|r| {
-                lent.path.push_str(r.path());
-                r.method.clone()
-            });
             lent.since
         };
         self.state.store(since << 1, Release);
     }
 
+    /// The connection just lent is for this request (under the layer, right after the
+    /// checkout). Only its path is kept, never the query.
+    #[inline(never)]
+    pub(crate) fn lent_to(&self, method: &Method, uri: &Uri) {
+        let mut lent = lock(&self.lent);
+        lent.method = Some(method.clone());
+        lent.path.clear();
+        lent.path.push_str(uri.path());
+    }
+
     /// The connection came back (or is dropped). Logs it if it was reported.
+    #[inline(never)]
     pub(crate) fn returned(&self, shared: &Shared) {
         let state = self.state.swap(0, AcqRel);
         if state & 1 == 0 {

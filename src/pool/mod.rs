@@ -148,16 +148,6 @@ impl<M> TcpPool<M> {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self) -> Result<TcpConnection<M>, TcpPoolError> {
-        self.get_for(None).await
-    }
-
-    /// [`get`](Self::get), for `request` (only when leak detection is on: see
-    /// [`leak_request`](Self::leak_request)).
-    pub(crate) async fn get_for(
-        &self,
-        request: Option<leak::Request>,
-    ) -> Result<TcpConnection<M>, TcpPoolError> {
-        let request = request.as_ref();
         // Only a subscriber that may want `debug` pays for the span. (With none set, even a
         // disabled span costs a few hundred instructions when tracing's `log` fallback is
         // compiled in, as axum's default features do.)
@@ -172,7 +162,7 @@ impl<M> TcpPool<M> {
             );
             if !span.is_disabled() {
                 let start = Instant::now();
-                let result = checkout::checkout(&self.set, Some(&span), request)
+                let result = checkout::checkout(&self.set, Some(&span))
                     .instrument(span.clone())
                     .await;
                 let wait_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -186,20 +176,7 @@ impl<M> TcpPool<M> {
                 return result;
             }
         }
-        checkout::checkout(&self.set, None, request).await
-    }
-
-    /// The request to report a connection lent to it with, if leak detection is on (else
-    /// nothing is copied).
-    pub(crate) fn leak_request(
-        &self,
-        method: &http::Method,
-        uri: &http::Uri,
-    ) -> Option<leak::Request> {
-        self.set
-            .config
-            .leak_threshold
-            .map(|_| leak::Request::new(method, uri))
+        checkout::checkout(&self.set, None).await
     }
 
     /// A snapshot of the pool's sizes and counters.
@@ -241,6 +218,11 @@ impl<M> TcpPool<M> {
     /// ```
     pub fn name(&self) -> &str {
         self.set.config.name()
+    }
+
+    /// Whether leak detection is on.
+    pub(crate) fn leak_detection(&self) -> bool {
+        self.set.config.leak_threshold.is_some()
     }
 
     /// The configured `max_size`.

@@ -1,32 +1,27 @@
 //! Leak detection ([`leak_threshold`](crate::TcpPoolBuilder::leak_threshold)): a connection
-//! held longer than the threshold is reported while it is still held.
+//! held longer than the threshold is reported, once, while it is still held. What users see
+//! (the events, their fields, the counter) is in the builder's docs, "Leak detection".
 //!
-//! A connection is *held* from the successful checkout that lends it (past its health check)
-//! until it comes back to the pool (`has_broken`) or is dropped. Held longer than the
-//! threshold, it is reported once per checkout: one `warn` event, `"connection held longer
-//! than leak_threshold, suspected leak"`, with the fields `pool`, `addr` and `endpoint` (the
-//! endpoint's address), `held_ms` (how long it has been held so far), `threshold_ms` and,
-//! when it was checked out under [`TcpPoolLayer`](crate::TcpPoolLayer) (eagerly, or lazily by
-//! the extractor or [`LazyConnection::get`](crate::LazyConnection::get)), the request's
-//! `method` and `path` (the path only: a query string may carry secrets). A checkout made
-//! with [`TcpPool::get`](crate::TcpPool::get) has no request, so no `method` nor `path`. Each
-//! report counts one in [`PoolState::suspected_leaks`](crate::PoolState::suspected_leaks).
-//! If the connection comes back after the report, an `info` event, `"connection suspected of
-//! leaking came back"`, gives the same fields with the whole time it was held: a slow
-//! request, not a leak. The report comes while the connection is held (a leaked one may never
-//! come back), at most a quarter of the threshold late.
+//! A connection is *held* from the successful checkout that lends it (past its health check,
+//! in `checkout_one`) until it comes back to the pool (`has_broken`) or is dropped.
 //!
-//! How it works, per endpoint: each connection has a record, made when it is opened and
-//! dropped with it, that holds when it was lent (or that it is not), whether it was reported,
-//! and the request it was lent to. A checkout stamps it; a return clears it. One background
-//! task per endpoint looks at every record each quarter of the threshold (at least every
-//! millisecond, at most every minute); it holds the endpoint weakly, and ends when the pool
-//! is gone. No timer per checkout.
+//! Per endpoint, with the threshold set: each connection has a record ([`Lease`]), made when
+//! it is opened and dropped with it, registered in the endpoint's [`Leaks`]. A checkout stamps
+//! it (nanoseconds since the endpoint's epoch, strictly increasing per connection, so no two
+//! lends look alike); under the layer, the request's method and path are copied into it right
+//! after (by the eager layer when it puts the connection into the request, by the extractor
+//! or `LazyConnection::get` when lazy); a return swaps the stamp to 0. One background task per
+//! endpoint looks at every record each quarter of the threshold (1 ms to 60 s): a record
+//! stamped longer ago than the threshold and not yet reported is marked reported (a
+//! compare-and-swap on the stamp, so a return racing with it either wins, and nothing is
+//! reported, or sees the mark, and says it came back), counted, then logged. The task holds
+//! the endpoint weakly and ends when it is gone. No timer per checkout.
 //!
-//! Cost: off (the default), nothing but a test of an `Option` at a checkout, at a return and
-//! when a request is handed to the layer. On, per checkout: one clock read, one uncontended
-//! lock, a copy of the request's method and path into the record (no allocation for the
-//! standard methods, once the record's buffer is long enough), one atomic store; per return, one atomic swap.
+//! Off (the default): no record, no task; a checkout and a return each test an `Option`, and
+//! the eager layer chose its slot-filling function once, at the checkout. On, per checkout:
+//! one clock read, two uncontended locks, a copy of the method (no allocation for the
+//! standard ones) and the path (into the record's reused buffer), one atomic store; per
+//! return, one atomic swap.
 
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -143,10 +138,14 @@ impl Lease {
     }
 
     /// The connection just lent is for this request (under the layer, right after the
-    /// checkout). Only its path is kept, never the query.
+    /// checkout), unless a request was named already for this lend. Only its path is kept,
+    /// never the query.
     #[inline(never)]
     pub(crate) fn lent_to(&self, method: &Method, uri: &Uri) {
         let mut lent = lock(&self.lent);
+        if lent.method.is_some() {
+            return;
+        }
         lent.method = Some(method.clone());
         lent.path.clear();
         lent.path.push_str(uri.path());

@@ -8,7 +8,7 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
 use crate::error::TcpPoolError;
-use crate::middleware::slot::{self, Slot};
+use crate::middleware::slot::{self, Slot, Taken};
 use crate::pool::TcpConnection;
 
 /// Extracts the request's connection: `TcpConnection<M>` from the layer over the pool of
@@ -55,12 +55,8 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let result = take(parts).await;
-        match &result {
-            // For leak detection: a lazy checkout was made for this request just now (an
-            // eager one was named by the layer already).
-            Ok(conn) => conn.lent_to(&parts.method, &parts.uri),
-            Err(TcpPoolError::MissingLayer) => slot::log_missing_layer::<M>("TcpConnection"),
-            Err(_) => {}
+        if let Err(TcpPoolError::MissingLayer) = result {
+            slot::log_missing_layer::<M>("TcpConnection");
         }
         result
     }
@@ -68,7 +64,15 @@ where
 
 /// Takes the connection out of the request's slot for marker `M`, or checks one out (lazy).
 async fn take<M: 'static>(parts: &mut Parts) -> Result<TcpConnection<M>, TcpPoolError> {
-    Slot::<M>::take(parts)?.connection().await
+    match Slot::<M>::take(parts)? {
+        Taken::Ready(conn) => Ok(conn),
+        Taken::Pool(pool) => {
+            let conn = pool.get().await?;
+            // Lazy: checked out for this request now (the layer names it when eager).
+            conn.lent_to(&parts.method, &parts.uri);
+            Ok(conn)
+        }
+    }
 }
 
 /// `Option<TcpConnection>`: `None` whenever no connection can be had (layer missing, already
@@ -86,10 +90,7 @@ where
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         match take::<M>(parts).await {
-            Ok(conn) => {
-                conn.lent_to(&parts.method, &parts.uri);
-                Ok(Some(conn))
-            }
+            Ok(conn) => Ok(Some(conn)),
             Err(err @ (TcpPoolError::MissingLayer | TcpPoolError::AlreadyExtracted)) => {
                 // A mistake in the router, not a bad day at the backend: make it visible.
                 tracing::warn!(error = %err, marker = type_name::<M>(), "no TcpConnection for this request");

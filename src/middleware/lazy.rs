@@ -64,11 +64,8 @@ impl<M> LazyConnection<M> {
     /// # Ok(()) }
     /// ```
     pub async fn get(self) -> Result<TcpConnection<M>, TcpPoolError> {
-        let conn = self.taken.connection().await?;
-        if let Some(request) = &self.request {
-            conn.lent_to(&request.method, &request.uri);
-        }
-        Ok(conn)
+        let request = self.request.as_ref().map(|r| (&r.method, &r.uri));
+        self.taken.connection(request).await
     }
 }
 

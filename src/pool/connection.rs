@@ -306,8 +306,7 @@ impl<M> TcpConnection<M> {
     }
 
     /// Names the request this connection was just checked out for, for leak detection (does
-    /// nothing when it is off). Out of line: the extractor's future stays as small as before.
-    #[inline(never)]
+    /// nothing when it is off).
     pub(crate) fn lent_to(&self, method: &http::Method, uri: &http::Uri) {
         if let Some(lease) = &self.pooled().lease {
             lease.lent_to(method, uri);

@@ -122,7 +122,8 @@ impl TcpPool {
 /// the fields `pool`, `endpoint` (and `addr`, the same), `held_ms` (held so far),
 /// `threshold_ms` and, when it was checked out under [`TcpPoolLayer`](crate::TcpPoolLayer)
 /// (eagerly, by the extractor, or by [`LazyConnection::get`](crate::LazyConnection::get)),
-/// the request's `method` and `path` (never the query string, which may hold secrets); one
+/// the request's `method` and `path` (never the query string, which may hold secrets; the
+/// path as the layer sees it, so without the prefix of a `nest` the layer is inside); one
 /// from [`TcpPool::get`] has neither. Each one counts in
 /// [`PoolState::suspected_leaks`](crate::PoolState::suspected_leaks). If it comes back after
 /// all, an `info` event, `"connection suspected of leaking came back"`, gives the same fields
@@ -130,9 +131,10 @@ impl TcpPool {
 ///
 /// The report comes at most a quarter of the threshold late: one background task per
 /// endpoint looks at its connections that often (at least every millisecond, at most every
-/// minute), and ends when the pool is dropped. Off (the default), it costs nothing; on, a
-/// clock read, an uncontended lock and a copy of the method and path per checkout, and an
-/// atomic swap per return (see `benches/README.md` for the figures).
+/// minute), and ends when the pool is dropped. Off (the default), it costs nothing: no record,
+/// no task, no clock read. On: no allocation, and about 300 instructions per request (a clock
+/// read, two uncontended locks and a copy of the method and path per checkout, an atomic swap
+/// per return), under 2% of a request through the layer.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

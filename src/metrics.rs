@@ -33,6 +33,7 @@
 //! | `tcp_pool_closed_idle_timeout_total` | counter | `pool` | closed for sitting idle past `idle_timeout` ([`PoolState::closed_idle_timeout`]) |
 //! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
 //! | `tcp_pool_connects_backed_off_total` | counter | `pool` | connects refused by the reconnect backoff, no SYN sent ([`PoolState::connects_backed_off`]) |
+//! | `tcp_pool_suspected_leaks_total` | counter | `pool` | connections held longer than `leak_threshold` ([`PoolState::suspected_leaks`]) |
 //!
 //!
 //! A pool with [several endpoints](crate::TcpPoolBuilder#several-endpoints) also exports one
@@ -128,6 +129,8 @@ pub const DISCARDS: &str = "tcp_pool_discards_total";
 pub const CLOSED_IDLE_TIMEOUT: &str = "tcp_pool_closed_idle_timeout_total";
 /// Counter: connections closed because they were older than `max_lifetime`.
 pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
+/// Counter: connections held longer than `leak_threshold` (each reported once).
+pub const SUSPECTED_LEAKS: &str = "tcp_pool_suspected_leaks_total";
 
 /// Counter: connect attempts refused by the reconnect backoff (no SYN sent).
 pub const CONNECTS_BACKED_OFF: &str = "tcp_pool_connects_backed_off_total";
@@ -210,6 +213,7 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CLOSED_IDLE_TIMEOUT, "pool" => pool.to_owned()).absolute(s.closed_idle_timeout);
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
     counter!(CONNECTS_BACKED_OFF, "pool" => pool.to_owned()).absolute(s.connects_backed_off);
+    counter!(SUSPECTED_LEAKS, "pool" => pool.to_owned()).absolute(s.suspected_leaks);
     for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
@@ -335,5 +339,10 @@ fn describe() {
         CONNECTS_BACKED_OFF,
         Unit::Count,
         "Connect attempts refused by the reconnect backoff (no SYN sent)."
+    );
+    describe_counter!(
+        SUSPECTED_LEAKS,
+        Unit::Count,
+        "Connections held longer than leak_threshold (each reported once)."
     );
 }

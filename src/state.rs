@@ -123,6 +123,9 @@ pub struct PoolState {
     /// endpoint was backing off after a failed connect, they failed at once without reaching
     /// the backend (no SYN). Counted neither in `connect_failures` nor as connections.
     pub connects_backed_off: u64,
+    /// Connections held longer than [`leak_threshold`](crate::TcpPoolBuilder::leak_threshold),
+    /// each counted once, when its `warn` is logged (whether it came back later or not).
+    pub suspected_leaks: u64,
     /// Each endpoint in the pool's set, in its order; the fields above are sums over these
     /// (and over endpoints removed since the pool was built, so totals never go down).
     pub endpoints: Vec<EndpointState>,
@@ -181,6 +184,7 @@ impl PoolState {
             *self.discards.count_mut(reason) += other.discards.get(reason);
         }
         self.connects_backed_off += other.connects_backed_off;
+        self.suspected_leaks += other.suspected_leaks;
     }
 }
 
@@ -196,6 +200,8 @@ pub(crate) struct Counters {
     /// Discards, indexed by [`DiscardReason::index`].
     discards: [AtomicU64; DiscardReason::COUNT],
     connects_backed_off: AtomicU64,
+    /// Connections reported as held longer than the leak threshold.
+    suspected_leaks: AtomicU64,
 }
 
 impl Counters {
@@ -217,6 +223,10 @@ impl Counters {
 
     pub(crate) fn connect_backed_off(&self) {
         self.connects_backed_off.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn suspected_leak(&self) {
+        self.suspected_leaks.fetch_add(1, Relaxed);
     }
 
     /// These counters with bb8's state, bb8's counts corrected for restarted checkouts.
@@ -242,6 +252,7 @@ impl Counters {
             closed_max_lifetime: st.connections_closed_max_lifetime,
             discards,
             connects_backed_off: self.connects_backed_off.load(Relaxed),
+            suspected_leaks: self.suspected_leaks.load(Relaxed),
             endpoints: Vec::new(),
             closed: false,
         }

@@ -48,6 +48,7 @@ impl TcpPool {
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
 /// | [`write_only`](Self::write_only) | `false` | writes need no reply (statsd-like backends) |
+/// | [`leak_threshold`](Self::leak_threshold) | off | a connection held longer than this is logged (`warn`, once) and counted in `suspected_leaks` |
 /// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
 /// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 50 ms to 5 s | after a failed connect, how long new connects to that endpoint fail at once before one probes it ([`connects_backed_off`](crate::PoolState::connects_backed_off)) |
@@ -136,6 +137,40 @@ impl TcpPool {
 /// since the last line, and the first success logs `info` "reconnected after N failures".
 /// The `warn` of the `502` responses to failed checkouts is throttled the same way, per pool
 /// (every response still gets a `debug` line).
+///
+/// # Leak detection
+///
+/// With [`leak_threshold`](Self::leak_threshold), a connection held longer than the threshold
+/// (from the checkout that lends it until it comes back to the pool or is dropped) is
+/// reported while it is still held, since a leaked connection may never come back: one `warn`
+/// event, `"connection held longer than leak_threshold, suspected leak"`, per checkout, with
+/// the fields `pool`, `endpoint` (and `addr`, the same), `held_ms` (held so far),
+/// `threshold_ms` and, when it was checked out under [`TcpPoolLayer`](crate::TcpPoolLayer)
+/// (eagerly, by the extractor, or by [`LazyConnection::get`](crate::LazyConnection::get)),
+/// the request's `method` and `path` (never the query string, which may hold secrets; the
+/// path as the layer sees it, so without the prefix of a `nest` the layer is inside); one
+/// from [`TcpPool::get`] has neither. Each one counts in
+/// [`PoolState::suspected_leaks`](crate::PoolState::suspected_leaks). If it comes back after
+/// all, an `info` event, `"connection suspected of leaking came back"`, gives the same fields
+/// with the whole time it was held (a slow request rather than a leak).
+///
+/// The report comes at most a quarter of the threshold late: one background task per
+/// endpoint looks at its connections that often (at least every millisecond, at most every
+/// minute), and ends when the pool is dropped. Off (the default), it costs nothing: no record,
+/// no task, no clock read. On: no allocation, and about 300 instructions per request (a clock
+/// read, two uncontended locks and a copy of the method and path per checkout, an atomic swap
+/// per return), under 2% of a request through the layer.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use std::time::Duration;
+/// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+///     .leak_threshold(Some(Duration::from_secs(30)))
+///     .build()?;
+/// assert_eq!(pool.state().suspected_leaks, 0);
+/// # Ok(()) }
+/// ```
 ///
 /// # Validation
 ///
@@ -376,6 +411,21 @@ impl TcpPoolBuilder {
     /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = Some(name.into());
+        self
+    }
+
+    /// Reports a connection held (checked out) longer than `threshold`: one `warn` while it is
+    /// still held, with the pool, the endpoint, `held_ms` and, under the layer, the request's
+    /// method and path; counted in [`PoolState::suspected_leaks`](crate::PoolState::suspected_leaks).
+    /// Default `None` (off, no cost); `Some(Duration::ZERO)` is an error. See the
+    /// [builder's docs](Self#leak-detection).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").leak_threshold(Some(Duration::from_secs(30)));
+    /// ```
+    pub fn leak_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.config.leak_threshold = threshold;
         self
     }
 

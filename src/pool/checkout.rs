@@ -248,6 +248,9 @@ async fn checkout_one<M>(
             return Poll::Ready(match result {
                 Ok(mut conn) => {
                     conn.lent = true;
+                    if let (Some(lease), Some(leaks)) = (&conn.lease, &shared.leaks) {
+                        lease.lend(leaks);
+                    }
                     shared.fail_fast.lend();
                     Ok(TcpConnection::new(conn))
                 }

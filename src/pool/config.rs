@@ -34,6 +34,8 @@ pub(crate) struct Config {
     pub(crate) probe: Option<Probe>,
     /// Writes need no reply (`TcpPoolBuilder::write_only`).
     pub(crate) write_only: bool,
+    /// Report a connection held longer than this (`TcpPoolBuilder::leak_threshold`).
+    pub(crate) leak_threshold: Option<Duration>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::TlsConfig>,
     /// `(min, max)` delay after a failed connect; `(ZERO, ZERO)`: off.
@@ -58,7 +60,8 @@ impl fmt::Debug for Config {
             .field("nodelay", &self.nodelay)
             .field("keepalive", &self.keepalive)
             .field("probe", &self.probe.as_ref().map(|_| "<fn>"))
-            .field("write_only", &self.write_only);
+            .field("write_only", &self.write_only)
+            .field("leak_threshold", &self.leak_threshold);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.field("reconnect_backoff", &self.reconnect_backoff);
@@ -85,6 +88,7 @@ impl Config {
             keepalive: None,
             probe: None,
             write_only: false,
+            leak_threshold: None,
             #[cfg(feature = "tls")]
             tls: None,
             reconnect_backoff: (Duration::from_millis(50), Duration::from_secs(5)),
@@ -146,11 +150,13 @@ impl Config {
             ("connect_timeout", Some(self.connect_timeout)),
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
+            ("leak_threshold", self.leak_threshold),
         ] {
             if value == Some(Duration::ZERO) {
                 let none = match name {
                     "idle_timeout" => "; use idle_timeout(None) to keep idle connections forever",
                     "max_lifetime" => "; use max_lifetime(None) to let connections live forever",
+                    "leak_threshold" => "; use leak_threshold(None) to turn leak detection off",
                     _ => "",
                 };
                 return Err(TcpPoolError::config(format!(
@@ -257,6 +263,7 @@ mod tests {
         c.idle_timeout = Some(Duration::MAX);
         c.max_lifetime = Some(Duration::MAX);
         c.reconnect_backoff = (Duration::MAX, Duration::MAX);
+        c.leak_threshold = Some(Duration::MAX);
         assert!(c.validate().is_ok());
     }
 

@@ -121,6 +121,9 @@ impl TcpManager {
         let lent = std::mem::take(&mut conn.lent);
         if lent {
             shared.fail_fast.give_back();
+            if let Some(lease) = &conn.lease {
+                lease.returned(shared);
+            }
             shared.outlier.pool().returns.returned();
         }
         let marked = conn.tracker.marked();

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use crate::clean::Tracker;
+use crate::pool::leak::Lease;
 use crate::pool::shared::Shared;
 use crate::transport::BackendStream;
 
@@ -21,11 +22,14 @@ pub(crate) struct PooledStream {
     pub(crate) attempt: u64,
     /// The endpoint it goes to (counted open there until dropped).
     pub(crate) endpoint: Arc<Shared>,
+    /// Its leak-detection record, when leak detection is on.
+    pub(crate) lease: Option<Arc<Lease>>,
 }
 
 impl PooledStream {
     pub(crate) fn new(stream: BackendStream, attempt: u64, endpoint: Arc<Shared>) -> PooledStream {
         endpoint.open.fetch_add(1, SeqCst);
+        let lease = endpoint.leaks.as_ref().map(|leaks| leaks.register());
         PooledStream {
             stream,
             tracker: Tracker::default(),
@@ -33,6 +37,7 @@ impl PooledStream {
             lent: false,
             attempt,
             endpoint,
+            lease,
         }
     }
 }
@@ -40,6 +45,10 @@ impl PooledStream {
 impl Drop for PooledStream {
     fn drop(&mut self) {
         self.endpoint.open.fetch_sub(1, SeqCst);
+        if let (Some(lease), Some(leaks)) = (&self.lease, &self.endpoint.leaks) {
+            lease.returned(&self.endpoint);
+            leaks.unregister(lease);
+        }
         if self.endpoint.is_removed() {
             self.endpoint.drained.notify_waiters();
         }

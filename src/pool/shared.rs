@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::failfast::FailFast;
 use crate::pool::config::Config;
+use crate::pool::leak::Leaks;
 use crate::replicas::Outlier;
 use crate::state::Counters;
 use crate::transport::Connector;
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     /// The runtime the pool was built in, lent to a connection dropped on a thread without
     /// one (bb8 may spawn a refill task then).
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Leak detection, `None` when off.
+    pub(crate) leaks: Option<Leaks>,
 }
 
 impl Shared {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::error::TcpPoolError;
 use crate::failfast::FailFast;
+use crate::pool::leak::{self, Leaks};
 use crate::pool::{Config, FailureSink, Shared, TcpManager};
 use crate::replicas::outlier::{Ejections, Outlier};
 use crate::state::{Counters, EndpointState, PoolState};
@@ -100,7 +101,9 @@ impl Endpoint {
             removed: Default::default(),
             drained: Default::default(),
             runtime,
+            leaks: Leaks::new(config.leak_threshold),
         });
+        leak::spawn(&shared);
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
         Ok((builder, shared))
     }

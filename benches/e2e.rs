@@ -11,6 +11,10 @@
 //! | `layer_lazy` | `TcpPoolLayer::new(pool).lazy()`, the `TcpConnection` extractor |
 //! | `dedicated` | a backend connection opened with each HTTP connection and kept for it (the upper bound) |
 //!
+//! For `--profile` and `--profile-http` only (not in the comparison): `layer_eager_leak` and
+//! `layer_lazy_leak`, the layer with `leak_threshold(Some(30 s))` (never reached), the cost of
+//! leak detection when on.
+//!
 //! Every handler does one exchange: write a 16-byte line, read its 16-byte echo, answer
 //! `200 ok`. The pools have the same `max_size`.
 //!
@@ -109,6 +113,10 @@ pub enum Variant {
     LayerEager,
     LayerLazy,
     Dedicated,
+    /// `LayerEager` with leak detection on (profiles only).
+    LayerEagerLeak,
+    /// `LayerLazy` with leak detection on (profiles only).
+    LayerLazyLeak,
 }
 
 impl Variant {
@@ -122,6 +130,17 @@ impl Variant {
         Variant::Dedicated,
     ];
 
+    /// Selected by name for `--profile` and `--profile-http`, not compared in the full run.
+    pub const PROFILE_ONLY: [Variant; 2] = [Variant::LayerEagerLeak, Variant::LayerLazyLeak];
+
+    /// The variant named `name`, compared or profile-only.
+    pub fn named(name: &str) -> Option<Variant> {
+        Variant::ALL
+            .into_iter()
+            .chain(Variant::PROFILE_ONLY)
+            .find(|v| v.name() == name)
+    }
+
     /// The name used in the output and the JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -132,6 +151,8 @@ impl Variant {
             Variant::LayerEager => "layer_eager",
             Variant::LayerLazy => "layer_lazy",
             Variant::Dedicated => "dedicated",
+            Variant::LayerEagerLeak => "layer_eager_leak",
+            Variant::LayerLazyLeak => "layer_lazy_leak",
         }
     }
 }
@@ -240,13 +261,18 @@ async fn app(variant: Variant, backend: &str, max_size: u32) -> (App, Pools) {
                 .with_state(pool.clone());
             (App::Shared(router), Pools::Deadpool(pool))
         }
-        Variant::LayerEager | Variant::LayerLazy => {
+        Variant::LayerEager
+        | Variant::LayerLazy
+        | Variant::LayerEagerLeak
+        | Variant::LayerLazyLeak => {
+            let leak = matches!(variant, Variant::LayerEagerLeak | Variant::LayerLazyLeak);
             let pool = TcpPool::builder(backend)
                 .max_size(max_size)
+                .leak_threshold(leak.then_some(Duration::from_secs(30)))
                 .build()
                 .expect("TcpPool");
             let mut pool_layer = TcpPoolLayer::new(pool.clone());
-            if variant == Variant::LayerLazy {
+            if matches!(variant, Variant::LayerLazy | Variant::LayerLazyLeak) {
                 pool_layer = pool_layer.lazy();
             }
             // `with_state(())` turns the handlers into routes once, as `axum::serve` does;
@@ -664,7 +690,7 @@ fn profile(variant: &str, n: u64) {
         profile_checkout(&rt, variant, n, env("PROFILE_TASKS", 1));
         return;
     }
-    let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
+    let Some(variant) = Variant::named(variant) else {
         eprintln!("unknown variant {variant}");
         std::process::exit(2);
     };
@@ -728,7 +754,7 @@ fn profile(variant: &str, n: u64) {
 /// for callgrind: the count includes the load generator, which is the same for every variant,
 /// so compare the differences.
 fn profile_http(variant: &str, n: u64) {
-    let Some(variant) = Variant::ALL.into_iter().find(|v| v.name() == variant) else {
+    let Some(variant) = Variant::named(variant) else {
         eprintln!("unknown variant {variant}");
         std::process::exit(2);
     };

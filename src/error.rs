@@ -95,10 +95,20 @@ impl TcpPoolError {
 
 /// The inner error of a [`BackendUnreachable`](TcpPoolError::BackendUnreachable) from a
 /// checkout: the endpoint it last tried, for the logs (its `Display` leads with it).
-#[derive(Debug)]
 pub(crate) struct EndpointError {
     pub(crate) endpoint: std::sync::Arc<str>,
     pub(crate) source: io::Error,
+    /// The pool's throttle of the `warn` logged for these errors' responses.
+    pub(crate) log: std::sync::Arc<crate::failfast::throttle::Throttle>,
+}
+
+impl std::fmt::Debug for EndpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointError")
+            .field("endpoint", &self.endpoint)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Display for EndpointError {
@@ -114,26 +124,30 @@ impl std::error::Error for EndpointError {
 }
 
 impl EndpointError {
-    /// `err`, of the same kind, naming `endpoint`.
-    pub(crate) fn wrap(endpoint: std::sync::Arc<str>, err: io::Error) -> io::Error {
+    /// `err`, of the same kind, naming `endpoint`; its response's `warn` goes through `log`.
+    pub(crate) fn wrap(
+        endpoint: std::sync::Arc<str>,
+        err: io::Error,
+        log: &std::sync::Arc<crate::failfast::throttle::Throttle>,
+    ) -> io::Error {
         io::Error::new(
             err.kind(),
             EndpointError {
                 endpoint,
                 source: err,
+                log: log.clone(),
             },
         )
     }
 }
 
 impl TcpPoolError {
-    /// The endpoint a checkout's `BackendUnreachable` last tried, if known.
-    pub(crate) fn endpoint(&self) -> Option<&str> {
+    /// The inner error of a checkout's `BackendUnreachable`: the endpoint it last tried.
+    pub(crate) fn endpoint_error(&self) -> Option<&EndpointError> {
         match self {
             TcpPoolError::BackendUnreachable(e) => e
                 .get_ref()
-                .and_then(|inner| inner.downcast_ref::<EndpointError>())
-                .map(|inner| &*inner.endpoint),
+                .and_then(|inner| inner.downcast_ref::<EndpointError>()),
             _ => None,
         }
     }

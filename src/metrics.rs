@@ -34,6 +34,8 @@
 //! | `tcp_pool_closed_max_lifetime_total` | counter | `pool` | closed for outliving `max_lifetime` ([`PoolState::closed_max_lifetime`]) |
 //! | `tcp_pool_idle_probes_total` | counter | `pool` | idle connections checked by idle probing ([`PoolState::idle_probes`]) |
 //! | `tcp_pool_idle_probe_failures_total` | counter | `pool` | idle connections idle probing found dead ([`PoolState::idle_probe_failures`]) |
+//! | `tcp_pool_connects_backed_off_total` | counter | `pool` | connects refused by the reconnect backoff, no SYN sent ([`PoolState::connects_backed_off`]) |
+//! | `tcp_pool_suspected_leaks_total` | counter | `pool` | connections held longer than `leak_threshold` ([`PoolState::suspected_leaks`]) |
 //!
 //!
 //! A pool with [several endpoints](crate::TcpPoolBuilder#several-endpoints) also exports one
@@ -133,6 +135,11 @@ pub const CLOSED_MAX_LIFETIME: &str = "tcp_pool_closed_max_lifetime_total";
 pub const IDLE_PROBES: &str = "tcp_pool_idle_probes_total";
 /// Counter: idle connections idle probing found dead.
 pub const IDLE_PROBE_FAILURES: &str = "tcp_pool_idle_probe_failures_total";
+/// Counter: connections held longer than `leak_threshold` (each reported once).
+pub const SUSPECTED_LEAKS: &str = "tcp_pool_suspected_leaks_total";
+
+/// Counter: connect attempts refused by the reconnect backoff (no SYN sent).
+pub const CONNECTS_BACKED_OFF: &str = "tcp_pool_connects_backed_off_total";
 
 /// Gauge: one endpoint's open connections.
 pub const ENDPOINT_CONNECTIONS: &str = "tcp_pool_endpoint_connections";
@@ -213,6 +220,8 @@ fn record(pool: &str, max_size: u32, s: &PoolState) {
     counter!(CLOSED_MAX_LIFETIME, "pool" => pool.to_owned()).absolute(s.closed_max_lifetime);
     counter!(IDLE_PROBES, "pool" => pool.to_owned()).absolute(s.idle_probes);
     counter!(IDLE_PROBE_FAILURES, "pool" => pool.to_owned()).absolute(s.idle_probe_failures);
+    counter!(CONNECTS_BACKED_OFF, "pool" => pool.to_owned()).absolute(s.connects_backed_off);
+    counter!(SUSPECTED_LEAKS, "pool" => pool.to_owned()).absolute(s.suspected_leaks);
     for &reason in DiscardReason::ALL {
         counter!(DISCARDS, "pool" => pool.to_owned(), "reason" => reason.as_str())
             .absolute(s.discards.get(reason));
@@ -343,5 +352,15 @@ fn describe() {
         IDLE_PROBE_FAILURES,
         Unit::Count,
         "Idle connections idle probing found dead, and closed."
+    );
+    describe_counter!(
+        CONNECTS_BACKED_OFF,
+        Unit::Count,
+        "Connect attempts refused by the reconnect backoff (no SYN sent)."
+    );
+    describe_counter!(
+        SUSPECTED_LEAKS,
+        Unit::Count,
+        "Connections held longer than leak_threshold (each reported once)."
     );
 }

@@ -120,6 +120,14 @@ pub struct PoolState {
     pub closed_max_lifetime: u64,
     /// Connections closed instead of being reused, by reason.
     pub discards: Discards,
+    /// Connect attempts refused by the
+    /// [reconnect backoff](crate::TcpPoolBuilder::reconnect_backoff): made while an
+    /// endpoint was backing off after a failed connect, they failed at once without reaching
+    /// the backend (no SYN). Counted neither in `connect_failures` nor as connections.
+    pub connects_backed_off: u64,
+    /// Connections held longer than [`leak_threshold`](crate::TcpPoolBuilder::leak_threshold),
+    /// each counted once, when its `warn` is logged (whether it came back later or not).
+    pub suspected_leaks: u64,
     /// Each endpoint in the pool's set, in its order; the fields above are sums over these
     /// (and over endpoints removed since the pool was built, so totals never go down).
     pub endpoints: Vec<EndpointState>,
@@ -184,6 +192,8 @@ impl PoolState {
         for &reason in DiscardReason::ALL {
             *self.discards.count_mut(reason) += other.discards.get(reason);
         }
+        self.connects_backed_off += other.connects_backed_off;
+        self.suspected_leaks += other.suspected_leaks;
     }
 }
 
@@ -198,6 +208,9 @@ pub(crate) struct Counters {
     restart_timeouts: AtomicU64,
     /// Discards, indexed by [`DiscardReason::index`].
     discards: [AtomicU64; DiscardReason::COUNT],
+    connects_backed_off: AtomicU64,
+    /// Connections reported as held longer than the leak threshold.
+    suspected_leaks: AtomicU64,
 }
 
 impl Counters {
@@ -215,6 +228,14 @@ impl Counters {
 
     pub(crate) fn discarded(&self, reason: DiscardReason) {
         self.discards[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connect_backed_off(&self) {
+        self.connects_backed_off.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn suspected_leak(&self) {
+        self.suspected_leaks.fetch_add(1, Relaxed);
     }
 
     /// These counters with bb8's state, bb8's counts corrected for restarted checkouts.
@@ -239,6 +260,8 @@ impl Counters {
             closed_idle_timeout: st.connections_closed_idle_timeout,
             closed_max_lifetime: st.connections_closed_max_lifetime,
             discards,
+            connects_backed_off: self.connects_backed_off.load(Relaxed),
+            suspected_leaks: self.suspected_leaks.load(Relaxed),
             endpoints: Vec::new(),
             idle_probes: 0,
             idle_probe_failures: 0,

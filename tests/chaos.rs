@@ -331,23 +331,33 @@ async fn run(requests: usize, seed: u64, endpoints: usize) {
     }
     // Every endpoint's max_size at once: no slot leaked. A held request the balancer sent to
     // an endpoint already full waits there and gets 503 (a choice, not a leak: checked in
-    // tests/replicas.rs); it is sent again, a bounded number of times.
+    // tests/replicas.rs); it is sent again, a bounded number of times. One that gets 502 met
+    // an endpoint still in its reconnect backoff step after a proxy went down: sent again
+    // until the step is over (502 comes at once; bounded in count and by the wait below).
     let capacity = MAX_SIZE as usize * endpoints;
     let resent = Arc::new(AtomicUsize::new(0));
+    let backed_off = Arc::new(AtomicUsize::new(0));
     let holders: Vec<_> = (0..capacity)
         .map(|i| {
-            let (client, resent) = (client.clone(), resent.clone());
+            let (client, resent, backed_off) = (client.clone(), resent.clone(), backed_off.clone());
             tokio::spawn(async move {
                 let path = format!("/hold/after{i}");
-                for _ in 0..20 {
+                let (mut unavailable, mut bad_gateway) = (0, 0);
+                while unavailable < 20 && bad_gateway < 100_000 {
                     match client.try_get(&path).await {
                         Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE && endpoints > 1 => {
                             resent.fetch_add(1, SeqCst);
+                            unavailable += 1;
+                        }
+                        Ok(r) if r.status == StatusCode::BAD_GATEWAY => {
+                            backed_off.fetch_add(1, SeqCst);
+                            bad_gateway += 1;
+                            tokio::task::yield_now().await;
                         }
                         other => return other,
                     }
                 }
-                Err(format!("{path}: 503 twenty times"))
+                Err(format!("{path}: {unavailable} × 503, {bad_gateway} × 502"))
             })
         })
         .collect();
@@ -365,8 +375,9 @@ async fn run(requests: usize, seed: u64, endpoints: usize) {
         backend.release();
     }
     eprintln!(
-        "chaos: seed={seed} capacity check: {capacity} held at once, {} sent again after a 503",
-        resent.load(SeqCst)
+        "chaos: seed={seed} capacity check: {capacity} held at once, {} sent again after a 503, {} after a 502 (backoff)",
+        resent.load(SeqCst),
+        backed_off.load(SeqCst)
     );
     for (i, h) in holders.into_iter().enumerate() {
         let r = h.await.expect("holder task").expect("holder request");

@@ -36,7 +36,7 @@ fn value(scraped: &HashMap<String, f64>, name: &str, labels: &str) -> f64 {
 /// Every exported series of `pool` against `state`.
 fn assert_matches(scraped: &HashMap<String, f64>, pool: &str, max_size: u32, s: &PoolState) {
     let l = format!("pool=\"{pool}\"");
-    let expected: [(&str, u64); 14] = [
+    let expected: [(&str, u64); 15] = [
         (names::CONNECTIONS, s.connections.into()),
         (names::IDLE_CONNECTIONS, s.idle.into()),
         (names::IN_USE_CONNECTIONS, s.in_use.into()),
@@ -54,6 +54,7 @@ fn assert_matches(scraped: &HashMap<String, f64>, pool: &str, max_size: u32, s: 
         (names::CLOSED_MAX_LIFETIME, s.closed_max_lifetime),
         (names::IDLE_PROBES, s.idle_probes),
         (names::IDLE_PROBE_FAILURES, s.idle_probe_failures),
+        (names::CONNECTS_BACKED_OFF, s.connects_backed_off),
     ];
     for (name, want) in expected {
         assert_eq!(value(scraped, name, &l), want as f64, "{name} of {pool}");

@@ -176,6 +176,13 @@ fn figures(pool: &TcpPool) -> String {
         .join("\n  ")
 }
 
+/// Connect failures, those refused by the reconnect backoff (no SYN) included: both count
+/// for outlier detection.
+fn failures(pool: &TcpPool) -> u64 {
+    let s = pool.state();
+    s.connect_failures + s.connects_backed_off
+}
+
 async fn get_ok(client: &HttpClient, tag: &str) -> String {
     let r = client.get(&format!("/who/{tag}")).await;
     assert_eq!(r.status, StatusCode::OK, "{tag}: {r:?}");
@@ -321,7 +328,7 @@ async fn stopped_mid_load(balance: Balance) -> (Replicas, TcpPool, HttpClient) {
         // is the handler's exchange, not a checkout. Stop it between two requests, counting
         // failures from just before (after, the load may already have made them).
         let _quiet = gate.write().await;
-        let before = pool.state().connect_failures;
+        let before = failures(&pool);
         r.backend(1).stop().await;
         before
     };
@@ -330,7 +337,7 @@ async fn stopped_mid_load(balance: Balance) -> (Replicas, TcpPool, HttpClient) {
     })
     .await
     .expect("endpoint");
-    let failures_at_ejection = pool.state().connect_failures - failures_at_stop;
+    let failures_at_ejection = failures(&pool) - failures_at_stop;
     eprintln!(
         "stopped mid-load {balance:?}: ejected after {failures_at_ejection} connect failures: {first:?}"
     );
@@ -397,7 +404,7 @@ async fn one_stopped_mid_load_round_robin_ejected_again_for_longer() {
         })
         .await
         .expect("endpoint");
-        let (times, failures) = (e.times_ejected, pool.state().connect_failures);
+        let (times, failures_before) = (e.times_ejected, failures(&pool));
         let sent = Instant::now();
         let mut requests = 0;
         while endpoint(&pool, &down).times_ejected == times {
@@ -409,7 +416,7 @@ async fn one_stopped_mid_load_round_robin_ejected_again_for_longer() {
             get_ok(&client, &format!("again{round}-{requests}")).await;
             requests += 1;
         }
-        let failed = pool.state().connect_failures - failures;
+        let failed = failures(&pool) - failures_before;
         assert_eq!(failed, 1, "ejected again after {failed} failures");
         let e = endpoint(&pool, &down);
         assert!(e.ejected, "{e:?}");
@@ -478,11 +485,18 @@ async fn ejected_after_exactly_the_configured_failures() {
     // The failures before the ejection went 1, 2, … up to the configured count.
     let counts: Vec<u32> = seen.iter().map(|&(f, _)| f).filter(|&f| f > 0).collect();
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
-    assert_eq!(pool.state().connect_failures, u64::from(FAILURES));
+    // Connects failed or refused by the reconnect backoff (no SYN): both are failures.
+    let s = pool.state();
+    assert_eq!(
+        s.connect_failures + s.connects_backed_off,
+        u64::from(FAILURES),
+        "{s:?}"
+    );
 }
 
 /// Every backend down: `502` (not a `503` after the checkout timeout: every endpoint was
-/// tried and failed), and the first request after one comes back succeeds.
+/// tried and failed), and requests succeed again within one backoff step after one comes
+/// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_stopped_502_then_recovery_when_one_returns() {
     let connect_timeout = Duration::from_millis(500);
@@ -517,8 +531,11 @@ async fn all_stopped_502_then_recovery_when_one_returns() {
     assert!(took.iter().all(|t| *t < checkout_timeout), "{took:?}");
 
     r.backend(2).restart().await;
-    let served = get_ok(&client, "first-after").await;
-    eprintln!("all stopped: the first request after backend 2 is back: 200 from {served}");
+    // Within one backoff step of backend 2.
+    let (reply, failed) = client.get_when_back("/who/first-after").await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let (served, _) = split_reply(&reply.body).expect("endpoint and tag");
+    eprintln!("all stopped: after backend 2 is back, {failed} × 502 then 200 from {served}");
     assert_eq!(served, r.addrs()[2]);
 }
 
@@ -561,7 +578,8 @@ async fn max_ejected_percent_is_respected() {
     }
 }
 
-/// A pool of one endpoint never ejects it: `502` while it is down, `200` at once when back.
+/// A pool of one endpoint never ejects it: `502` while it is down, `200` within one backoff
+/// step when back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_one_never_ejects_its_endpoint() {
     let r = Replicas::start(1).await;
@@ -582,7 +600,9 @@ async fn a_pool_of_one_never_ejects_its_endpoint() {
     assert!(!e.ejected, "{e:?}");
     assert!(e.consecutive_failures >= 1, "{e:?}");
     r.backend(0).restart().await;
-    get_ok(&client, "back").await;
+    // Within one backoff step.
+    let (reply, _) = client.get_when_back("/who/back").await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
 }
 
 /// `OutlierDetection::disabled()`: a stopped endpoint is never ejected, and failover still
@@ -601,7 +621,12 @@ async fn disabled_outlier_detection_never_ejects() {
     let e = endpoint(&pool, &r.addrs()[0]);
     eprintln!("disabled: {e:?}");
     assert!(!e.ejected && e.times_ejected == 0, "{e:?}");
-    assert!(pool.state().connect_failures >= 5, "{}", figures(&pool));
+    let s = pool.state();
+    assert!(
+        s.connect_failures + s.connects_backed_off >= 5,
+        "{}",
+        figures(&pool)
+    );
 }
 
 /// A backend that accepts connections and fails every exchange (closes the connection

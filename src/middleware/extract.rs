@@ -8,7 +8,7 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
 use crate::error::TcpPoolError;
-use crate::middleware::slot::{self, Slot};
+use crate::middleware::slot::{self, Slot, Taken};
 use crate::pool::TcpConnection;
 
 /// Extracts the request's connection: `TcpConnection<M>` from the layer over the pool of
@@ -64,7 +64,15 @@ where
 
 /// Takes the connection out of the request's slot for marker `M`, or checks one out (lazy).
 async fn take<M: 'static>(parts: &mut Parts) -> Result<TcpConnection<M>, TcpPoolError> {
-    Slot::<M>::take(parts)?.connection().await
+    match Slot::<M>::take(parts)? {
+        Taken::Ready(conn) => Ok(conn),
+        Taken::Pool(pool) => {
+            let conn = pool.get().await?;
+            // Lazy: checked out for this request now (the layer names it when eager).
+            conn.lent_to(&parts.method, &parts.uri);
+            Ok(conn)
+        }
+    }
 }
 
 /// `Option<TcpConnection>`: `None` whenever no connection can be had (layer missing, already

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum_core::response::{IntoResponse, Response};
-use http::{Extensions, Request};
+use http::Request;
 use pin_project_lite::pin_project;
 use tokio_util::sync::ReusableBoxFuture;
 use tower_service::Service;
@@ -46,8 +46,15 @@ fn start_checkout(pool: TcpPool) -> Checkout {
 }
 
 /// Puts a connection checked out for a pool of marker `M` into its slot.
-fn insert_slot<M: 'static>(extensions: &mut Extensions, conn: TcpConnection) {
-    extensions.insert(Slot::<M>::Ready(conn.with_marker()));
+fn insert_slot<M: 'static, B>(req: &mut Request<B>, conn: TcpConnection) {
+    req.extensions_mut()
+        .insert(Slot::<M>::Ready(conn.with_marker()));
+}
+
+/// [`insert_slot`], with leak detection on: the connection is lent to this request.
+fn insert_slot_lent<M: 'static, B>(req: &mut Request<B>, conn: TcpConnection) {
+    conn.lent_to(req.method(), req.uri());
+    insert_slot::<M, B>(req, conn);
 }
 
 /// Keeps a finished checkout's box for a later request on this thread.
@@ -111,8 +118,9 @@ pin_project! {
     {
         Checkout {
             checkout: Checkout,
-            // `insert_slot::<M>` for the layer's marker (keeps `M` out of this type).
-            insert: fn(&mut Extensions, TcpConnection),
+            // `insert_slot::<M>` (or `insert_slot_lent`) for the layer's marker (keeps `M` out
+            // of this type).
+            insert: fn(&mut Request<ReqBody>, TcpConnection),
             inner: S,
             req: Request<ReqBody>,
         },
@@ -130,11 +138,16 @@ where
 {
     /// Checks out from `pool` (unmarked), for a layer of marker `M`.
     pub(crate) fn checkout<M: 'static>(pool: TcpPool, inner: S, req: Request<ReqBody>) -> Self {
+        // Chosen here, so that with leak detection off the response path tests nothing.
+        let insert = match pool.leak_detection() {
+            true => insert_slot_lent::<M, ReqBody>,
+            false => insert_slot::<M, ReqBody>,
+        };
         let checkout = start_checkout(pool);
         ResponseFuture {
             state: State::Checkout {
                 checkout,
-                insert: insert_slot::<M>,
+                insert,
                 inner,
                 req,
             },
@@ -173,7 +186,7 @@ where
                     recycle(checkout);
                     match result {
                         Ok(conn) => {
-                            insert(req.extensions_mut(), conn);
+                            insert(&mut req, conn);
                             let future = inner.call(req);
                             state.set(State::Inner { future });
                         }

@@ -11,6 +11,12 @@ use crate::error::TcpPoolError;
 use crate::middleware::slot::{self, Slot, Taken};
 use crate::pool::TcpConnection;
 
+/// What leak detection reports of the request a lazy checkout is made for.
+struct Request {
+    method: http::Method,
+    uri: http::Uri,
+}
+
 /// A connection not checked out yet: [`get`](Self::get) checks it out. Take it before the
 /// body (`conn: LazyConnection, body: Bytes`) and call `get` after the body has arrived: a
 /// slow upload then holds no pool connection.
@@ -36,6 +42,8 @@ use crate::pool::TcpConnection;
 /// ```
 pub struct LazyConnection<M = ()> {
     taken: Taken<M>,
+    /// The request, for leak detection (only when it is on and nothing is checked out yet).
+    request: Option<Request>,
 }
 
 impl<M> LazyConnection<M> {
@@ -56,7 +64,8 @@ impl<M> LazyConnection<M> {
     /// # Ok(()) }
     /// ```
     pub async fn get(self) -> Result<TcpConnection<M>, TcpPoolError> {
-        self.taken.connection().await
+        let request = self.request.as_ref().map(|r| (&r.method, &r.uri));
+        self.taken.connection(request).await
     }
 }
 
@@ -86,6 +95,13 @@ where
                 slot::log_missing_layer::<M>("LazyConnection");
             }
         })?;
-        Ok(LazyConnection { taken })
+        let request = match &taken {
+            Taken::Pool(pool) if pool.leak_detection() => Some(Request {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+            }),
+            _ => None,
+        };
+        Ok(LazyConnection { taken, request })
     }
 }

@@ -5,6 +5,7 @@ use axum_core::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
 use crate::error::TcpPoolError;
+use crate::failfast::throttle::{Line, EVERY};
 
 /// Seconds a client is asked to wait before retrying after `503`.
 const RETRY_AFTER_SECS: &str = "1";
@@ -46,7 +47,8 @@ impl TcpPoolError {
 /// [`Closed`](TcpPoolError::Closed), `502`
 /// for [`BackendUnreachable`](TcpPoolError::BackendUnreachable) and
 /// [`Io`](TcpPoolError::Io), `500` for the rest. The body is a short plain-text sentence; the
-/// error itself is logged (`warn` for 502/503, `error` for 500).
+/// error itself is logged (`warn` for 502/503, `error` for 500; the `warn` of a checkout's
+/// `502` is throttled per pool: the first, then a counted summary at most every 5 s).
 ///
 /// ```
 /// use axum::response::IntoResponse;
@@ -60,13 +62,30 @@ impl IntoResponse for TcpPoolError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR {
-            match self.endpoint() {
-                Some(endpoint) => {
-                    tracing::warn!(error = %self, status = status.as_u16(), endpoint, "backend connection error")
+            let status = status.as_u16();
+            match self.endpoint_error() {
+                // A checkout's 502: the first of a burst, then a summary at most every 5 s
+                // per pool (a backend that is down would otherwise log once per request).
+                Some(inner) => {
+                    let endpoint = &*inner.endpoint;
+                    match inner.log.event(0, true) {
+                        Line::First => {
+                            tracing::warn!(error = %self, status, endpoint, "backend connection error")
+                        }
+                        Line::Summary([count, _]) => tracing::warn!(
+                            error = %self,
+                            status,
+                            endpoint,
+                            count,
+                            every_s = EVERY.as_secs(),
+                            "backend connection error ({count} responses since the last line)"
+                        ),
+                        Line::Quiet => {
+                            tracing::debug!(error = %self, status, endpoint, "backend connection error")
+                        }
+                    }
                 }
-                None => {
-                    tracing::warn!(error = %self, status = status.as_u16(), "backend connection error")
-                }
+                None => tracing::warn!(error = %self, status, "backend connection error"),
             }
         } else {
             tracing::error!(error = %self, status = status.as_u16(), "connection pool misuse");

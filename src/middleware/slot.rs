@@ -37,11 +37,21 @@ pub(crate) enum Taken<M> {
 }
 
 impl<M> Taken<M> {
-    /// The connection: the one checked out already, or one checked out now.
-    pub(crate) async fn connection(self) -> Result<TcpConnection<M>, TcpPoolError> {
+    /// The connection: the one checked out already, or one checked out now, lent to
+    /// `request` (its method and target) for leak detection.
+    pub(crate) async fn connection(
+        self,
+        request: Option<(&http::Method, &http::Uri)>,
+    ) -> Result<TcpConnection<M>, TcpPoolError> {
         match self {
             Taken::Ready(conn) => Ok(conn),
-            Taken::Pool(pool) => pool.get().await,
+            Taken::Pool(pool) => {
+                let conn = pool.get().await?;
+                if let Some((method, uri)) = request {
+                    conn.lent_to(method, uri);
+                }
+                Ok(conn)
+            }
         }
     }
 }

@@ -18,11 +18,12 @@ impl TcpPoolBuilder {
     ///
     /// [`TcpPoolError::Config`], with a message that says what to fix, for: `max_size(0)`,
     /// `min_idle > max_size`, a zero timeout (`checkout_timeout`, `connect_timeout`,
-    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`,
+    /// `idle_timeout(Some(ZERO))`, `max_lifetime(Some(ZERO))`, `leak_threshold(Some(ZERO))`,
     /// `idle_probe_interval(Some(ZERO))`), a `max_lifetime_jitter` outside 0.0 to 0.5 (or
     /// NaN), a keepalive outside 1 s to
     /// 32767 s, an address without a port, a `unix:` address without a usable path, TLS
-    /// settings that cannot be used (see `TlsConfig`), an empty [`name`](Self::name), or no
+    /// settings that cannot be used (see `TlsConfig`), an empty [`name`](Self::name), a
+    /// [`reconnect_backoff`](Self::reconnect_backoff) whose `min` exceeds its `max`, or no
     /// Tokio runtime.
     ///
     /// ```

@@ -50,8 +50,10 @@ impl TcpPool {
 /// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
 /// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
 /// | [`write_only`](Self::write_only) | `false` | writes need no reply (statsd-like backends) |
+/// | [`leak_threshold`](Self::leak_threshold) | off | a connection held longer than this is logged (`warn`, once) and counted in `suspected_leaks` |
 /// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
 /// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
+/// | [`reconnect_backoff`](Self::reconnect_backoff) | 50 ms to 5 s | after a failed connect, how long new connects to that endpoint fail at once before one probes it ([`connects_backed_off`](crate::PoolState::connects_backed_off)) |
 ///
 /// # Several endpoints
 ///
@@ -69,7 +71,8 @@ impl TcpPool {
 ///   has not tried, within the one `checkout_timeout` (an ejected one only when no other is
 ///   left). `502` only when every endpoint it could try failed; `503` when none had a free
 ///   connection in time.
-/// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure, an I/O error
+/// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure (one refused
+///   by the [reconnect backoff](Self#reconnect-backoff) included), an I/O error
 ///   or end-of-file met by a handler on a connection ([`DiscardReason::IoError`] /
 ///   [`DiscardReason::Eof`]), or more than `max_size` brand-new connections in a row
 ///   failing their health check (a backend that accepts connections but does not serve). A connection given back clean after
@@ -113,6 +116,64 @@ impl TcpPool {
 ///
 /// [`DiscardReason::IoError`]: crate::DiscardReason::IoError
 /// [`DiscardReason::Eof`]: crate::DiscardReason::Eof
+///
+/// # Reconnect backoff
+///
+/// A backend that is down must not get one connect attempt per request, nor all of them at
+/// once when it comes back. After a failed connect to an endpoint, new connects to it wait a
+/// delay: `min` after the first failure, doubling with each failure in a row, at most `max`,
+/// with *equal jitter* (a random delay between half the step and the step: probes of many
+/// app instances spread out, yet never come faster than half a step). During the delay a
+/// checkout that needs a new connection there fails at once, with no SYN sent:
+/// [`BackendUnreachable`](crate::TcpPoolError::BackendUnreachable) (`502`), or it fails over
+/// to another endpoint; idle connections are still used. When the delay is over, one connect
+/// at a time probes the endpoint (the others keep failing at once); its success resets the
+/// backoff, its failure starts the next, longer step. It applies per endpoint, to every
+/// connect (checkouts and the `min_idle` refill alike), and a checkout never waits for more
+/// than one connect attempt. Refused connects are counted in
+/// [`PoolState::connects_backed_off`](crate::PoolState::connects_backed_off), not in
+/// `connect_failures`.
+///
+/// The logs stay short during an outage: the first failed connect of an endpoint is a `warn`,
+/// then at most one `warn` every 5 s per endpoint counts the failed and backed-off attempts
+/// since the last line, and the first success logs `info` "reconnected after N failures".
+/// The `warn` of the `502` responses to failed checkouts is throttled the same way, per pool
+/// (every response still gets a `debug` line).
+///
+/// # Leak detection
+///
+/// With [`leak_threshold`](Self::leak_threshold), a connection held longer than the threshold
+/// (from the checkout that lends it until it comes back to the pool or is dropped) is
+/// reported while it is still held, since a leaked connection may never come back: one `warn`
+/// event, `"connection held longer than leak_threshold, suspected leak"`, per checkout, with
+/// the fields `pool`, `endpoint` (and `addr`, the same), `held_ms` (held so far),
+/// `threshold_ms` and, when it was checked out under [`TcpPoolLayer`](crate::TcpPoolLayer)
+/// (eagerly, by the extractor, or by [`LazyConnection::get`](crate::LazyConnection::get)),
+/// the request's `method` and `path` (never the query string, which may hold secrets; the
+/// path as the layer sees it, so without the prefix of a `nest` the layer is inside); one
+/// from [`TcpPool::get`] has neither. Each one counts in
+/// [`PoolState::suspected_leaks`](crate::PoolState::suspected_leaks). If it comes back after
+/// all, an `info` event, `"connection suspected of leaking came back"`, gives the same fields
+/// with the whole time it was held (a slow request rather than a leak).
+///
+/// The report comes at most a quarter of the threshold late: one background task per
+/// endpoint looks at its connections that often (at least every millisecond, at most every
+/// minute), and ends when the pool is dropped. Off (the default), it costs nothing: no record,
+/// no task, no clock read. On: no allocation, and about 300 instructions per request (a clock
+/// read, two uncontended locks and a copy of the method and path per checkout, an atomic swap
+/// per return), under 2% of a request through the layer.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
+/// use std::time::Duration;
+/// let pool = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+///     .leak_threshold(Some(Duration::from_secs(30)))
+///     .build()?;
+/// assert_eq!(pool.state().suspected_leaks, 0);
+/// # Ok(()) }
+/// ```
+///
 ///
 /// # Lifecycle
 ///
@@ -435,6 +496,21 @@ impl TcpPoolBuilder {
         self
     }
 
+    /// Reports a connection held (checked out) longer than `threshold`: one `warn` while it is
+    /// still held, with the pool, the endpoint, `held_ms` and, under the layer, the request's
+    /// method and path; counted in [`PoolState::suspected_leaks`](crate::PoolState::suspected_leaks).
+    /// Default `None` (off, no cost); `Some(Duration::ZERO)` is an error. See the
+    /// [builder's docs](Self#leak-detection).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379").leak_threshold(Some(Duration::from_secs(30)));
+    /// ```
+    pub fn leak_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.config.leak_threshold = threshold;
+        self
+    }
+
     /// Connects over TLS, with these settings (server name, root certificates, client
     /// certificate). TCP addresses only. Available with the `tls` feature.
     ///
@@ -455,6 +531,25 @@ impl TcpPoolBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, config: crate::transport::TlsConfig) -> Self {
         self.config.tls = Some(config);
+        self
+    }
+
+    /// The [reconnect backoff](Self#reconnect-backoff): after a failed connect to an
+    /// endpoint, new connects to it fail at once for a delay from `min`, doubling per failure
+    /// in a row, up to `max` (default 50 ms and 5 s), then one probes it.
+    /// `reconnect_backoff(Duration::ZERO, Duration::ZERO)` turns it off (one connect attempt
+    /// per checkout that needs one). `min` must not exceed `max`, and be above zero unless
+    /// both are.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+    ///     .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(10));
+    /// let off = axum_tcp_pool::TcpPool::builder("127.0.0.1:6379")
+    ///     .reconnect_backoff(Duration::ZERO, Duration::ZERO);
+    /// ```
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.reconnect_backoff = (min, max);
         self
     }
 }

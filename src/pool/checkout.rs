@@ -46,7 +46,7 @@ async fn checkout_set<M>(
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             Err(TcpPoolError::BackendUnreachable(e)) => {
-                let e = EndpointError::wrap(one.shared.addr.clone(), e);
+                let e = EndpointError::wrap(one.shared.addr.clone(), e, &set.responses);
                 return Err(TcpPoolError::BackendUnreachable(e));
             }
             result => return result,
@@ -147,13 +147,13 @@ async fn failover<M>(
     }
     // For the logs: how many endpoints were tried, and the last one's error.
     Err(TcpPoolError::BackendUnreachable(match last_error {
-        Some((e, last)) if attempts == 1 => EndpointError::wrap(last, e),
+        Some((e, last)) if attempts == 1 => EndpointError::wrap(last, e, &set.responses),
         Some((e, last)) => {
             let all = io::Error::new(
                 e.kind(),
                 format!("every endpoint tried ({attempts}) failed; the last: {e}"),
             );
-            EndpointError::wrap(last, all)
+            EndpointError::wrap(last, all, &set.responses)
         }
         None => io::Error::new(io::ErrorKind::NotConnected, "no endpoint to connect to"),
     }))
@@ -248,6 +248,9 @@ async fn checkout_one<M>(
             return Poll::Ready(match result {
                 Ok(mut conn) => {
                     conn.lent = true;
+                    if let (Some(lease), Some(leaks)) = (&conn.lease, &shared.leaks) {
+                        lease.lend(leaks);
+                    }
                     shared.fail_fast.lend();
                     Ok(TcpConnection::new(conn))
                 }

@@ -34,12 +34,16 @@ pub(crate) struct Config {
     pub(crate) probe: Option<Probe>,
     /// Writes need no reply (`TcpPoolBuilder::write_only`).
     pub(crate) write_only: bool,
+    /// Report a connection held longer than this (`TcpPoolBuilder::leak_threshold`).
+    pub(crate) leak_threshold: Option<Duration>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::transport::TlsConfig>,
     /// The largest fraction of `max_lifetime` taken off one connection's lifetime.
     pub(crate) max_lifetime_jitter: f64,
     /// Idle connections are checked in the background at this interval.
     pub(crate) idle_probe_interval: Option<Duration>,
+    /// `(min, max)` delay after a failed connect; `(ZERO, ZERO)`: off.
+    pub(crate) reconnect_backoff: (Duration, Duration),
 }
 
 impl fmt::Debug for Config {
@@ -60,11 +64,13 @@ impl fmt::Debug for Config {
             .field("nodelay", &self.nodelay)
             .field("keepalive", &self.keepalive)
             .field("probe", &self.probe.as_ref().map(|_| "<fn>"))
-            .field("write_only", &self.write_only);
+            .field("write_only", &self.write_only)
+            .field("leak_threshold", &self.leak_threshold);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.field("max_lifetime_jitter", &self.max_lifetime_jitter)
             .field("idle_probe_interval", &self.idle_probe_interval);
+        d.field("reconnect_backoff", &self.reconnect_backoff);
         d.finish()
     }
 }
@@ -88,10 +94,12 @@ impl Config {
             keepalive: None,
             probe: None,
             write_only: false,
+            leak_threshold: None,
             #[cfg(feature = "tls")]
             tls: None,
             max_lifetime_jitter: 0.025,
             idle_probe_interval: None,
+            reconnect_backoff: (Duration::from_millis(50), Duration::from_secs(5)),
         }
     }
 
@@ -151,6 +159,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
             ("idle_probe_interval", self.idle_probe_interval),
+            ("leak_threshold", self.leak_threshold),
         ] {
             if value == Some(Duration::ZERO) {
                 let none = match name {
@@ -159,6 +168,7 @@ impl Config {
                     "idle_probe_interval" => {
                         "; use idle_probe_interval(None) to turn idle probing off"
                     }
+                    "leak_threshold" => "; use leak_threshold(None) to turn leak detection off",
                     _ => "",
                 };
                 return Err(TcpPoolError::config(format!(
@@ -171,6 +181,17 @@ impl Config {
                 "max_lifetime_jitter must be between 0.0 and {MAX_LIFETIME_JITTER} (got {}): it is the largest fraction of max_lifetime taken off a connection's lifetime",
                 self.max_lifetime_jitter
             )));
+        }
+        let (min, max) = self.reconnect_backoff;
+        if min > max {
+            return Err(TcpPoolError::config(format!(
+                "reconnect_backoff min ({min:?}) must not exceed max ({max:?})"
+            )));
+        }
+        if min.is_zero() && !max.is_zero() {
+            return Err(TcpPoolError::config(
+                "reconnect_backoff min must be greater than zero (a zero delay would never grow); use reconnect_backoff(Duration::ZERO, Duration::ZERO) to turn it off",
+            ));
         }
         if let Some(idle) = self.keepalive {
             // TCP_KEEPIDLE is whole seconds, 1 to 32767 on Linux: anything else would make
@@ -253,6 +274,24 @@ mod tests {
         c.idle_timeout = Some(Duration::MAX);
         c.max_lifetime = Some(Duration::MAX);
         c.idle_probe_interval = Some(Duration::MAX);
+        c.reconnect_backoff = (Duration::MAX, Duration::MAX);
+        c.leak_threshold = Some(Duration::MAX);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn reconnect_backoff_is_validated() {
+        let mut c = Config::new("127.0.0.1:1".into());
+        let ms = Duration::from_millis;
+        for (min, max, ok) in [
+            (ms(50), ms(5000), true),
+            (ms(5), ms(5), true),
+            (Duration::ZERO, Duration::ZERO, true),
+            (ms(6), ms(5), false),
+            (Duration::ZERO, ms(5), false),
+        ] {
+            c.reconnect_backoff = (min, max);
+            assert_eq!(c.validate().is_ok(), ok, "{min:?}, {max:?}");
+        }
     }
 }

@@ -305,6 +305,14 @@ impl<M> TcpConnection<M> {
         self.pooled_mut().tracker.no_reply_needed();
     }
 
+    /// Names the request this connection was just checked out for, for leak detection (does
+    /// nothing when it is off).
+    pub(crate) fn lent_to(&self, method: &http::Method, uri: &http::Uri) {
+        if let Some(lease) = &self.pooled().lease {
+            lease.lent_to(method, uri);
+        }
+    }
+
     /// The clean-connection state, mutably, for [`PooledFramed`](crate::PooledFramed).
     pub(crate) fn tracker_mut(&mut self) -> &mut crate::clean::Tracker {
         &mut self.pooled_mut().tracker

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::clean::{self, DiscardReason};
 use crate::error::TcpPoolError;
+use crate::failfast::backoff::Admission;
 use crate::lifecycle;
 use crate::pool::health;
 use crate::pool::pooled::PooledStream;
@@ -22,6 +23,15 @@ pub(crate) fn removed() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,
         "the endpoint was removed from the pool",
+    )
+}
+
+/// The error of a connect refused by the reconnect backoff (no attempt made): of the kind
+/// of the last failure of a real attempt.
+fn backed_off(kind: io::ErrorKind) -> io::Error {
+    io::Error::new(
+        kind,
+        "connect not retried yet after a failed one (reconnect backoff)",
     )
 }
 
@@ -67,7 +77,24 @@ impl TcpManager {
             attempt.failed(&e);
             return Err(TcpPoolError::BackendUnreachable(e));
         }
-        match shared.connector.connect().await {
+        // The reconnect backoff: while the endpoint is backing off, fail at once, no SYN.
+        let permit = match shared.fail_fast.backoff.admit() {
+            Admission::Go(permit) => permit,
+            Admission::Refused => {
+                let e = backed_off(shared.fail_fast.last_failure_kind());
+                attempt.failed(&e);
+                shared.connect_backed_off();
+                // A failure for outlier detection too: the endpoint is known down.
+                shared.failed();
+                return Err(TcpPoolError::BackendUnreachable(e));
+            }
+        };
+        let result = shared.connector.connect().await;
+        match &result {
+            Ok(_) => permit.succeeded(),
+            Err(_) => permit.failed(),
+        }
+        match result {
             Ok(_) if shared.is_removed() => {
                 // Removed while connecting: the connection must not idle in a drained pool.
                 let e = removed();
@@ -75,6 +102,7 @@ impl TcpManager {
                 Err(TcpPoolError::BackendUnreachable(e))
             }
             Ok(stream) => {
+                shared.connect_succeeded();
                 tracing::debug!(
                     pool = shared.config.name(),
                     addr = &*shared.addr,
@@ -85,7 +113,7 @@ impl TcpManager {
             }
             Err(e) => {
                 attempt.failed(&e);
-                shared.connect_failed(&e, "connect to backend failed");
+                shared.connect_attempt_failed(&e);
                 shared.failed();
                 Err(TcpPoolError::BackendUnreachable(e))
             }
@@ -106,6 +134,9 @@ impl TcpManager {
         let lent = std::mem::take(&mut conn.lent);
         if lent {
             shared.fail_fast.give_back();
+            if let Some(lease) = &conn.lease {
+                lease.returned(shared);
+            }
             shared.outlier.pool().returns.returned();
         }
         let marked = conn.tracker.marked();

@@ -8,6 +8,7 @@ mod checkout;
 mod config;
 mod connection;
 mod health;
+pub(crate) mod leak;
 mod manager;
 mod pooled;
 mod probe;
@@ -221,6 +222,11 @@ impl<M> TcpPool<M> {
     /// ```
     pub fn name(&self) -> &str {
         self.set.config.name()
+    }
+
+    /// Whether leak detection is on.
+    pub(crate) fn leak_detection(&self) -> bool {
+        self.set.config.leak_threshold.is_some()
     }
 
     /// The configured `max_size`.

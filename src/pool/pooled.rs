@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::clean::Tracker;
 use crate::lifecycle::{Life, Lifecycle};
+use crate::pool::leak::Lease;
 use crate::pool::shared::Shared;
 use crate::transport::BackendStream;
 
@@ -25,12 +26,15 @@ pub(crate) struct PooledStream {
     /// Its deadline, idle time and sweep state (see the `lifecycle` module). Boxed: bb8
     /// moves this struct on every checkout and return, and each byte of it costs there.
     pub(crate) life: Box<Life>,
+    /// Its leak-detection record, when leak detection is on.
+    pub(crate) lease: Option<Arc<Lease>>,
 }
 
 impl PooledStream {
     pub(crate) fn new(stream: BackendStream, attempt: u64, endpoint: Arc<Shared>) -> PooledStream {
         endpoint.open.fetch_add(1, SeqCst);
         let life = Lifecycle::opened(&endpoint);
+        let lease = endpoint.leaks.as_ref().map(|leaks| leaks.register());
         PooledStream {
             stream,
             tracker: Tracker::default(),
@@ -39,6 +43,7 @@ impl PooledStream {
             attempt,
             endpoint,
             life,
+            lease,
         }
     }
 }
@@ -47,6 +52,10 @@ impl Drop for PooledStream {
     fn drop(&mut self) {
         self.endpoint.open.fetch_sub(1, SeqCst);
         self.endpoint.lifecycle.dropped(&self.life);
+        if let (Some(lease), Some(leaks)) = (&self.lease, &self.endpoint.leaks) {
+            lease.returned(&self.endpoint);
+            leaks.unregister(lease);
+        }
         if self.endpoint.is_removed() {
             self.endpoint.drained.notify_waiters();
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::failfast::FailFast;
 use crate::lifecycle::Lifecycle;
 use crate::pool::config::Config;
+use crate::pool::leak::Leaks;
 use crate::replicas::Outlier;
 use crate::state::Counters;
 use crate::transport::Connector;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Lifetimes, `min_idle`, idle timeout and idle probing (see the `lifecycle` module).
     pub(crate) lifecycle: Lifecycle,
+    /// Leak detection, `None` when off.
+    pub(crate) leaks: Option<Leaks>,
 }
 
 impl Shared {
@@ -94,5 +97,29 @@ impl Shared {
     /// connection, or at low load it would never open its first.)
     pub(crate) fn has_idle(&self) -> bool {
         self.open.load(Relaxed) == 0 || self.has_idle_connection()
+    }
+
+    /// Counts and logs a failed connect attempt, through the outage log (the first of an
+    /// outage, then summaries).
+    pub(crate) fn connect_attempt_failed(&self, err: &io::Error) {
+        self.counters.connect_failed();
+        self.fail_fast
+            .outage
+            .failed(self.config.name(), &self.addr, err);
+    }
+
+    /// Counts and logs a connect refused by the reconnect backoff.
+    pub(crate) fn connect_backed_off(&self) {
+        self.counters.connect_backed_off();
+        self.fail_fast
+            .outage
+            .refused(self.config.name(), &self.addr);
+    }
+
+    /// A connect attempt succeeded: logs the end of an outage.
+    pub(crate) fn connect_succeeded(&self) {
+        self.fail_fast
+            .outage
+            .connected(self.config.name(), &self.addr);
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::error::TcpPoolError;
 use crate::failfast::FailFast;
 use crate::lifecycle::{self, Lifecycle};
+use crate::pool::leak::{self, Leaks};
 use crate::pool::{Config, FailureSink, Shared, TcpManager};
 use crate::replicas::outlier::{Ejections, Outlier};
 use crate::state::{Counters, EndpointState, PoolState};
@@ -97,7 +98,7 @@ impl Endpoint {
             addr: addr.into(),
             connector,
             counters: Counters::default(),
-            fail_fast: FailFast::default(),
+            fail_fast: FailFast::new(config.reconnect_backoff),
             outlier: Outlier::new(config.outlier, ejections.clone(), id),
             waiting: Default::default(),
             open: Default::default(),
@@ -105,7 +106,9 @@ impl Endpoint {
             drained: Default::default(),
             runtime,
             lifecycle: Lifecycle::new(),
+            leaks: Leaks::new(config.leak_threshold),
         });
+        leak::spawn(&shared);
         let builder = builder.error_sink(Box::new(FailureSink(shared.clone())));
         Ok((builder, shared))
     }

@@ -48,6 +48,8 @@ pub(crate) struct Endpoints {
     /// The endpoints whose metrics were exported last.
     #[cfg(feature = "metrics")]
     recorded: Mutex<Vec<String>>,
+    /// The throttle of the `warn` logged for the pool's `502` responses.
+    pub(crate) responses: Arc<crate::failfast::throttle::Throttle>,
 }
 
 impl Endpoints {
@@ -82,6 +84,7 @@ impl Endpoints {
             closed: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             recorded: Mutex::new(Vec::new()),
+            responses: Default::default(),
         })
     }
 

@@ -76,6 +76,28 @@ impl HttpClient {
             .unwrap_or_else(|e| panic!("GET {path} failed: {e}"))
     }
 
+    /// `GET path` again until the answer is not `502`, at most [`BOUND`](crate::BOUND) and
+    /// 100,000 times: after a backend comes back, the pool's reconnect backoff answers `502`
+    /// at once until its step ends and one connect probes the backend (within one backoff
+    /// step). The answer, and the `502`s before it.
+    pub async fn get_when_back(&self, path: &str) -> (Reply, usize) {
+        bounded(&format!("GET {path} when the backend is back"), async {
+            let mut failed = 0;
+            loop {
+                let reply = self
+                    .try_get(path)
+                    .await
+                    .unwrap_or_else(|e| panic!("GET {path} failed: {e}"));
+                if reply.status != StatusCode::BAD_GATEWAY || failed >= 100_000 {
+                    return (reply, failed);
+                }
+                failed += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    }
+
     /// Starts `GET path` on its own task (to hold it, or to drop it mid-request).
     pub fn spawn_get(&self, path: &str) -> JoinHandle<Reply> {
         let (client, path) = (self.clone(), path.to_string());

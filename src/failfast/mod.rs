@@ -8,8 +8,17 @@
 //! attempt failed and none is under way, the checkout is restarted so that bb8 makes an
 //! attempt for it.
 //!
+//! With the [reconnect backoff](backoff) on (the default), a checkout never waits for more
+//! than one connect attempt: when only a stale attempt failed, it fails too instead of being
+//! restarted (the restarted checkout would wait for a second attempt, which the backoff
+//! would refuse or make the probe); failures are logged through [`outage`].
+//!
 //! The manager reports to this module ([`FailFast::begin_attempt`], [`Attempt::failed`],
 //! [`FailFast::check_failed`]); the checkout watches it ([`Watch`]).
+
+pub(crate) mod backoff;
+pub(crate) mod outage;
+pub(crate) mod throttle;
 
 use std::future::Future;
 use std::io;
@@ -23,6 +32,8 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::error::TcpPoolError;
+use backoff::Backoff;
+use outage::Outage;
 
 /// The fail-fast state of one pool.
 #[derive(Debug)]
@@ -45,10 +56,15 @@ pub(crate) struct FailFast {
     /// could come back to a waiting checkout; `lends` is also the endpoint's checkouts.
     lends: AtomicU64,
     returns: AtomicU64,
+    /// Whether a connect attempt may go ahead now.
+    pub(crate) backoff: Backoff,
+    /// The log of connect failures.
+    pub(crate) outage: Outage,
 }
 
-impl Default for FailFast {
-    fn default() -> Self {
+impl FailFast {
+    /// With the reconnect backoff `(min, max)` (`(ZERO, ZERO)`: off).
+    pub(crate) fn new((min, max): (std::time::Duration, std::time::Duration)) -> Self {
         FailFast {
             failed: Notify::new(),
             last_failure: Mutex::new(io::ErrorKind::Other),
@@ -58,6 +74,8 @@ impl Default for FailFast {
             last_failed: AtomicU64::new(0),
             lends: AtomicU64::new(0),
             returns: AtomicU64::new(0),
+            backoff: Backoff::new(min, max),
+            outage: Outage::default(),
         }
     }
 }
@@ -182,12 +200,16 @@ impl FailFast {
         }
     }
 
-    fn error(&self) -> TcpPoolError {
-        let kind = self
-            .last_failure
+    /// The kind of the last connect failure.
+    pub(crate) fn last_failure_kind(&self) -> io::ErrorKind {
+        self.last_failure
             .lock()
             .map(|k| *k)
-            .unwrap_or(io::ErrorKind::Other);
+            .unwrap_or(io::ErrorKind::Other)
+    }
+
+    fn error(&self) -> TcpPoolError {
+        let kind = self.last_failure_kind();
         TcpPoolError::BackendUnreachable(io::Error::new(
             kind,
             "a connect attempt to the backend failed while waiting for a connection",
@@ -203,7 +225,8 @@ pub(crate) enum Woken {
     /// An attempt made since the checkout began to wait failed: answer with this error.
     Fail(TcpPoolError),
     /// Only a stale attempt failed and none is under way: start the checkout afresh (then
-    /// call [`Watch::restarted`]), so that bb8 makes an attempt for it.
+    /// call [`Watch::restarted`]), so that bb8 makes an attempt for it. Only with the
+    /// reconnect backoff off: with it on, that checkout fails (it waited for one attempt).
     Restart,
 }
 
@@ -247,6 +270,10 @@ impl Watch<'_> {
         }
         if this.fail_fast.connecting.load(SeqCst) > 0 {
             return Poll::Ready(Woken::Recheck);
+        }
+        if this.fail_fast.backoff.is_on() && this.fail_fast.last_failed.load(SeqCst) > 0 {
+            // A checkout waits for one connect attempt at most.
+            return Poll::Ready(Woken::Fail(this.fail_fast.error()));
         }
         Poll::Ready(Woken::Restart)
     }

@@ -1,0 +1,251 @@
+//! Reconnect backoff: after a failed connect to an endpoint, new connect attempts to it wait
+//! an exponential, jittered delay, so a backend that is down does not get one SYN per
+//! request, and does not get them all at once when it comes back.
+//!
+//! - **Healthy** (no failure since the last success): every attempt goes ahead, as many at
+//!   once as bb8 asks for.
+//! - **Backing off**, after the `n`-th failure in a row: for a delay `d = min × 2^(n-1)`
+//!   (at most `max`), with *equal jitter* (a random delay between `d/2` and `d`), every
+//!   attempt is refused at once, without a SYN (the checkout that needed it gets `502`, or
+//!   fails over to another endpoint). Then one attempt at a time probes the endpoint; the
+//!   others are still refused while it is under way.
+//! - The probe failing is the next failure in a row (a longer delay); any success resets to
+//!   healthy. Attempts that were already under way when the first failure came (several,
+//!   started together while healthy) count as failures but do not lengthen the delay.
+//!
+//! Equal rather than full jitter: full jitter (`0..d`) may draw a delay near zero, so the
+//! probe rate of one endpoint would not be bounded by the step; equal jitter keeps at least
+//! `d/2` between probes while still spreading the probes of many app instances over `d/2`.
+//!
+//! The decision is taken inside the manager's `connect`, so every path that opens a
+//! connection (a checkout, the `min_idle` refill) obeys it.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One endpoint's reconnect backoff.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Failures in a row; 0 when healthy.
+    failures: u32,
+    /// No attempt before this (`None` while backing off: never, the delay does not fit in an
+    /// `Instant`).
+    until: Option<Instant>,
+    /// The number of the probe under way, if any.
+    probe: Option<u64>,
+    probes: u64,
+}
+
+/// Whether a connect attempt may go ahead.
+#[derive(Debug)]
+pub(crate) enum Admission<'a> {
+    /// Go ahead; report the outcome on the permit.
+    Go(Permit<'a>),
+    /// Refused: the endpoint is backing off (or being probed by another attempt).
+    Refused,
+}
+
+/// An attempt allowed to go ahead. Dropped without an outcome (its future cancelled), a
+/// probe frees its place for the next one.
+#[derive(Debug)]
+pub(crate) struct Permit<'a> {
+    backoff: &'a Backoff,
+    probe: Option<u64>,
+}
+
+impl Backoff {
+    /// `(ZERO, ZERO)` turns it off (validated by the config: `min <= max`).
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Whether the backoff is on.
+    pub(crate) fn is_on(&self) -> bool {
+        !self.max.is_zero()
+    }
+
+    /// Decides whether a connect attempt may go ahead now.
+    pub(crate) fn admit(&self) -> Admission<'_> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Admission<'_> {
+        let go = |probe| {
+            Admission::Go(Permit {
+                backoff: self,
+                probe,
+            })
+        };
+        if !self.is_on() {
+            return go(None);
+        }
+        let Ok(mut s) = self.state.lock() else {
+            return go(None);
+        };
+        if s.failures == 0 {
+            return go(None);
+        }
+        let due = s.until.is_some_and(|at| now >= at);
+        if !due || s.probe.is_some() {
+            return Admission::Refused;
+        }
+        s.probes += 1;
+        let probe = s.probes;
+        s.probe = Some(probe);
+        go(Some(probe))
+    }
+
+    /// The delay after the `failures`-th failure in a row: `min × 2^(failures-1)`, at most
+    /// `max`, with equal jitter.
+    fn delay(&self, failures: u32) -> Duration {
+        let doubled = 2u32.saturating_pow(failures.saturating_sub(1));
+        let step = self.min.saturating_mul(doubled).min(self.max);
+        let half = step / 2;
+        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let random = RandomState::new().hash_one(failures);
+        let jitter = Duration::from_nanos(random % span.saturating_add(1));
+        (step - half).saturating_add(jitter).min(step)
+    }
+
+    /// The current failures in a row (0: healthy).
+    #[cfg(test)]
+    fn failures(&self) -> u32 {
+        self.state.lock().map_or(0, |s| s.failures)
+    }
+}
+
+impl Permit<'_> {
+    /// The attempt connected: the endpoint is healthy again.
+    pub(crate) fn succeeded(self) {
+        if let Ok(mut s) = self.backoff.state.lock() {
+            *s = State {
+                probes: s.probes,
+                ..State::default()
+            };
+        }
+    }
+
+    /// The attempt failed. The first failure, or a failed probe, starts the next step.
+    pub(crate) fn failed(self) {
+        let backoff = self.backoff;
+        if !backoff.is_on() {
+            return;
+        }
+        let Ok(mut s) = backoff.state.lock() else {
+            return;
+        };
+        let was_probe = self.probe.is_some() && s.probe == self.probe;
+        if was_probe {
+            s.probe = None;
+        }
+        if s.failures == 0 || was_probe {
+            s.failures = s.failures.saturating_add(1);
+            s.until = Instant::now().checked_add(backoff.delay(s.failures));
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe.is_none() {
+            return;
+        }
+        if let Ok(mut s) = self.backoff.state.lock() {
+            if s.probe == self.probe {
+                s.probe = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_delay_doubles_with_equal_jitter_up_to_max() {
+        let b = Backoff::new(ms(100), ms(1000));
+        for (failures, step) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            for _ in 0..50 {
+                let d = b.delay(failures);
+                assert!(d >= ms(step) / 2 && d <= ms(step), "{failures}: {d:?}");
+            }
+        }
+        assert!(Backoff::new(Duration::MAX, Duration::MAX).delay(u32::MAX) > ms(0));
+    }
+
+    #[test]
+    fn refuses_during_the_delay_then_lets_one_probe_through() {
+        let b = Backoff::new(ms(100), ms(1000));
+        let (first, second) = match (b.admit(), b.admit()) {
+            (Admission::Go(a), Admission::Go(c)) => (a, c),
+            other => panic!("healthy: both go, got {other:?}"),
+        };
+        let t0 = Instant::now();
+        first.failed();
+        // Already under way when the first failure came: does not lengthen the delay.
+        second.failed();
+        assert_eq!(b.failures(), 1);
+        assert!(matches!(b.admit_at(t0), Admission::Refused));
+        let step1 = t0 + ms(100) + ms(50);
+        let Admission::Go(probe) = b.admit_at(step1) else {
+            panic!("the delay is over: one probe");
+        };
+        assert!(
+            matches!(b.admit_at(step1), Admission::Refused),
+            "one probe at a time"
+        );
+        let t1 = Instant::now();
+        probe.failed();
+        assert_eq!(b.failures(), 2);
+        assert!(matches!(b.admit_at(t1), Admission::Refused));
+        let step2 = t1 + ms(200) + ms(50);
+        let Admission::Go(probe) = b.admit_at(step2) else {
+            panic!("second step over: a probe");
+        };
+        drop(probe);
+        let Admission::Go(probe) = b.admit_at(step2) else {
+            panic!("a cancelled probe frees its place");
+        };
+        probe.succeeded();
+        assert_eq!(b.failures(), 0);
+        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+    }
+
+    #[test]
+    fn off_always_goes() {
+        let b = Backoff::new(Duration::ZERO, Duration::ZERO);
+        let Admission::Go(p) = b.admit() else {
+            panic!("off");
+        };
+        p.failed();
+        assert!(matches!(b.admit(), Admission::Go(_)));
+        assert_eq!(b.failures(), 0);
+    }
+}

@@ -234,6 +234,11 @@ impl Counters {
         self.connects_backed_off.fetch_add(1, Relaxed);
     }
 
+    /// Connects that failed or were refused by the backoff, so far.
+    pub(crate) fn connects_not_made(&self) -> u64 {
+        self.connect_failures.load(Relaxed) + self.connects_backed_off.load(Relaxed)
+    }
+
     pub(crate) fn suspected_leak(&self) {
         self.suspected_leaks.fetch_add(1, Relaxed);
     }

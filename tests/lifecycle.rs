@@ -465,3 +465,40 @@ async fn min_idle_is_opened_once_a_backend_down_at_start_is_back() {
     let s = wait_pool(&pool, "2 idle", |s| s.idle == 2).await;
     assert_eq!(s.connections, 2, "{s:?}");
 }
+
+/// Part 4. Refilling `min_idle` while checkouts open connections of their own never makes
+/// the backend see more than `max_size` connections from the pool: the refill goes through
+/// bb8's own count. (The task connecting by itself and handing the connection to bb8 did:
+/// bb8 refused it, but only after the backend had seen it.) Counted by the proxy, which
+/// retires a connection the pool closed before it counts the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refilling_min_idle_never_exceeds_max_size() {
+    use testkit::proxy::Proxy;
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr).await.expect("start proxy");
+    let pool = TcpPool::builder(proxy.addr().to_string())
+        .max_size(2)
+        .min_idle(2)
+        .connect()
+        .await
+        .expect("backend is up");
+    let client = testkit::HttpClient::new(testkit::serve(app::eager(&pool)).await);
+    for round in 0..30 {
+        // Both connections discarded by their handlers: each close makes the task refill
+        // while the next requests' checkouts connect.
+        let (a, b) = tokio::join!(client.get("/discard"), client.get("/discard"));
+        assert_eq!(
+            (a.status.as_u16(), b.status.as_u16()),
+            (200, 200),
+            "round {round}"
+        );
+    }
+    let s = wait_pool(&pool, "min_idle again", |s| s.idle == 2).await;
+    assert_eq!(s.discards.explicit, 60, "{s:?}");
+    let p = proxy.stats();
+    assert!(
+        p.max_open <= 2,
+        "the backend saw {} at once: {p:?}",
+        p.max_open
+    );
+}

@@ -14,16 +14,15 @@ use tokio::task::{JoinError, JoinSet};
 use crate::error::TcpPoolError;
 use crate::lifecycle::probing;
 use crate::lifecycle::state::{Verdict, Why};
-use crate::lifecycle::sweep::Taken;
+use crate::lifecycle::sweep::{self, Taken};
 use crate::pool::{PooledStream, Shared, TcpManager};
 use crate::replicas::Endpoint;
 
-/// The first wait before opening `min_idle` again after a failed connect; doubled after
-/// each failure in a row, up to [`RETRY_MAX`].
+/// How long after asking bb8 for connections `min_idle` is looked at again: if it is still
+/// short then (the connects failed), bb8 is asked again and the wait doubles, up to
+/// [`RETRY_MAX`]; it is reset once `min_idle` is met.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How soon `min_idle` is looked at again when connects for checkouts were counted in it.
-const RECHECK: Duration = Duration::from_millis(50);
 
 type Connect = Result<PooledStream, TcpPoolError>;
 
@@ -42,10 +41,9 @@ pub(crate) fn spawn(endpoint: &Arc<Endpoint>) {
     let keeper = Keeper {
         endpoint: Arc::downgrade(endpoint),
         shared: shared.clone(),
-        fills: JoinSet::new(),
-        done: Vec::new(),
         want_fill: c.min_idle > 0,
         retry_at: None,
+        failures_then: 0,
         retry_delay: RETRY_MIN,
         next_idle: None,
         next_probe: c
@@ -56,10 +54,12 @@ pub(crate) fn spawn(endpoint: &Arc<Endpoint>) {
 }
 
 /// Opens the `min_idle` connections of a new `endpoint` (concurrently) and waits for them:
-/// the first connect error is returned at once. For `TcpPoolBuilder::connect`.
+/// the first connect error is returned at once. For `TcpPoolBuilder::connect`: nobody else
+/// can check out of the endpoint yet, so the task's own connects cannot exceed `max_size`
+/// (bb8 would refuse them beyond it, after the backend saw them).
 pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
     let mut fills = JoinSet::new();
-    for _ in 0..wanted(endpoint).0 {
+    for _ in 0..wanted(endpoint) {
         connect(&mut fills, &endpoint.shared);
     }
     while let Some(result) = fills.join_next().await {
@@ -69,9 +69,8 @@ pub(crate) async fn fill(endpoint: &Endpoint) -> Result<(), TcpPoolError> {
 }
 
 /// How many connections to open so that `min_idle` are idle, without exceeding `max_size`,
-/// counting those being opened (for checkouts) as idle already; and whether those made it
-/// fewer (if they fail, more are wanted).
-fn wanted(endpoint: &Endpoint) -> (usize, bool) {
+/// counting those being opened as idle already.
+fn wanted(endpoint: &Endpoint) -> usize {
     let c = &endpoint.shared.config;
     let s = endpoint.pool.state();
     let pending = u32::try_from(endpoint.shared.fail_fast.connecting()).unwrap_or(u32::MAX);
@@ -81,8 +80,7 @@ fn wanted(endpoint: &Endpoint) -> (usize, bool) {
     let room = c
         .max_size
         .saturating_sub(s.connections.saturating_add(pending));
-    let counted = c.min_idle.saturating_sub(s.idle_connections) > missing;
-    (missing.min(room) as usize, counted)
+    missing.min(room) as usize
 }
 
 /// Opens a connection through the manager's own connect (fail-fast and reconnect backoff
@@ -124,13 +122,13 @@ struct Keeper {
     /// Only a weak reference: the task ends when the endpoint is dropped.
     endpoint: Weak<Endpoint>,
     shared: Arc<Shared>,
-    fills: JoinSet<Connect>,
-    /// Connects finished while waiting, handled at the next step.
-    done: Vec<Result<Connect, JoinError>>,
     /// `min_idle` is to be refilled (at start, and after a connection closed).
     want_fill: bool,
-    /// After a failed connect: no refill before this.
+    /// After asking bb8 for connections: no look at `min_idle` before this.
     retry_at: Option<Instant>,
+    /// The endpoint's failed and refused connects when bb8 was last asked: if there are more
+    /// now, some of those connects may have failed.
+    failures_then: u64,
     retry_delay: Duration,
     /// The next look for connections idle past `idle_timeout` (while more than `min_idle`
     /// are open).
@@ -178,23 +176,10 @@ impl Keeper {
     fn step(&mut self, endpoint: &Endpoint) -> bool {
         let shared = &*self.shared;
         let config = &shared.config;
-        for result in std::mem::take(&mut self.done) {
-            match connected(result) {
-                Ok(conn) => {
-                    add(endpoint, conn);
-                    self.retry_delay = RETRY_MIN;
-                }
-                Err(_) => {
-                    // As bb8's error sink would: checkouts waiting here may fail now.
-                    shared.fail_fast.wake();
-                    self.retry_at = Instant::now().checked_add(self.retry_delay);
-                    self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
-                    self.want_fill = true;
-                }
-            }
-        }
-        if shared.lifecycle.take_closed() {
-            self.want_fill |= config.min_idle > 0;
+        if shared.lifecycle.take_closed() && config.min_idle > 0 {
+            // A new refill (the delay after failed ones is kept).
+            self.want_fill = true;
+            self.retry_at = None;
         }
         let now = Instant::now();
         let lifetime_due = shared
@@ -217,22 +202,41 @@ impl Keeper {
                 self.next_idle = now.checked_add(timeout);
             }
         }
-        // One batch at a time: what is missing is counted once the last batch is in bb8.
-        let retry_ok = self.retry_at.is_none_or(|at| at <= now);
-        if self.want_fill && retry_ok && self.fills.is_empty() {
-            let (wanted, pending) = wanted(endpoint);
-            for _ in 0..wanted {
-                connect(&mut self.fills, &self.shared);
-            }
-            // Connects under way for checkouts were counted: look again once they are done
-            // (a failed one wakes nobody).
-            self.want_fill = pending;
-            self.retry_at = pending.then(|| now.checked_add(RECHECK)).flatten();
+        if self.want_fill && self.retry_at.is_none_or(|at| at <= now) {
+            self.fill(endpoint, now);
         }
         self.next_probe.is_some_and(|at| at <= now)
     }
 
-    /// Waits for the next deadline, look or retry, a wake-up, or a connect to finish.
+    /// Refills `min_idle`: bb8 opens the connections, so that its own count keeps the
+    /// endpoint within `max_size` (a connection the task opened itself could only be refused
+    /// after the backend saw it, while checkouts opened theirs). Looked at again after a
+    /// delay, until no connect is under way: if connects failed meanwhile and `min_idle` is
+    /// still short, bb8 is asked again, after a longer delay; if none failed, the refill is
+    /// done (a connection checked out meanwhile is in use, not missing).
+    fn fill(&mut self, endpoint: &Endpoint, now: Instant) {
+        let asked = self.retry_at.is_some();
+        let failures = self.shared.counters.connects_not_made();
+        if asked && self.shared.fail_fast.connecting() > 0 {
+            // Connects under way: look again when they are likely done.
+            self.retry_at = now.checked_add(RETRY_MIN);
+            return;
+        }
+        let wanted = wanted(endpoint);
+        let failed = failures > self.failures_then;
+        if wanted == 0 || (asked && !failed) {
+            self.want_fill = false;
+            self.retry_at = None;
+            self.retry_delay = RETRY_MIN;
+            return;
+        }
+        sweep::open(endpoint, wanted);
+        self.failures_then = failures;
+        self.retry_at = now.checked_add(self.retry_delay);
+        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+    }
+
+    /// Waits for the next deadline, look or retry, or a wake-up.
     async fn wait(&mut self) {
         let lifecycle = &self.shared.lifecycle;
         let retry = self.retry_at.filter(|_| self.want_fill);
@@ -247,19 +251,12 @@ impl Keeper {
         .min();
         let mut woken = pin!(lifecycle.woken().notified());
         let mut timer = pin!(next.map(|at| tokio::time::sleep_until(at.into())));
-        let (fills, done) = (&mut self.fills, &mut self.done);
         poll_fn(|cx| {
             if woken.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
             if let Some(timer) = timer.as_mut().as_pin_mut() {
                 if timer.poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-            }
-            if !fills.is_empty() {
-                if let Poll::Ready(Some(result)) = fills.poll_join_next(cx) {
-                    done.push(result);
                     return Poll::Ready(());
                 }
             }

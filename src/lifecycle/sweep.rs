@@ -116,3 +116,39 @@ impl Drop for Taken {
         }
     }
 }
+
+/// Has bb8 open `n` connections for `endpoint`'s idle queue, within its `max_size`: with the
+/// idle connections taken out, each of `n` checkouts polled once finds none and has bb8
+/// reserve a place and open one (its own count of open and pending connections is what
+/// keeps the endpoint within `max_size`); the checkouts are then dropped, so the new
+/// connections go to the idle queue, and the idle ones are given back. A connection given
+/// back meanwhile and taken by one of these checkouts is given back too.
+pub(crate) fn open(endpoint: &Endpoint, n: usize) {
+    let pool = &endpoint.pool;
+    let counts = &endpoint.shared.lifecycle.counts;
+    let mut taken = Taken::idle(endpoint);
+    let _consistent = endpoint.shared.lifecycle.consistent();
+    let mut checkouts = Vec::with_capacity(n);
+    for _ in 0..n {
+        counts.sweep_gets.fetch_add(1, Relaxed);
+        counts.out.fetch_add(1, Relaxed);
+        let _sweeping = Sweeping::start();
+        let mut get = Box::pin(pool.get_owned());
+        match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(mut conn)) => {
+                conn.life.sweep = Some(Verdict::Keep);
+                taken.conns.push(conn);
+            }
+            Poll::Ready(Err(_)) => {
+                counts.out.fetch_sub(1, Relaxed);
+            }
+            Poll::Pending => {
+                counts.out.fetch_sub(1, Relaxed);
+                checkouts.push(get);
+            }
+        }
+    }
+    drop(checkouts);
+    drop(_consistent);
+    drop(taken);
+}

@@ -118,14 +118,22 @@ impl Drop for Taken {
 }
 
 /// Has bb8 open `n` connections for `endpoint`'s idle queue, within its `max_size`: with the
-/// idle connections taken out, each of `n` checkouts polled once finds none and has bb8
-/// reserve a place and open one (its own count of open and pending connections is what
-/// keeps the endpoint within `max_size`); the checkouts are then dropped, so the new
-/// connections go to the idle queue, and the idle ones are given back. A connection given
-/// back meanwhile and taken by one of these checkouts is given back too.
+/// idle connections taken out, checkouts polled once find none and have bb8 reserve a place
+/// and open one (its own count of open and pending connections is what keeps the endpoint
+/// within `max_size`); the checkouts are then dropped, so the new connections go to the idle
+/// queue, and the idle ones are given back. A connection given back meanwhile and taken by
+/// one of these checkouts is given back too.
+///
+/// bb8 opens one for a waiting checkout only while there are more of them than connects
+/// under way: `n` more checkouts than connects under way (bb8 may then open one more than
+/// `n` if a checkout of a request is also waiting for one; still within `max_size`).
 pub(crate) fn open(endpoint: &Endpoint, n: usize) {
     let pool = &endpoint.pool;
     let counts = &endpoint.shared.lifecycle.counts;
+    let under_way = usize::try_from(endpoint.shared.fail_fast.connecting()).unwrap_or(usize::MAX);
+    let n = n
+        .saturating_add(under_way)
+        .min(endpoint.shared.config.max_size as usize);
     let mut taken = Taken::idle(endpoint);
     let _consistent = endpoint.shared.lifecycle.consistent();
     let mut checkouts = Vec::with_capacity(n);

@@ -25,10 +25,17 @@
 //!
 //! # `min_idle` without churn
 //!
-//! `min_idle` connections are opened by the task (at start, and after any connection of
-//! the endpoint closes), through the manager's own connect, so fail-fast and reconnect
-//! backoff apply, and handed to bb8 (which refuses them beyond `max_size`). After a failed
-//! connect the task tries again after a delay doubling from 50 ms to 5 s.
+//! `min_idle` connections are opened at start, and again after any connection of the
+//! endpoint closes. The task has bb8 open them (`sweep::open`): with the idle queue
+//! emptied for an instant, checkouts polled once find no connection and bb8 reserves a
+//! place for each and opens it through the manager's connect (so fail-fast and the
+//! reconnect backoff apply); dropped, they leave the new connections in the idle queue.
+//! bb8's own count of open and pending connections keeps the endpoint within `max_size`:
+//! a connection the task opened itself and handed to bb8 (`Pool::add`) could only be
+//! refused once the backend had seen it, while checkouts were opening theirs. If connects
+//! failed and `min_idle` is still short, the task asks again after a delay doubling from
+//! 50 ms to 5 s. `TcpPoolBuilder::connect` opens the first `min_idle` itself, concurrently,
+//! and returns the first connect error (nobody else can check out yet).
 //!
 //! Only connections above `min_idle` close for idleness (HikariCP's `idleTimeout`): while
 //! more than `min_idle` connections are open, the task looks, when the oldest idle one above

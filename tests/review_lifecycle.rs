@@ -148,16 +148,20 @@ async fn a_min_idle_refill_under_way_at_close_is_closed_without_awaiting_close()
             .build()
             .expect("pool");
         if round % 2 == 1 {
-            backend
-                .wait_for("one open", |s| s.open >= 1)
-                .await;
+            backend.wait_for("one open", |s| s.open >= 1).await;
         }
         drop(pool.close());
         let s = backend
-            .wait_for(&format!("round {round}: every socket closed"), |s| s.open == 0)
+            .wait_for(&format!("round {round}: every socket closed"), |s| {
+                s.open == 0
+            })
             .await;
         let st = pool.state();
-        assert_eq!((st.connections, st.idle), (0, 0), "round {round}: {st:?} {s:?}");
+        assert_eq!(
+            (st.connections, st.idle),
+            (0, 0),
+            "round {round}: {st:?} {s:?}"
+        );
     }
 }
 
@@ -207,13 +211,18 @@ async fn close_with_resolve_endpoints_leaves_no_task_behind() {
         .idle_timeout(Some(Duration::from_millis(200)))
         .build()
         .expect("pool");
-    let mut conn = bounded("first checkout", pool.get()).await.expect("checkout");
+    let mut conn = bounded("first checkout", pool.get())
+        .await
+        .expect("checkout");
     conn.write_all(b"ECHO x\n").await.expect("write");
     let closing = tokio::spawn(pool.close());
     assert!(matches!(pool.get().await, Err(TcpPoolError::Closed)));
     drop(pool);
     let mut line = String::new();
-    BufReader::new(&mut conn).read_line(&mut line).await.expect("read");
+    BufReader::new(&mut conn)
+        .read_line(&mut line)
+        .await
+        .expect("read");
     assert_eq!(line, "x\n");
     drop(conn);
     bounded("close", closing).await.expect("close task");
@@ -238,7 +247,12 @@ async fn close_racing_set_endpoints_leaves_nothing_open() {
     let replicas = Replicas::start(3).await;
     let addrs = replicas.addrs();
     for round in 0..10 {
-        let pool = replicas.builder().min_idle(1).max_size(2).build().expect("pool");
+        let pool = replicas
+            .builder()
+            .min_idle(1)
+            .max_size(2)
+            .build()
+            .expect("pool");
         let (go, mut ready) = watch::channel(false);
         let changer = tokio::spawn({
             let pool = pool.clone();
@@ -263,7 +277,9 @@ async fn close_racing_set_endpoints_leaves_nothing_open() {
         for i in 0..3 {
             replicas
                 .backend(i)
-                .wait_for(&format!("round {round}: backend {i} closed"), |s| s.open == 0)
+                .wait_for(&format!("round {round}: backend {i} closed"), |s| {
+                    s.open == 0
+                })
                 .await;
         }
         let s = pool.state();
@@ -286,7 +302,9 @@ async fn close_from_a_handler_closes_its_own_connection_when_it_comes_back() {
         "closing"
     }
     let backend = Backend::start().await;
-    let pool = TcpPool::builder(backend.addr_string()).build().expect("pool");
+    let pool = TcpPool::builder(backend.addr_string())
+        .build()
+        .expect("pool");
     let app = Router::new()
         .route("/shutdown", get(shutdown))
         .with_state(pool.clone())
@@ -303,3 +321,129 @@ async fn close_from_a_handler_closes_its_own_connection_when_it_comes_back() {
     assert_eq!(backend.seen().accepts, 1);
 }
 
+// Part 1: a storm through the lazy layer against a blackholed backend (SYNs dropped, every
+// attempt hangs for connect_timeout). Every request answers 502 (not 503: no checkout
+// timeout), the pool makes a handful of attempts, and no request waits for two attempts (one
+// that did took at least 2 × connect_timeout: each hangs exactly that long).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_against_a_blackholed_backend_waits_for_one_attempt_per_request() {
+    let connect_timeout = Duration::from_secs(3);
+    let hole = blackhole::Hole::new().await;
+    let pool = TcpPool::builder(hole.addr.to_string())
+        .connect_timeout(connect_timeout)
+        .checkout_timeout(Duration::from_secs(3600))
+        .build()
+        .expect("pool");
+    let client = HttpClient::new(serve(app::lazy(&pool)).await);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = client.try_get(&format!("/echo/{i}")).await;
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    let mut longest = Duration::ZERO;
+    for task in tasks {
+        let (reply, took) = bounded("a request", task).await.expect("task");
+        let reply = reply.expect("http");
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+        longest = longest.max(took);
+    }
+    let elapsed = start.elapsed();
+    let s = pool.state();
+    let steps = steps_within(elapsed, MIN, MAX);
+    println!(
+        "figures: blackholed, 300 requests in {elapsed:?}: longest {longest:?}, {} attempts, {} backed off, at most {steps} steps",
+        s.connect_failures, s.connects_backed_off
+    );
+    assert!(s.connect_failures <= 10 + steps, "{s:?}");
+    assert!(
+        longest < 2 * connect_timeout,
+        "a request waited for two attempts: {longest:?}"
+    );
+}
+
+/// A blackholed listener (the same as `backoff.rs`'s).
+#[cfg(target_os = "linux")]
+mod blackhole {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use socket2::{Domain, Socket, Type};
+    use testkit::bounded;
+
+    /// Whether a socket on this host is in SYN_SENT towards `port` (`/proc/net/tcp`).
+    pub(crate) fn syn_sent_to(port: u16) -> bool {
+        let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+            return false;
+        };
+        table.lines().skip(1).any(|line| {
+            let mut f = line.split_whitespace().skip(2);
+            let (Some(remote), Some(state)) = (f.next(), f.next()) else {
+                return false;
+            };
+            let remote_port = remote
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && state == "02"
+        })
+    }
+
+    /// A listener whose accept queue is full and never accepts: SYNs to it are dropped, a
+    /// connect hangs until its timeout.
+    pub(crate) struct Hole {
+        pub(crate) addr: SocketAddr,
+        _listener: Socket,
+        _fillers: Vec<Socket>,
+    }
+
+    impl Hole {
+        pub(crate) async fn new() -> Hole {
+            let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+            listener.bind(&addr.into()).expect("bind");
+            listener.listen(0).expect("listen");
+            let addr = listener
+                .local_addr()
+                .expect("local addr")
+                .as_socket()
+                .expect("inet");
+            let mut fillers = Vec::new();
+            while !syn_sent_to(addr.port()) && fillers.len() < 8 {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+                s.set_nonblocking(true).expect("nonblocking");
+                let _ = s.connect(&addr.into());
+                fillers.push(s);
+            }
+            assert!(syn_sent_to(addr.port()), "could not fill the accept queue");
+            // Drop the hanging filler; keep the queue full with the completed ones.
+            fillers.pop();
+            bounded("filler SYN gone", async {
+                while syn_sent_to(addr.port()) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            Hole {
+                addr,
+                _listener: listener,
+                _fillers: fillers,
+            }
+        }
+
+        /// Waits until a connect to it hangs.
+        pub(crate) async fn wait_syn_sent(&self) {
+            bounded("an attempt hangs", async {
+                while !syn_sent_to(self.addr.port()) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+        }
+    }
+}

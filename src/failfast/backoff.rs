@@ -238,6 +238,27 @@ mod tests {
         assert!(matches!(b.admit_at(t1), Admission::Go(_)));
     }
 
+    // Review: "the first success resets it". An attempt begun before the success (while
+    // healthy, or a second one admitted with it) that fails after it is stale: it must not
+    // start a new step on an endpoint that just connected (failed before the fix: 1 failure,
+    // every attempt refused for a step).
+    #[test]
+    fn a_stale_failure_after_a_success_starts_no_step() {
+        let b = Backoff::new(ms(100), ms(1000));
+        let (Admission::Go(stale), Admission::Go(first)) = (b.admit(), b.admit()) else {
+            panic!("healthy: both go");
+        };
+        first.failed();
+        let t0 = Instant::now();
+        let Admission::Go(probe) = b.admit_at(t0 + ms(150)) else {
+            panic!("a probe after the step");
+        };
+        probe.succeeded();
+        stale.failed();
+        assert_eq!(b.failures(), 0, "a stale failure restarted the backoff");
+        assert!(matches!(b.admit(), Admission::Go(_)));
+    }
+
     #[test]
     fn off_always_goes() {
         let b = Backoff::new(Duration::ZERO, Duration::ZERO);

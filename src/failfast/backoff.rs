@@ -11,7 +11,8 @@
 //!   others are still refused while it is under way.
 //! - The probe failing is the next failure in a row (a longer delay); any success resets to
 //!   healthy. Attempts that were already under way when the first failure came (several,
-//!   started together while healthy) count as failures but do not lengthen the delay.
+//!   started together while healthy) count as failures but do not lengthen the delay; one
+//!   begun before the last success that fails after it starts no new step (it is stale).
 //!
 //! Equal rather than full jitter: full jitter (`0..d`) may draw a delay near zero, so the
 //! probe rate of one endpoint would not be bounded by the step; equal jitter keeps at least
@@ -44,6 +45,8 @@ struct State {
     /// The number of the probe under way, if any.
     probe: Option<u64>,
     probes: u64,
+    /// Successes so far: an attempt admitted before the last one is stale.
+    resets: u64,
 }
 
 /// Whether a connect attempt may go ahead.
@@ -61,6 +64,8 @@ pub(crate) enum Admission<'a> {
 pub(crate) struct Permit<'a> {
     backoff: &'a Backoff,
     probe: Option<u64>,
+    /// `State::resets` when admitted.
+    resets: u64,
 }
 
 impl Backoff {
@@ -84,20 +89,21 @@ impl Backoff {
     }
 
     fn admit_at(&self, now: Instant) -> Admission<'_> {
-        let go = |probe| {
+        let go = |probe, resets| {
             Admission::Go(Permit {
                 backoff: self,
                 probe,
+                resets,
             })
         };
         if !self.is_on() {
-            return go(None);
+            return go(None, 0);
         }
         let Ok(mut s) = self.state.lock() else {
-            return go(None);
+            return go(None, 0);
         };
         if s.failures == 0 {
-            return go(None);
+            return go(None, s.resets);
         }
         let due = s.until.is_some_and(|at| now >= at);
         if !due || s.probe.is_some() {
@@ -106,7 +112,7 @@ impl Backoff {
         s.probes += 1;
         let probe = s.probes;
         s.probe = Some(probe);
-        go(Some(probe))
+        go(Some(probe), s.resets)
     }
 
     /// The delay after the `failures`-th failure in a row: `min × 2^(failures-1)`, at most
@@ -134,6 +140,7 @@ impl Permit<'_> {
         if let Ok(mut s) = self.backoff.state.lock() {
             *s = State {
                 probes: s.probes,
+                resets: s.resets.wrapping_add(1),
                 ..State::default()
             };
         }
@@ -151,6 +158,10 @@ impl Permit<'_> {
         let was_probe = self.probe.is_some() && s.probe == self.probe;
         if was_probe {
             s.probe = None;
+        }
+        if self.resets != s.resets {
+            // Begun before the last success: stale, the endpoint has connected since.
+            return;
         }
         if s.failures == 0 || was_probe {
             s.failures = s.failures.saturating_add(1);
@@ -236,6 +247,27 @@ mod tests {
         assert_eq!(b.failures(), 0);
         assert!(matches!(b.admit_at(t1), Admission::Go(_)));
         assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+    }
+
+    // Review: "the first success resets it". An attempt begun before the success (while
+    // healthy, or a second one admitted with it) that fails after it is stale: it must not
+    // start a new step on an endpoint that just connected (failed before the fix: 1 failure,
+    // every attempt refused for a step).
+    #[test]
+    fn a_stale_failure_after_a_success_starts_no_step() {
+        let b = Backoff::new(ms(100), ms(1000));
+        let (Admission::Go(stale), Admission::Go(first)) = (b.admit(), b.admit()) else {
+            panic!("healthy: both go");
+        };
+        first.failed();
+        let t0 = Instant::now();
+        let Admission::Go(probe) = b.admit_at(t0 + ms(150)) else {
+            panic!("a probe after the step");
+        };
+        probe.succeeded();
+        stale.failed();
+        assert_eq!(b.failures(), 0, "a stale failure restarted the backoff");
+        assert!(matches!(b.admit(), Admission::Go(_)));
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl TcpPoolError {
 /// for [`BackendUnreachable`](TcpPoolError::BackendUnreachable) and
 /// [`Io`](TcpPoolError::Io), `500` for the rest. The body is a short plain-text sentence; the
 /// error itself is logged (`warn` for 502/503, `error` for 500; the `warn` of a checkout's
-/// `502` is throttled per pool: the first, then a counted summary at most every 5 s).
+/// `502` is throttled per pool: the first, then a counted summary at most every 5 s;
+/// `Closed` only at `debug`, the pool's close being logged once).
 ///
 /// ```
 /// use axum::response::IntoResponse;
@@ -61,7 +62,11 @@ impl TcpPoolError {
 impl IntoResponse for TcpPoolError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR {
+        if let TcpPoolError::Closed = self {
+            // The app closed the pool (its "closing the pool" line is the `info`): a request
+            // answered during the shutdown is expected, not a line each.
+            tracing::debug!(error = %self, status = status.as_u16(), "pool closed");
+        } else if status.is_server_error() && status != StatusCode::INTERNAL_SERVER_ERROR {
             let status = status.as_u16();
             match self.endpoint_error() {
                 // A checkout's 502: the first of a burst, then a summary at most every 5 s

@@ -229,7 +229,12 @@ impl Endpoints {
     /// `TcpPool::close`: from now on checkouts fail with `Closed`; every endpoint is drained
     /// (idle connections closed now, those in use when they come back, connects under way
     /// when they end). The set stays as it is, for `state()`.
-    pub(crate) fn close(&self) {
+    ///
+    /// A connect that passed its last removed check just before the close may still put its
+    /// connection in the idle queue after the idle ones were closed: a task watches until
+    /// every endpoint is drained (closing such a late one), so the close happens whether or
+    /// not the caller awaits `TcpPool::close`'s future. It ends once nothing is open.
+    pub(crate) fn close(self: &Arc<Self>) {
         let current = match self.current.write() {
             Ok(set) => set,
             Err(poisoned) => poisoned.into_inner(),
@@ -237,6 +242,8 @@ impl Endpoints {
         if self.closed.swap(true, SeqCst) {
             return;
         }
+        let set = self.clone();
+        self.runtime.spawn(async move { set.drained().await });
         let _runtime = self.runtime.enter();
         tracing::info!(pool = self.config.name(), "closing the pool");
         for endpoint in current.iter() {

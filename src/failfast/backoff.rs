@@ -249,7 +249,7 @@ mod tests {
         assert!(matches!(b.admit_at(t1), Admission::Go(_)));
     }
 
-    // Review: "the first success resets it". An attempt begun before the success (while
+    // "The first success resets it". An attempt begun before the success (while
     // healthy, or a second one admitted with it) that fails after it is stale: it must not
     // start a new step on an endpoint that just connected (failed before the fix: 1 failure,
     // every attempt refused for a step).

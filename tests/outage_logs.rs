@@ -1,5 +1,5 @@
-//! Adversarial review of issue 14, part 1 (logs of an outage) and part 6 (logs of a closed
-//! pool). Alone in its binary, like `backoff_logs.rs`: a thread-local capture can miss events
+//! The logs of an outage with two pools (each logs its first failure), and of a closed pool
+//! answering requests (a handful of lines, not one per request). Alone in its binary, like `backoff_logs.rs`: a thread-local capture can miss events
 //! whose callsite another test's thread hit first.
 
 use std::io;

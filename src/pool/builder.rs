@@ -32,28 +32,31 @@ impl TcpPool {
 
 /// Configures and builds a [`TcpPool`]. Created by [`TcpPool::builder`].
 ///
-/// | setting | default | meaning |
-/// |---|---|---|
-/// | [`endpoint`](Self::endpoint) | none | another address of the same backend (a replica) |
-/// | [`balance`](Self::balance) | `LeastLoaded` | how a checkout chooses among the endpoints |
-/// | [`outlier_detection`](Self::outlier_detection) | 5 failures eject for 30 s | when an endpoint is taken out of rotation |
-/// | [`resolve_endpoints`](Self::resolve_endpoints) | off | each address is a host name whose addresses are the endpoints, looked up again at this interval |
-/// | [`max_size`](Self::max_size) | 10 | most connections open at once, per endpoint |
-/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open across idle periods and refilled in the background, per endpoint |
-/// | [`checkout_timeout`](Self::checkout_timeout) | 5 s | how long a request may wait for a free connection |
-/// | [`connect_timeout`](Self::connect_timeout) | 2 s | one connect attempt (and one health probe) |
-/// | [`idle_timeout`](Self::idle_timeout) | 10 min | connections above `min_idle` idle this long are closed (the `min_idle` ones stay) |
-/// | [`max_lifetime`](Self::max_lifetime) | 30 min | connections older than this (less their jitter) are replaced |
-/// | [`max_lifetime_jitter`](Self::max_lifetime_jitter) | 0.025 | each connection's lifetime is shortened by a random share of `max_lifetime` up to this, so connections opened together are not replaced together |
-/// | [`idle_probe_interval`](Self::idle_probe_interval) | off | idle connections are checked in the background at this interval, dead ones replaced |
-/// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` |
-/// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time |
-/// | [`health_check`](Self::health_check) | none | async probe run on every checkout |
-/// | [`write_only`](Self::write_only) | `false` | writes need no reply (statsd-like backends) |
-/// | [`leak_threshold`](Self::leak_threshold) | off | a connection held longer than this is logged (`warn`, once) and counted in `suspected_leaks` |
-/// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics |
-/// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` |
-/// | [`reconnect_backoff`](Self::reconnect_backoff) | 50 ms to 5 s | after a failed connect, how long new connects to that endpoint fail at once before one probes it ([`connects_backed_off`](crate::PoolState::connects_backed_off)) |
+/// | setting | default | meaning | counted in [`pool.state()`](crate::PoolState) |
+/// |---|---|---|---|
+/// | [`endpoint`](Self::endpoint) | none | another address of the same backend (a replica) | `endpoints` |
+/// | [`balance`](Self::balance) | `LeastLoaded` | how a checkout chooses among the endpoints | `endpoints[i].checkouts` |
+/// | [`outlier_detection`](Self::outlier_detection) | 5 failures eject for 30 s | when an endpoint is taken out of rotation | `endpoints[i].ejected`, `times_ejected` |
+/// | [`resolve_endpoints`](Self::resolve_endpoints) | off | each address is a host name whose addresses are the endpoints, looked up again at this interval | `endpoints` |
+/// | [`max_size`](Self::max_size) | 10 | most connections open at once, per endpoint | `connections`, `in_use` |
+/// | [`min_idle`](Self::min_idle) | 0 | idle connections kept open across idle periods and refilled in the background, per endpoint | `idle` |
+/// | [`checkout_timeout`](Self::checkout_timeout) | 5 s | how long a request may wait for a free connection | `gets_timed_out` |
+/// | [`connect_timeout`](Self::connect_timeout) | 2 s | one connect attempt (and one health probe) | `connect_failures` |
+/// | [`reconnect_backoff`](Self::reconnect_backoff) | 50 ms to 5 s | after a failed connect, how long new connects to that endpoint fail at once (no SYN) before one probes it | `connects_backed_off` |
+/// | [`idle_timeout`](Self::idle_timeout) | 10 min | connections above `min_idle` idle this long are closed (the `min_idle` ones stay) | `closed_idle_timeout` |
+/// | [`max_lifetime`](Self::max_lifetime) | 30 min | connections older than this (less their jitter) are replaced | `closed_max_lifetime` |
+/// | [`max_lifetime_jitter`](Self::max_lifetime_jitter) | 0.025 | each connection's lifetime is shortened by a random share of `max_lifetime` up to this, so connections opened together are not replaced together | `closed_max_lifetime` |
+/// | [`idle_probe_interval`](Self::idle_probe_interval) | off | idle connections are checked in the background at this interval, dead ones replaced | `idle_probes`, `idle_probe_failures` |
+/// | [`leak_threshold`](Self::leak_threshold) | off | a connection held longer than this is logged (`warn`, once, while still held) | `suspected_leaks` |
+/// | [`health_check`](Self::health_check) | none | async probe run on every checkout | `discards.health_check` |
+/// | [`write_only`](Self::write_only) | `false` | writes need no reply (statsd-like backends) | `discards.reply_not_read` |
+/// | [`nodelay`](Self::nodelay) | `true` | `TCP_NODELAY` | |
+/// | [`keepalive`](Self::keepalive) | off | TCP keepalive idle time | |
+/// | [`name`](Self::name) | the address | the `pool` field of tracing spans and events, and the `pool` label of metrics | |
+/// | `tls` (feature `tls`) | off | connect over TLS, see `TlsConfig` | `connect_failures` (a failed handshake) |
+///
+/// [`TcpPool::close`] ends a pool's life (`closed`). Each counter is also exported by
+/// `record_metrics` (feature `metrics`; names in the `metrics` module).
 ///
 /// # Several endpoints
 ///

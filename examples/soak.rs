@@ -342,6 +342,12 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .connect_timeout(Duration::from_millis(500))
         .idle_timeout(Some(Duration::from_secs(2)))
         .max_lifetime(Some(Duration::from_secs(10)))
+        // The production controls on: min_idle kept across idle periods, idle connections
+        // probed in the background, long-held ones reported (the reconnect backoff is on by
+        // default).
+        .min_idle(2)
+        .idle_probe_interval(Some(Duration::from_millis(500)))
+        .leak_threshold(Some(Duration::from_secs(2)))
         .build()?;
     let app = Router::new()
         .route("/tag/{tag}", get(tagged))
@@ -483,6 +489,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     println!(
         "checkouts:     gets={} waited={} timed_out={}",
         state.gets, state.gets_waited, state.gets_timed_out
+    );
+    println!(
+        "lifecycle:     connects_backed_off={} idle_probes={} idle_probe_failures={} suspected_leaks={}",
+        state.connects_backed_off, state.idle_probes, state.idle_probe_failures, state.suspected_leaks
     );
     println!("rss_kib:       before_load={rss_setup} after_warm_up={rss_start} end={rss_end}");
     println!(

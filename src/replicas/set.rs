@@ -259,6 +259,7 @@ impl Endpoints {
     }
 
     /// Whether `TcpPool::close` was called.
+    #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Relaxed)
     }

@@ -4,51 +4,19 @@
 //! binary: a `tracing` capture set for one thread while other tests' threads first hit the
 //! same callsites can miss events.
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum_tcp_pool::TcpPool;
 use http::StatusCode;
+use testkit::logs::LogCapture;
 use testkit::{app, bounded, serve, Backend, HttpClient};
 
 const STORM: usize = 1000;
 
-/// Collects everything the `fmt` subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().expect("lock").clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 // A current-thread runtime: every task runs on this thread, under the capturing subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn an_outage_logs_a_handful_of_warn_lines_not_one_per_request() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::install(tracing::Level::INFO);
 
     let backend = Backend::start().await;
     let pool = TcpPool::builder(backend.addr_string())

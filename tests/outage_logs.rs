@@ -1,41 +1,13 @@
 //! The logs of an outage with two pools (each logs its first failure), and of a closed pool
-//! answering requests (a handful of lines, not one per request). Alone in its binary, like `backoff_logs.rs`: a thread-local capture can miss events
-//! whose callsite another test's thread hit first.
-
-use std::io;
-use std::sync::{Arc, Mutex};
+//! answering requests (a handful of lines, not one per request). Alone in its binary, like
+//! `backoff_logs.rs`: a thread-local capture can miss events whose callsite another test's
+//! thread hit first.
 
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
 use http::StatusCode;
+use testkit::logs::LogCapture;
 use testkit::{bounded, serve, Backend, HttpClient};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn warns(&self) -> Vec<String> {
-        let bytes = self.0.lock().expect("lock").clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| l.contains("WARN"))
-            .map(str::to_owned)
-            .collect()
-    }
-    fn clear(&self) {
-        self.0.lock().expect("lock").clear();
-    }
-}
 
 async fn both(_a: TcpConnection, _b: TcpConnection<B>) -> &'static str {
     "both"
@@ -57,14 +29,7 @@ async fn storm(client: &HttpClient, path: &str, n: usize) -> Vec<StatusCode> {
 // Then a closed pool: 500 requests answered 503; how many warn lines?
 #[tokio::test(flavor = "current_thread")]
 async fn two_pools_down_log_their_first_failure_each_and_a_closed_pool_logs_a_handful() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::install(tracing::Level::INFO);
 
     let (a, b) = (Backend::start().await, Backend::start().await);
     let pa = TcpPool::builder(a.addr_string())

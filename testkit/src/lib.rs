@@ -14,6 +14,7 @@
 //!   which endpoint served;
 //! - [`require_binary`]: skip (or, in CI, fail) a test whose server binary is missing;
 //! - [`example`]: the examples' plumbing (logging, listener, serving, in-process backends);
+//! - [`logs`]: log lines captured by level;
 //! - [`wait`]: bounded waits; [`tempdir`]: a temporary directory.
 //!
 //! The crate's own unit tests (in `src/`) do not use it: through it they would link a second
@@ -24,6 +25,7 @@ pub mod backend;
 pub mod echo;
 pub mod example;
 pub mod http;
+pub mod logs;
 pub mod memcached;
 pub mod memcached_kv;
 pub mod proxy;

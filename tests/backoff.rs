@@ -38,21 +38,10 @@ fn steps_within(elapsed: Duration, min: Duration, max: Duration) -> u64 {
     begun
 }
 
-/// `n` requests at once; every reply's status, and how long the storm took.
+/// `n` requests at once to `/echo/{i}`: every reply's status, and how long the storm took.
 async fn storm(client: &HttpClient, n: usize) -> (Vec<StatusCode>, Duration) {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| client.spawn_try_get(&format!("/echo/{i}")))
-        .collect();
-    let mut statuses = Vec::with_capacity(n);
-    for task in tasks {
-        let reply = bounded("a storm request", task)
-            .await
-            .expect("request task")
-            .unwrap_or_else(|e| panic!("the request failed at the HTTP level: {e}"));
-        statuses.push(reply.status);
-    }
-    (statuses, start.elapsed())
+    let (replies, took) = client.storm((0..n).map(|i| format!("/echo/{i}"))).await;
+    (replies.into_iter().map(|r| r.status).collect(), took)
 }
 
 fn count(statuses: &[StatusCode], status: StatusCode) -> usize {

@@ -31,20 +31,13 @@ fn steps_within(elapsed: Duration, min: Duration, max: Duration) -> u64 {
     begun
 }
 
+/// `n` requests at once to `/echo/{i}`: every reply's status and body, and how long it took.
 async fn storm(client: &HttpClient, n: usize) -> (Vec<(StatusCode, String)>, Duration) {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| client.spawn_try_get(&format!("/echo/{i}")))
-        .collect();
-    let mut out = Vec::with_capacity(n);
-    for task in tasks {
-        let reply = bounded("a storm request", task)
-            .await
-            .expect("request task")
-            .unwrap_or_else(|e| panic!("the request failed at the HTTP level: {e}"));
-        out.push((reply.status, reply.body));
-    }
-    (out, start.elapsed())
+    let (replies, took) = client.storm((0..n).map(|i| format!("/echo/{i}"))).await;
+    (
+        replies.into_iter().map(|r| (r.status, r.body)).collect(),
+        took,
+    )
 }
 
 /// A listener that accepts every connection and closes it at once (a proxy whose upstream

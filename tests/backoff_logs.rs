@@ -4,8 +4,6 @@
 //! binary: a `tracing` capture set for one thread while other tests' threads first hit the
 //! same callsites can miss events.
 
-use std::time::Instant;
-
 use axum_tcp_pool::TcpPool;
 use http::StatusCode;
 use testkit::logs::LogCapture;
@@ -87,20 +85,10 @@ async fn an_outage_logs_a_handful_of_warn_lines_not_one_per_request() {
     );
 }
 
+/// `n` requests at once to `/echo/{i}`: every reply's status, and how long the storm took.
 async fn storm(client: &HttpClient, n: usize) -> (Vec<StatusCode>, std::time::Duration) {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| client.spawn_try_get(&format!("/echo/{i}")))
-        .collect();
-    let mut statuses = Vec::with_capacity(n);
-    for task in tasks {
-        let reply = bounded("a storm request", task)
-            .await
-            .expect("request task")
-            .unwrap_or_else(|e| panic!("the request failed at the HTTP level: {e}"));
-        statuses.push(reply.status);
-    }
-    (statuses, start.elapsed())
+    let (replies, took) = client.storm((0..n).map(|i| format!("/echo/{i}"))).await;
+    (replies.into_iter().map(|r| r.status).collect(), took)
 }
 
 fn count(statuses: &[StatusCode], status: StatusCode) -> usize {

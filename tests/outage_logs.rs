@@ -7,7 +7,7 @@ use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolLayer};
 use http::StatusCode;
 use testkit::logs::LogCapture;
-use testkit::{bounded, serve, Backend, HttpClient};
+use testkit::{serve, Backend, HttpClient};
 
 async fn both(_a: TcpConnection, _b: TcpConnection<B>) -> &'static str {
     "both"
@@ -15,13 +15,8 @@ async fn both(_a: TcpConnection, _b: TcpConnection<B>) -> &'static str {
 enum B {}
 
 async fn storm(client: &HttpClient, path: &str, n: usize) -> Vec<StatusCode> {
-    let tasks: Vec<_> = (0..n).map(|_| client.spawn_try_get(path)).collect();
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        let r = bounded("a request", t).await.expect("task").expect("http");
-        out.push(r.status);
-    }
-    out
+    let (replies, _) = client.storm((0..n).map(|_| path.to_owned())).await;
+    replies.into_iter().map(|r| r.status).collect()
 }
 
 // Two pools down on one route: each pool logs its own first failure (the throttles are per

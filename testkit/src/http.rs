@@ -110,6 +110,25 @@ impl HttpClient {
         tokio::spawn(async move { client.try_get(&path).await })
     }
 
+    /// `paths`, requested all at once: every reply, in order, and how long the storm took. A
+    /// request that fails at the HTTP level panics.
+    pub async fn storm(
+        &self,
+        paths: impl IntoIterator<Item = String>,
+    ) -> (Vec<Reply>, std::time::Duration) {
+        let start = std::time::Instant::now();
+        let tasks: Vec<_> = paths.into_iter().map(|p| self.spawn_try_get(&p)).collect();
+        let mut replies = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let reply = bounded("a storm request", task)
+                .await
+                .expect("request task")
+                .unwrap_or_else(|e| panic!("the request failed at the HTTP level: {e}"));
+            replies.push(reply);
+        }
+        (replies, start.elapsed())
+    }
+
     pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
         let (parts, body) = self
             .try_request(Method::GET, path, Bytes::new())

@@ -227,7 +227,7 @@ async fn a_checkout_waits_for_one_connect_attempt_at_most() {
 /// attempt hangs; both must fail with `BackendUnreachable`. The connect attempts made.
 #[cfg(target_os = "linux")]
 async fn blackholed_second_checkout(backoff: Duration) -> u64 {
-    let hole = blackhole::Hole::new().await;
+    let hole = testkit::blackhole::Hole::new().await;
     let pool = TcpPool::builder(hole.addr.to_string())
         .max_size(1)
         // Long enough for the second checkout to start while the first attempt hangs, even
@@ -255,85 +255,6 @@ async fn blackholed_second_checkout(backoff: Duration) -> u64 {
     let s = pool.state();
     assert_eq!(s.gets, 2, "{s:?}");
     s.connect_failures + s.connects_backed_off
-}
-
-#[cfg(target_os = "linux")]
-mod blackhole {
-    use std::net::SocketAddr;
-    use std::time::Duration;
-
-    use socket2::{Domain, Socket, Type};
-    use testkit::bounded;
-
-    /// Whether a socket on this host is in SYN_SENT towards `port` (`/proc/net/tcp`).
-    pub(crate) fn syn_sent_to(port: u16) -> bool {
-        let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-            return false;
-        };
-        table.lines().skip(1).any(|line| {
-            let mut f = line.split_whitespace().skip(2);
-            let (Some(remote), Some(state)) = (f.next(), f.next()) else {
-                return false;
-            };
-            let remote_port = remote
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            remote_port == Some(port) && state == "02"
-        })
-    }
-
-    /// A listener whose accept queue is full and never accepts: SYNs to it are dropped, a
-    /// connect hangs until its timeout.
-    pub(crate) struct Hole {
-        pub(crate) addr: SocketAddr,
-        _listener: Socket,
-        _fillers: Vec<Socket>,
-    }
-
-    impl Hole {
-        pub(crate) async fn new() -> Hole {
-            let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-            let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-            listener.bind(&addr.into()).expect("bind");
-            listener.listen(0).expect("listen");
-            let addr = listener
-                .local_addr()
-                .expect("local addr")
-                .as_socket()
-                .expect("inet");
-            let mut fillers = Vec::new();
-            while !syn_sent_to(addr.port()) && fillers.len() < 8 {
-                let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-                s.set_nonblocking(true).expect("nonblocking");
-                let _ = s.connect(&addr.into());
-                fillers.push(s);
-            }
-            assert!(syn_sent_to(addr.port()), "could not fill the accept queue");
-            // Drop the hanging filler; keep the queue full with the completed ones.
-            fillers.pop();
-            bounded("filler SYN gone", async {
-                while syn_sent_to(addr.port()) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await;
-            Hole {
-                addr,
-                _listener: listener,
-                _fillers: fillers,
-            }
-        }
-
-        /// Waits until a connect to it hangs.
-        pub(crate) async fn wait_syn_sent(&self) {
-            bounded("an attempt hangs", async {
-                while !syn_sent_to(self.addr.port()) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await;
-        }
-    }
 }
 
 /// At the socket level (feature `tls`): the backend's listener accepts every connection and

@@ -332,7 +332,7 @@ async fn close_from_a_handler_closes_its_own_connection_when_it_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_against_a_blackholed_backend_waits_for_one_attempt_per_request() {
     let connect_timeout = Duration::from_secs(3);
-    let hole = blackhole::Hole::new().await;
+    let hole = testkit::blackhole::Hole::new().await;
     let pool = TcpPool::builder(hole.addr.to_string())
         .connect_timeout(connect_timeout)
         .checkout_timeout(Duration::from_secs(3600))
@@ -371,76 +371,6 @@ async fn a_storm_against_a_blackholed_backend_waits_for_one_attempt_per_request(
     );
 }
 
-/// A blackholed listener (the same as `backoff.rs`'s).
-#[cfg(target_os = "linux")]
-mod blackhole {
-    use std::net::SocketAddr;
-    use std::time::Duration;
-
-    use socket2::{Domain, Socket, Type};
-    use testkit::bounded;
-
-    /// Whether a socket on this host is in SYN_SENT towards `port` (`/proc/net/tcp`).
-    pub(crate) fn syn_sent_to(port: u16) -> bool {
-        let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-            return false;
-        };
-        table.lines().skip(1).any(|line| {
-            let mut f = line.split_whitespace().skip(2);
-            let (Some(remote), Some(state)) = (f.next(), f.next()) else {
-                return false;
-            };
-            let remote_port = remote
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            remote_port == Some(port) && state == "02"
-        })
-    }
-
-    /// A listener whose accept queue is full and never accepts: SYNs to it are dropped, a
-    /// connect hangs until its timeout.
-    pub(crate) struct Hole {
-        pub(crate) addr: SocketAddr,
-        _listener: Socket,
-        _fillers: Vec<Socket>,
-    }
-
-    impl Hole {
-        pub(crate) async fn new() -> Hole {
-            let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-            let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-            listener.bind(&addr.into()).expect("bind");
-            listener.listen(0).expect("listen");
-            let addr = listener
-                .local_addr()
-                .expect("local addr")
-                .as_socket()
-                .expect("inet");
-            let mut fillers = Vec::new();
-            while !syn_sent_to(addr.port()) && fillers.len() < 8 {
-                let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-                s.set_nonblocking(true).expect("nonblocking");
-                let _ = s.connect(&addr.into());
-                fillers.push(s);
-            }
-            assert!(syn_sent_to(addr.port()), "could not fill the accept queue");
-            // Drop the hanging filler; keep the queue full with the completed ones.
-            fillers.pop();
-            bounded("filler SYN gone", async {
-                while syn_sent_to(addr.port()) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await;
-            Hole {
-                addr,
-                _listener: listener,
-                _fillers: fillers,
-            }
-        }
-    }
-}
-
 // Part 1, several endpoints: both blackholed, one checkout. With failover it waits for A's
 // attempt, then for B's: two connect attempts (2 × connect_timeout), though "with backoff in
 // place a checkout should never wait for more than one connect attempt". Counted by the
@@ -451,7 +381,10 @@ mod blackhole {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known limit (README Limits): failover waits for one connect attempt per endpoint it tries (2 for 2 blackholed endpoints), within checkout_timeout"]
 async fn a_checkout_over_two_blackholed_endpoints_waits_for_one_attempt() {
-    let (a, b) = (blackhole::Hole::new().await, blackhole::Hole::new().await);
+    let (a, b) = (
+        testkit::blackhole::Hole::new().await,
+        testkit::blackhole::Hole::new().await,
+    );
     let pool = TcpPool::builder(a.addr.to_string())
         .endpoint(b.addr.to_string())
         .max_size(1)

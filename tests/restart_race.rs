@@ -5,29 +5,11 @@
 
 #![cfg(target_os = "linux")]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum_tcp_pool::TcpPool;
-use socket2::{Domain, Socket, Type};
+use testkit::blackhole::Hole;
 use testkit::bounded;
-
-/// Whether a socket on this host is in SYN_SENT towards `port` (read from `/proc/net/tcp`).
-fn syn_sent_to(port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    table.lines().skip(1).any(|line| {
-        let mut f = line.split_whitespace().skip(2);
-        let (Some(remote), Some(state)) = (f.next(), f.next()) else {
-            return false;
-        };
-        let remote_port = remote
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        remote_port == Some(port) && state == "02"
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_connect_failure_does_not_fail_a_newer_checkout() {
@@ -44,34 +26,8 @@ async fn the_longest_checkout_timeout_survives_a_restarted_checkout() {
 async fn stale_failure_then_newer_checkout(checkout_timeout: Duration) {
     // The backend is "down" in a way that makes a connect hang: it listens but its accept
     // queue is full, so SYNs are dropped.
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    listener.bind(&addr.into()).expect("bind");
-    listener.listen(0).expect("listen");
-    let addr = listener
-        .local_addr()
-        .expect("local addr")
-        .as_socket()
-        .expect("inet");
-    let mut fillers = Vec::new();
-    while !syn_sent_to(addr.port()) && fillers.len() < 8 {
-        // On loopback the handshake is done within connect(): each filler either completes
-        // (the queue had room) or hangs in SYN_SENT (the queue is full).
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        s.set_nonblocking(true).expect("nonblocking");
-        let _ = s.connect(&addr.into());
-        fillers.push(s);
-    }
-    // Drop the hanging filler; keep the queue full with the completed ones.
-    assert!(syn_sent_to(addr.port()), "could not fill the accept queue");
-    fillers.pop();
-    bounded("filler SYN gone", async {
-        while syn_sent_to(addr.port()) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-
+    let hole = Hole::new().await;
+    let addr = hole.addr;
     let pool = TcpPool::builder(addr.to_string())
         .max_size(1)
         // Shorter than the first SYN retransmission (1 s): the hanging attempt times out.
@@ -86,13 +42,11 @@ async fn stale_failure_then_newer_checkout(checkout_timeout: Duration) {
         let pool = pool.clone();
         async move { pool.get().await.map(drop) }
     });
-    bounded("the first attempt hangs", async {
-        while !syn_sent_to(addr.port()) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    hole.wait_syn_sent().await;
     // The backend comes back: its queue drains and it accepts (and keeps) connections.
+    let Hole {
+        listener, fillers, ..
+    } = hole;
     let listener = std::sync::Arc::new(listener);
     let acceptor = {
         let listener = listener.clone();

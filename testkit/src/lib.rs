@@ -3,6 +3,7 @@
 //! trees.
 //!
 //! - [`backend`]: the scriptable line-protocol backend that counts what it sees;
+//! - `blackhole` (Linux): a backend whose accept queue is full, so connects to it hang;
 //! - [`proxy`]: the fault-injecting TCP proxy, and [`rng`], its seeded randomness;
 //! - [`echo`]: one line exchange, and the tagged handler of the chaos test and the soak;
 //! - [`app`]: the handlers the tests drive, and [`setup`];
@@ -22,6 +23,8 @@
 
 pub mod app;
 pub mod backend;
+#[cfg(target_os = "linux")]
+pub mod blackhole;
 pub mod echo;
 pub mod example;
 pub mod http;

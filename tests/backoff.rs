@@ -18,25 +18,11 @@ use std::time::{Duration, Instant};
 
 use axum_tcp_pool::{TcpPool, TcpPoolBuilder, TcpPoolError};
 use http::StatusCode;
+use testkit::backoff::{steps_within, MAX, MIN};
 use testkit::{app, bounded, serve, Backend, HttpClient};
 
 /// Requests sent at once in a storm.
 const STORM: usize = 1000;
-/// The default backoff (the pool's own defaults are used; these are for the step count).
-const MIN: Duration = Duration::from_millis(50);
-const MAX: Duration = Duration::from_secs(5);
-
-/// The most backoff steps from `min` to `max` that can begin within `elapsed` (each lasts at
-/// least half its nominal delay: equal jitter).
-fn steps_within(elapsed: Duration, min: Duration, max: Duration) -> u64 {
-    let (mut begun, mut at, mut step) = (0u64, Duration::ZERO, min);
-    while at <= elapsed && begun < 100_000 {
-        begun += 1;
-        at += step / 2;
-        step = (step * 2).min(max);
-    }
-    begun
-}
 
 /// `n` requests at once to `/echo/{i}`: every reply's status, and how long the storm took.
 async fn storm(client: &HttpClient, n: usize) -> (Vec<StatusCode>, Duration) {

@@ -10,26 +10,12 @@ use std::time::{Duration, Instant};
 
 use axum_tcp_pool::{BackendStream, TcpPool, TcpPoolError};
 use http::StatusCode;
+use testkit::backoff::{steps_within, MAX, MIN};
 use testkit::replicas::Replicas;
 use testkit::{app, bounded, serve, wait_pool, Backend, HttpClient};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-const MIN: Duration = Duration::from_millis(50);
-const MAX: Duration = Duration::from_secs(5);
-
-/// The most backoff steps from `min` to `max` that can begin within `elapsed` (equal jitter:
-/// each lasts at least half its nominal delay).
-fn steps_within(elapsed: Duration, min: Duration, max: Duration) -> u64 {
-    let (mut begun, mut at, mut step) = (0u64, Duration::ZERO, min);
-    while at <= elapsed && begun < 100_000 {
-        begun += 1;
-        at += step / 2;
-        step = (step * 2).min(max);
-    }
-    begun
-}
 
 /// `n` requests at once to `/echo/{i}`: every reply's status and body, and how long it took.
 async fn storm(client: &HttpClient, n: usize) -> (Vec<(StatusCode, String)>, Duration) {

@@ -32,6 +32,26 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::pool::shared::Shared;
 
+/// One leak event at `level`, with the request's method and path when known.
+macro_rules! report {
+    ($level:ident, $message:expr, ($pool:expr, $endpoint:expr, $held_ms:expr, $threshold_ms:expr), $request:expr) => {{
+        let (pool, endpoint, held_ms, threshold_ms) = ($pool, $endpoint, $held_ms, $threshold_ms);
+        match $request {
+            Some((method, path)) => tracing::$level!(
+                pool,
+                addr = endpoint,
+                endpoint,
+                held_ms,
+                threshold_ms,
+                method = %method,
+                path = path.as_str(),
+                $message
+            ),
+            None => tracing::$level!(pool, addr = endpoint, endpoint, held_ms, threshold_ms, $message),
+        }
+    }};
+}
+
 /// How often the records are looked at: a quarter of the threshold, within these bounds.
 const MIN_SCAN: Duration = Duration::from_millis(1);
 const MAX_SCAN: Duration = Duration::from_secs(60);
@@ -165,27 +185,12 @@ impl Lease {
         let request = lock(&self.lent).request();
         let (pool, endpoint) = (shared.config.name(), &*shared.addr);
         let threshold_ms = u64::try_from(leaks.threshold.as_millis()).unwrap_or(u64::MAX);
-        let message = "connection suspected of leaking came back";
-        match request {
-            Some((method, path)) => tracing::info!(
-                pool,
-                addr = endpoint,
-                endpoint,
-                held_ms,
-                threshold_ms,
-                method = %method,
-                path = path.as_str(),
-                "{message}"
-            ),
-            None => tracing::info!(
-                pool,
-                addr = endpoint,
-                endpoint,
-                held_ms,
-                threshold_ms,
-                "{message}"
-            ),
-        }
+        report!(
+            info,
+            "connection suspected of leaking came back",
+            (pool, endpoint, held_ms, threshold_ms),
+            request
+        );
     }
 }
 
@@ -241,28 +246,13 @@ fn scan(shared: &Shared) {
     }
     let (pool, endpoint) = (shared.config.name(), &*shared.addr);
     let threshold_ms = u64::try_from(leaks.threshold.as_millis()).unwrap_or(u64::MAX);
-    let message = "connection held longer than leak_threshold, suspected leak";
     for (held_ms, request) in suspects {
         shared.counters.suspected_leak();
-        match request {
-            Some((method, path)) => tracing::warn!(
-                pool,
-                addr = endpoint,
-                endpoint,
-                held_ms,
-                threshold_ms,
-                method = %method,
-                path = path.as_str(),
-                "{message}"
-            ),
-            None => tracing::warn!(
-                pool,
-                addr = endpoint,
-                endpoint,
-                held_ms,
-                threshold_ms,
-                "{message}"
-            ),
-        }
+        report!(
+            warn,
+            "connection held longer than leak_threshold, suspected leak",
+            (pool, endpoint, held_ms, threshold_ms),
+            request
+        );
     }
 }

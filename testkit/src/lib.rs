@@ -3,6 +3,7 @@
 //! trees.
 //!
 //! - [`backend`]: the scriptable line-protocol backend that counts what it sees;
+//! - [`backoff`]: the reconnect backoff's schedule;
 //! - `blackhole` (Linux): a backend whose accept queue is full, so connects to it hang;
 //! - [`proxy`]: the fault-injecting TCP proxy, and [`rng`], its seeded randomness;
 //! - [`echo`]: one line exchange, and the tagged handler of the chaos test and the soak;
@@ -23,6 +24,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod backoff;
 #[cfg(target_os = "linux")]
 pub mod blackhole;
 pub mod echo;

@@ -294,8 +294,18 @@ async fn sweeps_probes_and_refills_racing_bursts_never_exceed_max_size() {
             break;
         }
         round += 1;
+        if round % 50 == 0 {
+            // A pause: the connection above min_idle closes for idleness meanwhile.
+            let closed = pool.state().closed_idle_timeout;
+            wait_pool(&pool, "one idled out", |s| {
+                s.closed_idle_timeout > closed || s.connections <= 3
+            })
+            .await;
+        }
         let replies = futures_util::future::join_all((0..MAX).map(|i| {
-            let path = if (i + round) % 2 == 0 {
+            // One request in 8 discards its connection: the others live long enough to reach
+            // their lifetime or, above min_idle, their idle timeout.
+            let path = if i == 0 && round % 2 == 0 {
                 "/discard".to_owned()
             } else {
                 format!("/echo/r{round}i{i}")
@@ -362,4 +372,143 @@ async fn a_down_backend_with_min_idle_does_not_spin() {
         s.connect_failures
     );
     assert_eq!(s.connections, 0, "{s:?}");
+}
+
+/// Parts 4-5 with several endpoints. Two endpoints each with min_idle 2, one of them down
+/// (nothing listens): the one up gets its min_idle and keeps it (no reconnect) while the task
+/// of the one down retries without spinning; close() then ends every task.
+#[tokio::test(flavor = "current_thread")]
+async fn one_endpoint_down_among_several_with_min_idle() {
+    let backend = Backend::start().await;
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let pool = TcpPool::builder(backend.addr_string())
+        .endpoint(down.clone())
+        .max_size(3)
+        .min_idle(2)
+        .idle_timeout(Some(Duration::from_millis(30)))
+        .idle_probe_interval(Some(Duration::from_millis(10)))
+        .build()
+        .expect("pool");
+    backend.wait_for("min_idle of the one up", |s| s.open == 2).await;
+    let busy_before = metrics.worker_total_busy_duration(0);
+    let window = Duration::from_millis(1200);
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = start.elapsed();
+    let busy = metrics.worker_total_busy_duration(0) - busy_before;
+    let s = pool.state();
+    eprintln!("busy {busy:?} of {elapsed:?}; {s:?}");
+    assert!(busy < elapsed / 4, "busy {busy:?} of {elapsed:?}: {s:?}");
+    let seen = backend.seen();
+    assert_eq!((seen.accepts, seen.open), (2, 2), "{s:?}");
+    let up = s
+        .endpoints
+        .iter()
+        .find(|e| e.addr == backend.addr_string())
+        .expect("the endpoint up");
+    assert_eq!((up.connections, up.idle), (2, 2), "{s:?}");
+    assert!(s.connect_failures <= 40, "{s:?}");
+    assert_eq!(s.closed_idle_timeout, 0, "{s:?}");
+    bounded("close", pool.close()).await;
+    backend.wait_for("closed", |s| s.open == 0).await;
+    drop(pool);
+    bounded("tasks back", async {
+        for _ in 0..2000 {
+            if metrics.num_alive_tasks() <= tasks_before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "{} tasks alive, {tasks_before} before",
+            metrics.num_alive_tasks()
+        );
+    })
+    .await;
+}
+
+/// Part 5: "probing itself opens no connection and does not grow the pool". Two idle
+/// connections, one request at a time (never more than one connection needed), a probe round
+/// every millisecond, on a multi-thread runtime: a checkout that runs while a round has the
+/// idle connections out of bb8 finds none idle and has bb8 open a new one, on a healthy
+/// backend with idle connections to spare.
+///
+/// Fails: the backend saw 4 connections (gets_waited 2) for 3000 sequential requests with 2
+/// idle (1360 probes). Not a small fix: bb8 can neither list nor lend its idle connections
+/// without counting them in use, so a sweep makes them look in use to a concurrent checkout.
+#[ignore = "review: idle probe rounds make concurrent checkouts open connections (4 seen, 2 needed)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_probing_never_makes_a_checkout_open_a_connection() {
+    const REQUESTS: usize = 3000;
+    let (backend, pool, client) = app::setup(
+        |b| {
+            b.max_size(8)
+                .min_idle(2)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .idle_probe_interval(Some(Duration::from_millis(1)))
+        },
+        app::eager,
+    )
+    .await;
+    backend.wait_for("min_idle opened", |s| s.open == 2).await;
+    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 2).await;
+    for i in 0..REQUESTS {
+        let r = client.get(&format!("/echo/e{i}")).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let s = pool.state();
+    let seen = backend.seen();
+    eprintln!("{seen:?}\n{s:?}");
+    assert_eq!(
+        seen.accepts, 2,
+        "the backend saw {} connections for {REQUESTS} sequential requests, {} probes: {s:?}",
+        seen.accepts, s.idle_probes
+    );
+}
+
+/// Parts 3-5: pool.state() read while probe rounds (every millisecond) and refills run, with no
+/// request in flight, never shows a connection in use nor idle + in_use != connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_read_during_sweeps_shows_nothing_in_use() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(4)
+        .min_idle(3)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .idle_probe_interval(Some(Duration::from_millis(1)))
+        .connect()
+        .await
+        .expect("backend is up");
+    backend.wait_for("min_idle opened", |s| s.open == 3).await;
+    let probes = pool.state().idle_probes;
+    let mut reads = 0u64;
+    bounded("300 probe rounds", async {
+        loop {
+            let s = pool.state();
+            reads += 1;
+            assert!(
+                s.in_use == 0 && s.idle == s.connections && s.connections == 3,
+                "read {reads}: {s:?}"
+            );
+            assert_eq!(
+                (s.endpoints[0].in_use, s.endpoints[0].idle, s.gets),
+                (0, 3, 0),
+                "read {reads}: {s:?}"
+            );
+            if s.idle_probes >= probes + 900 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    eprintln!("{reads} reads");
+    assert_eq!(backend.seen().accepts, 3);
 }

@@ -213,7 +213,10 @@ async fn the_leak_scan_task_ends_with_the_pool() {
     assert_eq!(read_line(&mut conn).await.expect("read"), "x");
     drop(conn);
     let alive = metrics.num_alive_tasks();
-    assert!(alive > before, "the scan task runs: {alive} alive, {before} before");
+    assert!(
+        alive > before,
+        "the scan task runs: {alive} alive, {before} before"
+    );
     drop(pool);
     backend.wait_for("closed", |s| s.open == 0).await;
     bounded("tasks back", async {
@@ -327,11 +330,16 @@ async fn sweeps_probes_and_refills_racing_bursts_never_exceed_max_size() {
     let s = wait_pool(&pool, "min_idle again", |s| s.idle >= 3).await;
     let p = proxy.stats();
     eprintln!("proxy {p:?}\npool {s:?}");
-    assert!(p.max_open <= MAX, "the backend saw {} at once: {p:?}", p.max_open);
+    assert!(
+        p.max_open <= MAX,
+        "the backend saw {} at once: {p:?}",
+        p.max_open
+    );
     assert_eq!(s.discards.total(), s.discards.explicit, "{s:?}");
     assert_eq!(s.closed_broken, s.discards.total(), "{s:?}");
     assert_eq!(s.connections_created as usize, p.accepts, "{s:?} {p:?}");
-    let closed = s.closed_broken + s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures;
+    let closed =
+        s.closed_broken + s.closed_idle_timeout + s.closed_max_lifetime + s.idle_probe_failures;
     assert_eq!(
         s.connections_created - closed,
         u64::from(s.connections),
@@ -394,7 +402,9 @@ async fn one_endpoint_down_among_several_with_min_idle() {
         .idle_probe_interval(Some(Duration::from_millis(10)))
         .build()
         .expect("pool");
-    backend.wait_for("min_idle of the one up", |s| s.open == 2).await;
+    backend
+        .wait_for("min_idle of the one up", |s| s.open == 2)
+        .await;
     let busy_before = metrics.worker_total_busy_duration(0);
     let window = Duration::from_millis(1200);
     let start = Instant::now();
@@ -432,23 +442,25 @@ async fn one_endpoint_down_among_several_with_min_idle() {
     .await;
 }
 
-/// Part 5: "probing itself opens no connection and does not grow the pool". Two idle
-/// connections, one request at a time (never more than one connection needed), a probe round
+/// Part 5: "probing itself opens no connection and does not grow the pool". Three idle
+/// connections, two clients making one request at a time each, a probe round
 /// every millisecond, on a multi-thread runtime: a checkout that runs while a round has the
 /// idle connections out of bb8 finds none idle and has bb8 open a new one, on a healthy
 /// backend with idle connections to spare.
 ///
-/// Fails: the backend saw 4 connections (gets_waited 2) for 3000 sequential requests with 2
-/// idle (1360 probes). Not a small fix: bb8 can neither list nor lend its idle connections
+/// Fails (about 1 run in 4 with one client and 2 idle: 4 connections seen, gets_waited 2, for
+/// 3000 requests and 1360 probes; with this test as it is, 2 runs in 3: the pool grew to max_size, 8 connections for 2
+/// needed, gets_waited 17 and 5). Not a small fix: bb8 can neither list nor lend its idle connections
 /// without counting them in use, so a sweep makes them look in use to a concurrent checkout.
 #[ignore = "review: idle probe rounds make concurrent checkouts open connections (4 seen, 2 needed)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_probing_never_makes_a_checkout_open_a_connection() {
+    // Two clients, each one request at a time: never more than 2 connections needed, 3 idle.
     const REQUESTS: usize = 3000;
     let (backend, pool, client) = app::setup(
         |b| {
             b.max_size(8)
-                .min_idle(2)
+                .min_idle(3)
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .idle_probe_interval(Some(Duration::from_millis(1)))
@@ -456,18 +468,28 @@ async fn idle_probing_never_makes_a_checkout_open_a_connection() {
         app::eager,
     )
     .await;
-    backend.wait_for("min_idle opened", |s| s.open == 2).await;
-    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 2).await;
-    for i in 0..REQUESTS {
-        let r = client.get(&format!("/echo/e{i}")).await;
-        assert_eq!(r.status, 200, "request {i}");
+    backend.wait_for("min_idle opened", |s| s.open == 3).await;
+    wait_pool(&pool, "min_idle in the pool", |s| s.idle == 3).await;
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..REQUESTS {
+                    let r = client.get(&format!("/echo/c{c}r{i}")).await;
+                    assert_eq!(r.status, 200, "client {c} request {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        bounded("client", c).await.expect("client task");
     }
     let s = pool.state();
     let seen = backend.seen();
     eprintln!("{seen:?}\n{s:?}");
     assert_eq!(
-        seen.accepts, 2,
-        "the backend saw {} connections for {REQUESTS} sequential requests, {} probes: {s:?}",
+        seen.accepts, 3,
+        "the backend saw {} connections for 2 x {REQUESTS} sequential requests, {} probes: {s:?}",
         seen.accepts, s.idle_probes
     );
 }

@@ -534,3 +534,100 @@ async fn state_read_during_sweeps_shows_nothing_in_use() {
     eprintln!("{reads} reads");
     assert_eq!(backend.seen().accepts, 3);
 }
+
+/// The configured probe of the next test: a `HOLD`, answered only when the test releases it.
+async fn hold_probe(stream: &mut axum_tcp_pool::BackendStream) -> std::io::Result<()> {
+    stream.write_all(b"HOLD probe\n").await?;
+    read_line(stream).await.map(drop)
+}
+
+/// Parts 2 and 5. A connection held by an idle probe (here for its whole `connect_timeout`,
+/// longer than `leak_threshold`) is not in use: pool.state() shows it idle, leak detection
+/// does not report it, and once the probe times out it is closed and min_idle refilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_idle_probe_is_neither_in_use_nor_a_leak() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(2)
+        .min_idle(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_timeout(Duration::from_millis(400))
+        .leak_threshold(Some(Duration::from_millis(40)))
+        .idle_probe_interval(Some(Duration::from_millis(20)))
+        .health_check(hold_probe)
+        .connect()
+        .await
+        .expect("backend is up");
+    backend
+        .wait_for("probe under way", |s| s.holding == 1)
+        .await;
+    let s = pool.state();
+    assert_eq!((s.connections, s.idle, s.in_use), (1, 1, 0), "{s:?}");
+    let s = wait_pool(&pool, "probe timed out", |s| s.idle_probe_failures >= 1).await;
+    assert_eq!(s.suspected_leaks, 0, "a probe reported as a leak: {s:?}");
+    backend
+        .wait_for("min_idle refilled", |s| s.accepts >= 2)
+        .await;
+    let s = wait_pool(&pool, "refilled", |s| s.connections == 1).await;
+    assert_eq!((s.suspected_leaks, s.gets), (0, 0), "{s:?}");
+    eprintln!("{s:?}");
+}
+
+/// Gate of [`gated_ping`]: the first probe call after `GATED` is set waits for `GATE`.
+static GATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static GATE: Notify = Notify::const_new();
+static ENTERED: Notify = Notify::const_new();
+
+/// `PING`, answered `PONG`; the first call after [`GATED`] is set waits for [`GATE`] first.
+async fn gated_ping(stream: &mut axum_tcp_pool::BackendStream) -> std::io::Result<()> {
+    if GATED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        ENTERED.notify_one();
+        GATE.notified().await;
+    }
+    stream.write_all(b"PING\n").await?;
+    match read_line(stream).await?.as_str() {
+        "PONG" => Ok(()),
+        _ => Err(std::io::Error::other("not PONG")),
+    }
+}
+
+/// Part 5, deterministic form of `idle_probing_never_makes_a_checkout_open_a_connection`: a
+/// request arriving while the configured probe has the only idle connection out of bb8 (for
+/// one round trip normally; held here by a gate) has bb8 open a second connection, though the
+/// backend is healthy and one connection would do: the probe grew the pool. (HikariCP's
+/// keepalive reserves the connection the same way; the spec's words are "does not grow the
+/// pool".)
+#[ignore = "review: a request during an idle probe of the only idle connection opens a second one"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_during_a_probe_does_not_grow_the_pool() {
+    let backend = Backend::start().await;
+    GATED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(2)
+        .min_idle(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_timeout(Duration::from_secs(5))
+        .idle_probe_interval(Some(Duration::from_millis(20)))
+        .health_check(gated_ping)
+        .connect()
+        .await
+        .expect("backend is up");
+    let client = HttpClient::new(serve(app::eager(&pool)).await);
+    bounded("probe under way", ENTERED.notified()).await;
+    let request = client.spawn_get("/echo/x");
+    // The checkout reached bb8: it waits, or bb8 opened a connection for it.
+    wait_pool(&pool, "checkout waiting or served", |s| {
+        s.gets_waited >= 1 || s.connections_created >= 2
+    })
+    .await;
+    GATE.notify_one();
+    assert_eq!(
+        bounded("request", request).await.expect("request").status,
+        200
+    );
+    let s = pool.state();
+    let seen = backend.seen();
+    assert_eq!(seen.accepts, 1, "{seen:?} {s:?}");
+}

@@ -631,3 +631,54 @@ async fn a_request_during_a_probe_does_not_grow_the_pool() {
     let seen = backend.seen();
     assert_eq!(seen.accepts, 1, "{seen:?} {s:?}");
 }
+
+/// Parts 4-5 with set_endpoints: removing an endpoint that is down, whose task keeps retrying
+/// min_idle, ends that task (fewer tasks alive), and the endpoint left keeps its min_idle
+/// without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_down_endpoint_ends_its_task() {
+    let backend = Backend::start().await;
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let pool = TcpPool::builder(backend.addr_string())
+        .endpoint(down.clone())
+        .max_size(2)
+        .min_idle(2)
+        .idle_probe_interval(Some(Duration::from_millis(10)))
+        .build()
+        .expect("pool");
+    backend
+        .wait_for("min_idle of the one up", |s| s.open == 2)
+        .await;
+    wait_pool(&pool, "a connect to the one down failed", |s| {
+        s.connect_failures >= 1
+    })
+    .await;
+    let alive = metrics.num_alive_tasks();
+    pool.set_endpoints([backend.addr_string()])
+        .expect("set_endpoints");
+    bounded("the removed endpoint's task ends", async {
+        for _ in 0..2000 {
+            if metrics.num_alive_tasks() < alive {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{} tasks alive, {alive} before", metrics.num_alive_tasks());
+    })
+    .await;
+    let failures = pool.state().connect_failures;
+    let probes = pool.state().idle_probes;
+    // 20 more probe rounds of the endpoint left (2 connections each).
+    let s = wait_pool(&pool, "probe rounds", |s| s.idle_probes >= probes + 40).await;
+    assert_eq!(
+        s.connect_failures, failures,
+        "the removed one still connects: {s:?}"
+    );
+    assert_eq!(s.endpoints.len(), 1, "{s:?}");
+    let seen = backend.seen();
+    assert_eq!((seen.accepts, seen.open), (2, 2), "{s:?}");
+}

@@ -633,7 +633,7 @@ async fn a_request_during_a_probe_does_not_grow_the_pool() {
 }
 
 /// Parts 4-5 with set_endpoints: removing an endpoint that is down, whose task keeps retrying
-/// min_idle, ends that task (fewer tasks alive), and the endpoint left keeps its min_idle
+/// min_idle, ends that task (only the backend's and the other endpoint's tasks are left), and the endpoint left keeps its min_idle
 /// without reconnecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_down_endpoint_ends_its_task() {
@@ -643,6 +643,8 @@ async fn removing_a_down_endpoint_ends_its_task() {
         l.local_addr().expect("addr").to_string()
     };
     let metrics = tokio::runtime::Handle::current().metrics();
+    // The backend's accept loop.
+    let at_start = metrics.num_alive_tasks();
     let pool = TcpPool::builder(backend.addr_string())
         .endpoint(down.clone())
         .max_size(2)
@@ -657,17 +659,22 @@ async fn removing_a_down_endpoint_ends_its_task() {
         s.connect_failures >= 1
     })
     .await;
-    let alive = metrics.num_alive_tasks();
+    // Left once the removed endpoint's task (and bb8's connects to it) end: the backend's two
+    // connection tasks and the task of the endpoint left.
+    let alive = at_start + 3;
     pool.set_endpoints([backend.addr_string()])
         .expect("set_endpoints");
     bounded("the removed endpoint's task ends", async {
         for _ in 0..2000 {
-            if metrics.num_alive_tasks() < alive {
+            if metrics.num_alive_tasks() <= alive {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("{} tasks alive, {alive} before", metrics.num_alive_tasks());
+        panic!(
+            "{} tasks alive, {alive} expected",
+            metrics.num_alive_tasks()
+        );
     })
     .await;
     let failures = pool.state().connect_failures;

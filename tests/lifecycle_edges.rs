@@ -1,6 +1,8 @@
-//! Review edges of the lifecycle task (parts 3-5) and of leak detection (part 2): real
-//! sockets on loopback, a real axum server and HTTP client where a request is involved, waits
-//! on events (the backend's counts, the proxy's, the pool's state, log events), bounded.
+//! The edges of the lifecycle task and of leak detection: a leak reported once per lend with
+//! its own request, the scan task ending with the pool, lifetimes in use and in a long-idle
+//! pool, sweeps and probes racing bursts within `max_size`, no spin with a backend down,
+//! `pool.state()` during sweeps, a slow probe that is no leak. The `#[ignore]`d tests are
+//! known limits the README lists (`cargo test --test lifecycle_edges -- --ignored`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -452,7 +454,7 @@ async fn one_endpoint_down_among_several_with_min_idle() {
 /// 3000 requests and 1360 probes; with this test as it is, 2 runs in 3: the pool grew to max_size, 8 connections for 2
 /// needed, gets_waited 17 and 5). Not a small fix: bb8 can neither list nor lend its idle connections
 /// without counting them in use, so a sweep makes them look in use to a concurrent checkout.
-#[ignore = "review: idle probe rounds make concurrent checkouts open connections (4 seen, 2 needed)"]
+#[ignore = "known limit (README Limits): a checkout during an idle probe round may open a connection (4 seen, 2 needed)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_probing_never_makes_a_checkout_open_a_connection() {
     // Two clients, each one request at a time: never more than 2 connections needed, 3 idle.
@@ -598,7 +600,7 @@ async fn gated_ping(stream: &mut axum_tcp_pool::BackendStream) -> std::io::Resul
 /// backend is healthy and one connection would do: the probe grew the pool. (HikariCP's
 /// keepalive reserves the connection the same way; the spec's words are "does not grow the
 /// pool".)
-#[ignore = "review: a request during an idle probe of the only idle connection opens a second one"]
+#[ignore = "known limit (README Limits): a request during the probe of the only idle connection opens a second one"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_during_a_probe_does_not_grow_the_pool() {
     let backend = Backend::start().await;

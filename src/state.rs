@@ -96,7 +96,8 @@ pub struct PoolState {
     /// Checkouts started.
     pub gets: u64,
     /// Checkouts that found no idle connection and waited: for a new connection to be
-    /// opened (so the first checkout of an empty pool counts), or for one to come back.
+    /// opened (so the first checkout of an empty pool counts), for one to come back, or for
+    /// the idle probe to give its connection back.
     pub gets_waited: u64,
     /// Checkouts that timed out (answered `503`).
     pub gets_timed_out: u64,

@@ -1,8 +1,8 @@
 //! The edges of the lifecycle task and of leak detection: a leak reported once per lend with
 //! its own request, the scan task ending with the pool, lifetimes in use and in a long-idle
 //! pool, sweeps and probes racing bursts within `max_size`, no spin with a backend down,
-//! `pool.state()` during sweeps, a slow probe that is no leak. The `#[ignore]`d tests are
-//! known limits the README lists (`cargo test --test lifecycle_edges -- --ignored`).
+//! `pool.state()` during sweeps, a slow probe that is no leak, probing that does not grow the
+//! pool under concurrent checkouts.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -456,16 +456,12 @@ async fn one_endpoint_down_among_several_with_min_idle() {
 }
 
 /// Part 5: "probing itself opens no connection and does not grow the pool". Three idle
-/// connections, two clients making one request at a time each, a probe round
-/// every millisecond, on a multi-thread runtime: a checkout that runs while a round has the
-/// idle connections out of bb8 finds none idle and has bb8 open a new one, on a healthy
-/// backend with idle connections to spare.
+/// connections, two clients making one request at a time each, a probe round every
+/// millisecond, on a multi-thread runtime: a checkout that runs while a round has the idle
+/// connections out of bb8 must not have bb8 open a new one.
 ///
-/// Fails (about 1 run in 4 with one client and 2 idle: 4 connections seen, gets_waited 2, for
-/// 3000 requests and 1360 probes; with this test as it is, 2 runs in 3: the pool grew to max_size, 8 connections for 2
-/// needed, gets_waited 17 and 5). Not a small fix: bb8 can neither list nor lend its idle connections
-/// without counting them in use, so a sweep makes them look in use to a concurrent checkout.
-#[ignore = "known limit (README Limits): a checkout during an idle probe round may open a connection (4 seen, 2 needed)"]
+/// Failed before the checkout gate (`lifecycle::gate`): 2 runs in 3, the pool grew to
+/// max_size, 8 connections for 2 needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_probing_never_makes_a_checkout_open_a_connection() {
     // Two clients, each one request at a time: never more than 2 connections needed, 3 idle.
@@ -607,11 +603,8 @@ async fn gated_ping(stream: &mut axum_tcp_pool::BackendStream) -> std::io::Resul
 
 /// Part 5, deterministic form of `idle_probing_never_makes_a_checkout_open_a_connection`: a
 /// request arriving while the configured probe has the only idle connection out of bb8 (for
-/// one round trip normally; held here by a gate) has bb8 open a second connection, though the
-/// backend is healthy and one connection would do: the probe grew the pool. (HikariCP's
-/// keepalive reserves the connection the same way; the spec's words are "does not grow the
-/// pool".)
-#[ignore = "known limit (README Limits): a request during the probe of the only idle connection opens a second one"]
+/// one round trip normally; held here by a gate) waits for that connection instead of having
+/// bb8 open a second one. Failed before the checkout gate: 2 accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_during_a_probe_does_not_grow_the_pool() {
     let backend = Backend::start().await;
@@ -630,7 +623,7 @@ async fn a_request_during_a_probe_does_not_grow_the_pool() {
     let client = HttpClient::new(serve(app::eager(&pool)).await);
     bounded("probe under way", ENTERED.notified()).await;
     let request = client.spawn_get("/echo/x");
-    // The checkout reached bb8: it waits, or bb8 opened a connection for it.
+    // The checkout waits (for the probed connection), or bb8 opened a connection for it.
     wait_pool(&pool, "checkout waiting or served", |s| {
         s.gets_waited >= 1 || s.connections_created >= 2
     })

@@ -31,11 +31,7 @@ type Connect = Result<PooledStream, TcpPoolError>;
 pub(crate) fn spawn(endpoint: &Arc<Endpoint>) {
     let shared = &endpoint.shared;
     let c = &shared.config;
-    let needed = c.min_idle > 0
-        || c.max_lifetime.is_some()
-        || c.idle_timeout.is_some()
-        || c.idle_probe_interval.is_some();
-    if !needed || shared.lifecycle.running.swap(true, SeqCst) {
+    if !c.has_lifecycle() || shared.lifecycle.running.swap(true, SeqCst) {
         return;
     }
     let keeper = Keeper {

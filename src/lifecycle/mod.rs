@@ -52,7 +52,10 @@
 //! `connect_timeout`, one connection out of the pool at a time (the others stay available).
 //! A dead one is closed (counted in `idle_probe_failures`) and the task refills up to
 //! `min_idle` (HikariCP's `fillPool`): with `min_idle` 0 it is only closed. Probing itself
-//! never opens a connection and never touches one in use.
+//! never opens a connection, never touches one in use, and does not grow the pool: a checkout
+//! that finds no idle connection while one is being probed waits for it (or for another
+//! to come back) instead of having bb8 open one (see the gate, below). HikariCP's keepalive
+//! does not wait: a borrower then adds a connection.
 //!
 //! # Sweeps
 //!
@@ -62,20 +65,34 @@
 //! those it keeps last first, so bb8's most-recently-returned-first order is unchanged. A
 //! connection given back by a sweep is not a return: its tracker, the endpoint's fail-fast
 //! and outlier state are untouched. Those it closes are counted in `closed_idle_timeout`,
-//! `closed_max_lifetime` or `idle_probe_failures`, not as discards nor as broken. A
-//! checkout elsewhere at the very moment of a sweep may find no idle connection for those
-//! microseconds: it waits for one to come back or, below `max_size`, has bb8 open one.
+//! `closed_max_lifetime` or `idle_probe_failures`, not as discards nor as broken.
+//!
+//! # The checkout gate
+//!
+//! A checkout that ran while a sweep or a probe had the idle connections out of bb8 would
+//! find none idle and have bb8 open one. So the first poll of each checkout (where bb8
+//! takes an idle connection or decides to connect) never overlaps a sweep taking
+//! connections out (`gate`): while no sweep holds any, a checkout counts itself in and out
+//! with two atomic additions; while one does, it takes the lifecycle's lock, and if bb8 has
+//! none idle, it waits for the sweep to give them back or for a connection in use to come
+//! back (counted in `gets_waited` and `wait_time`, within `checkout_timeout`). A sweep waits
+//! for the checkouts already in their first poll before it takes connections out. The wait
+//! is microseconds for a sweep, and the probe's round trip (at most `connect_timeout`) for a
+//! probe: with `checkout_timeout` shorter than `connect_timeout`, a probe that hangs can
+//! make such a checkout time out.
 //!
 //! # Cost on the request path
 //!
-//! A checkout reads one thread-local flag. A return reads the clock once when
-//! `max_lifetime` or `idle_timeout` is set (bb8 did the same for `max_lifetime`), and writes
+//! A checkout reads one thread-local flag and makes two atomic additions (the gate). A
+//! return reads the gate's state, and the clock once when `max_lifetime` or `idle_timeout`
+//! is set (bb8 did the same for `max_lifetime`), and writes
 //! two fields of the connection's state; no lock, no allocation. That state is boxed, once
 //! per connection: bb8 moves the pooled struct on every checkout and return, and 48 bytes
 //! more in it cost about 750 instructions per request, the box 8 bytes. Measured with
 //! callgrind through the router (`benches/callgrind.sh`): the eager layer +79 instructions
 //! per request at one request in flight, +66 at 64 (about 0.4 %).
 
+mod gate;
 mod keeper;
 mod lifetime;
 mod probing;

@@ -3,12 +3,15 @@
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+use crate::lifecycle::gate::Gate;
 use crate::lifecycle::lifetime;
 use crate::pool::Shared;
 use crate::state::PoolState;
@@ -25,9 +28,12 @@ pub(crate) struct Lifecycle {
     closed: AtomicBool,
     /// The task is running (a revived endpoint starts one only if not).
     pub(crate) running: AtomicBool,
-    /// Held while a sweep takes connections out or gives them back, and while `pool.state()`
-    /// reads bb8's counts and these: a snapshot never sees half a sweep.
+    /// Held while a sweep takes connections out or gives them back, while `pool.state()`
+    /// reads bb8's counts and these (a snapshot never sees half a sweep), and by a checkout's
+    /// first poll while a sweep holds connections (see `gate`).
     consistent: Mutex<()>,
+    /// Keeps the checkouts' first polls apart from the sweeps (see `gate`).
+    pub(crate) gate: Gate,
     next_id: AtomicU64,
     rng: AtomicU64,
     pub(crate) counts: Counts,
@@ -44,6 +50,12 @@ pub(crate) struct Counts {
     pub(crate) added: AtomicU64,
     /// Checkouts the sweeps made (bb8 counts them as its own).
     pub(crate) sweep_gets: AtomicU64,
+    /// Checkouts that waited at the gate for a sweep's connections, and how long in all
+    /// (nanoseconds): waits bb8 does not see.
+    pub(crate) gate_waits: AtomicU64,
+    pub(crate) gate_wait_nanos: AtomicU64,
+    /// Checkouts at the gate, or that ended there (timed out, cancelled): bb8 never saw them.
+    pub(crate) gate_unpolled: AtomicU64,
     /// Idle connections out of bb8 in a sweep or an idle probe right now: still idle for
     /// `pool.state()`.
     pub(crate) out: AtomicU64,
@@ -106,6 +118,7 @@ impl Lifecycle {
             closed: AtomicBool::new(false),
             running: AtomicBool::new(false),
             consistent: Mutex::new(()),
+            gate: Gate::default(),
             next_id: AtomicU64::new(0),
             // Per endpoint, so pools started together do not draw the same lifetimes.
             rng: AtomicU64::new(RandomState::new().hash_one(0u64)),
@@ -190,6 +203,61 @@ impl Lifecycle {
         }
     }
 
+    /// A checkout's first poll of bb8 (`first`), through the gate (see `gate`): without a
+    /// lock while no sweep holds connections. `Err`: a sweep has connections out and
+    /// `go_on` says no (bb8 has none idle), so `first` would have bb8 open one; wait for the
+    /// returned future (enabled already), then call again.
+    #[inline]
+    pub(crate) fn first_poll<'a, T>(
+        &'a self,
+        go_on: impl FnOnce() -> bool,
+        first: impl FnOnce() -> T,
+    ) -> Result<T, Pin<Box<Notified<'a>>>> {
+        match self.gate.enter() {
+            Some(_entered) => Ok(first()),
+            None => self.first_poll_held(go_on, first),
+        }
+    }
+
+    /// [`first_poll`](Self::first_poll) while a sweep holds connections: under the lock a
+    /// sweep takes them out and gives them back with.
+    #[cold]
+    fn first_poll_held<'a, T>(
+        &'a self,
+        go_on: impl FnOnce() -> bool,
+        first: impl FnOnce() -> T,
+    ) -> Result<T, Pin<Box<Notified<'a>>>> {
+        let _consistent = self.consistent();
+        if self.counts.out.load(Relaxed) > 0 && !go_on() {
+            // Enabled under the lock: the give-back (under it too) cannot be missed.
+            let mut back = Box::pin(self.gate.back().notified());
+            back.as_mut().enable();
+            return Err(back);
+        }
+        Ok(first())
+    }
+
+    /// A checkout begins to wait at the gate: counted in `gets` until it reaches bb8 (which
+    /// then counts it), and in `gets_waited` (its first wait only).
+    #[cold]
+    pub(crate) fn gate_wait(&self, first: bool) {
+        if first {
+            self.counts.gate_waits.fetch_add(1, Relaxed);
+        }
+        self.counts.gate_unpolled.fetch_add(1, Relaxed);
+    }
+
+    /// A checkout's wait at the gate, begun at `since`, ended: counted in `wait_time`; with
+    /// `to_bb8`, it goes on to bb8.
+    #[cold]
+    pub(crate) fn gate_waited(&self, since: Instant, to_bb8: bool) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counts.gate_wait_nanos.fetch_add(nanos, Relaxed);
+        if to_bb8 {
+            self.counts.gate_unpolled.fetch_sub(1, Relaxed);
+        }
+    }
+
     /// A connection closed as broken (bb8's `has_broken` said so).
     pub(crate) fn broken(&self) {
         self.counts.broken.fetch_add(1, Relaxed);
@@ -218,6 +286,9 @@ impl Lifecycle {
         s.idle = s.idle.saturating_add(out).min(s.connections);
         s.in_use = s.connections - s.idle;
         s.gets = s.gets.saturating_sub(load(&c.sweep_gets));
+        s.gets += load(&c.gate_unpolled);
+        s.gets_waited += load(&c.gate_waits);
+        s.wait_time += Duration::from_nanos(load(&c.gate_wait_nanos));
         s.closed_broken = load(&c.broken);
     }
 }

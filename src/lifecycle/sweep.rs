@@ -57,13 +57,16 @@ impl Taken {
     /// checkout per idle connection, never one when bb8 reports none idle (so a sweep never
     /// makes bb8 connect). Each is marked [`Verdict::Keep`] until decided otherwise.
     ///
-    /// A checkout made elsewhere at the same moment may find the queue empty for these few
-    /// microseconds, and then waits for a connection to come back (they all do, at once) or,
-    /// below `max_size`, has bb8 open one.
+    /// Holds the checkout gate until dropped: a checkout made elsewhere meanwhile that finds
+    /// no connection idle waits for these to come back instead of having bb8 open one.
     pub(crate) fn idle(endpoint: &Endpoint) -> Taken {
         let pool = &endpoint.pool;
-        let counts = &endpoint.shared.lifecycle.counts;
-        let _consistent = endpoint.shared.lifecycle.consistent();
+        let lifecycle = &endpoint.shared.lifecycle;
+        let counts = &lifecycle.counts;
+        // Released when this set is dropped. From here on a checkout's first poll is made
+        // under the lock, or waits for these connections if bb8 has none idle.
+        lifecycle.gate.hold();
+        let _consistent = lifecycle.consistent();
         let idle = pool.state().idle_connections as usize;
         let mut conns = Vec::with_capacity(idle);
         for _ in 0..idle {
@@ -96,6 +99,7 @@ impl Taken {
     /// Takes the connection `id` out of this set, if it is in it, as a set of its own.
     pub(crate) fn remove(&mut self, id: u64) -> Option<Taken> {
         let i = self.conns.iter().position(|c| c.life.id() == id)?;
+        self.shared.lifecycle.gate.hold_more();
         Some(Taken {
             conns: vec![self.conns.remove(i)],
             shared: self.shared.clone(),
@@ -105,15 +109,15 @@ impl Taken {
 
 impl Drop for Taken {
     fn drop(&mut self) {
-        if self.conns.is_empty() {
-            return;
-        }
         let lifecycle = &self.shared.lifecycle;
-        let _consistent = lifecycle.consistent();
-        while let Some(conn) = self.conns.pop() {
-            drop(conn);
-            lifecycle.counts.out.fetch_sub(1, Relaxed);
+        if !self.conns.is_empty() {
+            let _consistent = lifecycle.consistent();
+            while let Some(conn) = self.conns.pop() {
+                drop(conn);
+                lifecycle.counts.out.fetch_sub(1, Relaxed);
+            }
         }
+        lifecycle.gate.release();
     }
 }
 

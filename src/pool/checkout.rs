@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
 
+use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::error::{EndpointError, TcpPoolError};
@@ -241,10 +242,55 @@ async fn checkout_one<M>(
     let mut get = pin!(pool.get_owned());
     // When this call began to wait (read only if it waits), and the deadline a restarted
     // checkout keeps (bb8 would give the restarted one a full `checkout_timeout` of its own).
-    let mut waiting_since = None;
+    let mut waiting_since: Option<Instant> = None;
     let mut restart_deadline: Option<Pin<Box<Sleep>>> = None;
+    // The first poll of each bb8 checkout goes through the lifecycle's gate (see
+    // `lifecycle::gate`); `at_gate` while a sweep has the idle connections out.
+    let gated = shared.config.has_lifecycle();
+    let mut first_polled = !gated;
+    let mut at_gate: Option<(Pin<Box<Notified<'_>>>, Instant)> = None;
     poll_fn(|cx| loop {
-        if let Poll::Ready(result) = get.as_mut().poll(cx) {
+        let polled = if first_polled {
+            get.as_mut().poll(cx)
+        } else {
+            if let Some((back, since)) = at_gate.as_mut() {
+                if Future::poll(Pin::as_mut(back), cx).is_pending() {
+                    // Within the checkout's timeout, as a wait in bb8 would be.
+                    if restart_deadline.is_none() {
+                        let at = deadline
+                            .or_else(|| waiting_since?.checked_add(shared.config.checkout_timeout));
+                        restart_deadline = at.map(|at| Box::pin(sleep_until(at)));
+                    }
+                    if let Some(at) = restart_deadline.as_mut() {
+                        if at.as_mut().poll(cx).is_ready() {
+                            shared.lifecycle.gate_waited(since.into_std(), false);
+                            shared.counters.restart_timed_out();
+                            return Poll::Ready(Err(TcpPoolError::CheckoutTimeout));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                shared.lifecycle.gate_waited(since.into_std(), true);
+                at_gate = None;
+            }
+            // Go on if bb8 has a connection idle, or the endpoint was removed (bb8 then fails
+            // the checkout, no connect made).
+            let go_on = || shared.is_removed() || pool.state().idle_connections > 0;
+            match shared.lifecycle.first_poll(go_on, || get.as_mut().poll(cx)) {
+                Ok(polled) => {
+                    first_polled = true;
+                    polled
+                }
+                Err(back) => {
+                    shared.lifecycle.gate_wait(waiting_since.is_none());
+                    let now = Instant::now();
+                    waiting_since.get_or_insert(now);
+                    at_gate = Some((back, now));
+                    continue;
+                }
+            }
+        };
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(match result {
                 Ok(mut conn) => {
                     conn.lent = true;
@@ -277,6 +323,7 @@ async fn checkout_one<M>(
             Poll::Ready(Woken::Restart) => {
                 watch.as_mut().restarted();
                 get.set(pool.get_owned());
+                first_polled = !gated;
                 shared.counters.restarted();
                 if restart_deadline.is_none() {
                     // No deadline for a timeout too long to be represented: the checkout

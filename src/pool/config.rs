@@ -119,6 +119,15 @@ impl Config {
         self.max_size
     }
 
+    /// Whether each endpoint runs a lifecycle task (`min_idle`, `max_lifetime`,
+    /// `idle_timeout` or idle probing set): its sweeps then gate the checkouts.
+    pub(crate) fn has_lifecycle(&self) -> bool {
+        self.min_idle > 0
+            || self.max_lifetime.is_some()
+            || self.idle_timeout.is_some()
+            || self.idle_probe_interval.is_some()
+    }
+
     /// Every address configured: the first, then the other endpoints.
     pub(crate) fn addrs(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.addr.as_str()).chain(self.endpoints.iter().map(String::as_str))

@@ -183,6 +183,14 @@ impl<M> Drop for TcpConnection<M> {
             return;
         };
         conn.tracker.on_drop();
+        // Checkouts waiting at the lifecycle's gate (a sweep has the idle connections out)
+        // take this one once it is idle.
+        let gate = conn
+            .endpoint
+            .lifecycle
+            .gate
+            .is_held()
+            .then(|| conn.endpoint.clone());
         // Back to bb8, whose `has_broken` closes it if marked. bb8 may spawn a refill task
         // then, which needs a runtime context: lend the pool's if this thread has none.
         // (Inside a task there is always one; checking that is cheaper than cloning a handle.)
@@ -190,9 +198,12 @@ impl<M> Drop for TcpConnection<M> {
             let runtime = conn.endpoint.runtime.clone();
             let _context = runtime.enter();
             drop(conn);
-            return;
+        } else {
+            drop(conn);
         }
-        drop(conn);
+        if let Some(shared) = gate {
+            shared.lifecycle.gate.wake();
+        }
     }
 }
 

@@ -476,8 +476,9 @@ impl Tried {
 fn drain(endpoint: &Endpoint) {
     endpoint.shared.removed.store(true, SeqCst);
     close_idle(endpoint);
-    // Its lifecycle task ends.
+    // Its lifecycle task ends; checkouts waiting for its sweep go on (and fail).
     endpoint.shared.lifecycle.wake();
+    endpoint.shared.lifecycle.gate.wake();
     endpoint.shared.fail_fast.wake();
 }
 

@@ -10,8 +10,26 @@ use std::io;
 ///
 /// `Display` carries detail for logs (it may contain an address or an OS error text). The
 /// HTTP response made by [`IntoResponse`](axum_core::response::IntoResponse) never does: the
-/// body is a short generic sentence and the detail goes to `tracing`. See the
-/// [crate docs](crate#errors) for the status of each variant.
+/// body is a short generic sentence and the detail goes to `tracing`.
+///
+/// # HTTP responses
+///
+/// | variant | when | status |
+/// |---|---|---|
+/// | [`CheckoutTimeout`](Self::CheckoutTimeout) | no connection free within `checkout_timeout` | `503`, `Retry-After: 1` |
+/// | [`Closed`](Self::Closed) | the pool was closed (`pool.close()`, at shutdown) | `503`, `Retry-After: 1` |
+/// | [`BackendUnreachable`](Self::BackendUnreachable) | connect refused or timed out, name not resolved, socket file missing, TLS handshake failed, or new connections keep failing the health check; waiting checkouts get it as soon as an attempt fails | `502` |
+/// | [`Io`](Self::Io) | an `io::Error` in the handler, via `?` | `502` |
+/// | [`MissingLayer`](Self::MissingLayer) | a connection extracted without a `TcpPoolLayer` of its marker on the route | `500` |
+/// | [`AlreadyExtracted`](Self::AlreadyExtracted) | a connection extracted twice in one request | `500` |
+/// | [`Config`](Self::Config) | invalid settings, from `build()` or `connect()` | `500` |
+///
+/// Bodies are short generic sentences ending in a newline; the detail goes to `tracing`
+/// (`warn` for `502`/`503`, `error` for `500`, `debug` for `Closed`; during an outage the
+/// `502` warnings of failed checkouts are the first one, then a counted summary every 5 s).
+/// A handler may take `Result<TcpConnection, TcpPoolError>`, or `Option<TcpConnection>` to
+/// get `None` (a missing layer or second extraction is logged at `warn`, other reasons at
+/// `debug`).
 ///
 /// # Example
 ///

@@ -1,4 +1,14 @@
 #![doc = include_str!("../README.md")]
+//!
+//! ## Stability
+//!
+//! - bb8 is an implementation detail: not re-exported, no `TcpPool::bb8()`.
+//! - With `tls`, `rustls` and `tokio_rustls` are re-exported because
+//!   `TlsConfig::from_rustls` and `BackendStream::Tls` expose their types: a
+//!   semver-incompatible release of those (e.g. rustls 0.23 to 0.24) is a breaking release of
+//!   this crate.
+//! - [`TcpPoolError`], [`DiscardReason`] and [`PoolState`] are `#[non_exhaustive]`,
+//!   [`DiscardReason::ALL`] is a slice: new reasons are not breaking.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -6,8 +6,6 @@
 //! and the test all log to the test's own subscriber. Waits are on events: the log events
 //! themselves, the backend's `HOLD` count, the pool's state.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Path;
@@ -16,125 +14,9 @@ use axum::Router;
 use axum_tcp_pool::{LazyConnection, TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use testkit::events::{EventCapture, LEAK_CAME_BACK as CAME_BACK, LEAK_WARN as WARN};
 use testkit::{bounded, read_line, serve, wait_pool, Backend, BytesClient, HttpClient};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
-
-const WARN: &str = "connection held longer than leak_threshold, suspected leak";
-const CAME_BACK: &str = "connection suspected of leaking came back";
-
-/// One event: its level, message and fields (strings unquoted).
-#[derive(Debug, Clone)]
-struct Event {
-    level: tracing::Level,
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Event {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(String::as_str)
-    }
-
-    fn number(&self, name: &str) -> u64 {
-        self.field(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no number {name} in {self:?}"))
-    }
-}
-
-struct Fields<'a>(&'a mut Event);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.record(field, value.to_owned());
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record(field, value.to_string());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.record(field, format!("{value:?}"));
-    }
-}
-
-impl Fields<'_> {
-    fn record(&mut self, field: &Field, value: String) {
-        if field.name() == "message" {
-            self.0.message = value;
-        } else {
-            self.0.fields.insert(field.name().to_owned(), value);
-        }
-    }
-}
-
-/// Collects the crate's events and wakes whoever waits for one.
-#[derive(Clone, Default)]
-struct Capture {
-    events: Arc<Mutex<Vec<Event>>>,
-    added: Arc<Notify>,
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _cx: Context<'_, S>) {
-        if !event.metadata().target().starts_with("axum_tcp_pool") {
-            return;
-        }
-        let mut e = Event {
-            level: *event.metadata().level(),
-            message: String::new(),
-            fields: BTreeMap::new(),
-        };
-        event.record(&mut Fields(&mut e));
-        self.events.lock().expect("lock").push(e);
-        // A permit is kept if nobody waits yet: no wake-up is lost.
-        self.added.notify_one();
-    }
-}
-
-impl Capture {
-    /// Installs this capture as the thread's subscriber (the test's runtime thread).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::registry().with(self.clone());
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn with(&self, message: &str) -> Vec<Event> {
-        let events = self.events.lock().expect("lock");
-        events
-            .iter()
-            .filter(|e| e.message == message)
-            .cloned()
-            .collect()
-    }
-
-    /// The events with `message` whose field `name` is `value`.
-    fn matching(&self, message: &str, name: &str, value: &str) -> Vec<Event> {
-        self.with(message)
-            .into_iter()
-            .filter(|e| e.field(name) == Some(value))
-            .collect()
-    }
-
-    /// Waits until an event with `message` and field `name` = `value` has been seen.
-    async fn wait_for(&self, message: &str, name: &str, value: &str) -> Event {
-        bounded(&format!("{message:?} with {name}={value}"), async {
-            loop {
-                if let Some(e) = self.matching(message, name, value).pop() {
-                    return e;
-                }
-                self.added.notified().await;
-            }
-        })
-        .await
-    }
-
-    fn dump(&self) -> String {
-        format!("{:#?}", self.events.lock().expect("lock"))
-    }
-}
 
 async fn exchange(conn: &mut TcpConnection, cmd: &str) -> Result<String, TcpPoolError> {
     conn.write_all(format!("{cmd}\n").as_bytes()).await?;
@@ -191,7 +73,7 @@ const THRESHOLD: Duration = Duration::from_millis(150);
 
 #[tokio::test]
 async fn a_connection_held_past_the_threshold_is_reported_once_while_held() {
-    let capture = Capture::default();
+    let capture = EventCapture::default();
     let _guard = capture.install();
     let (backend, pool, client, _) = setup(Some(THRESHOLD), false).await;
     let endpoint = backend.addr_string();
@@ -252,7 +134,7 @@ async fn a_connection_held_past_the_threshold_is_reported_once_while_held() {
 
 #[tokio::test]
 async fn a_connection_held_shorter_than_the_threshold_is_not_reported() {
-    let capture = Capture::default();
+    let capture = EventCapture::default();
     let _guard = capture.install();
     let threshold = Duration::from_millis(800);
     let (backend, pool, client, _) = setup(Some(threshold), false).await;
@@ -283,7 +165,7 @@ async fn a_connection_held_shorter_than_the_threshold_is_not_reported() {
 
 #[tokio::test]
 async fn a_lazy_checkout_is_reported_with_its_method_and_path() {
-    let capture = Capture::default();
+    let capture = EventCapture::default();
     let _guard = capture.install();
     let (backend, pool, client, bytes) = setup(Some(THRESHOLD), true).await;
     let request = {
@@ -319,7 +201,7 @@ async fn a_lazy_checkout_is_reported_with_its_method_and_path() {
 
 #[tokio::test]
 async fn a_checkout_outside_a_request_is_reported_without_method_or_path() {
-    let capture = Capture::default();
+    let capture = EventCapture::default();
     let _guard = capture.install();
     let (_backend, pool, _, _) = setup(Some(THRESHOLD), false).await;
     let conn = pool.get().await.expect("checkout");
@@ -349,7 +231,7 @@ async fn a_checkout_outside_a_request_is_reported_without_method_or_path() {
 
 #[tokio::test]
 async fn without_a_threshold_nothing_is_reported() {
-    let capture = Capture::default();
+    let capture = EventCapture::default();
     let _guard = capture.install();
     let (backend, pool, client, _) = setup(None, false).await;
     // A pool with a threshold on the same backend is the clock: by its report, the request

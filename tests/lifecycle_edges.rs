@@ -4,133 +4,17 @@
 //! `pool.state()` during sweeps, a slow probe that is no leak, probing that does not grow the
 //! pool under concurrent checkouts.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
 use axum_tcp_pool::{TcpConnection, TcpPool, TcpPoolError, TcpPoolLayer};
+use testkit::events::{EventCapture, LEAK_WARN as WARN};
 use testkit::proxy::Proxy;
 use testkit::{app, bounded, read_line, serve, wait_pool, Backend, HttpClient};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
-
-const WARN: &str = "connection held longer than leak_threshold, suspected leak";
-
-/// One event: its level, message and fields (strings unquoted).
-#[derive(Debug, Clone)]
-struct Event {
-    level: tracing::Level,
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Event {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(String::as_str)
-    }
-
-    fn number(&self, name: &str) -> u64 {
-        self.field(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no number {name} in {self:?}"))
-    }
-}
-
-struct Fields<'a>(&'a mut Event);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.record(field, value.to_owned());
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record(field, value.to_string());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.record(field, format!("{value:?}"));
-    }
-}
-
-impl Fields<'_> {
-    fn record(&mut self, field: &Field, value: String) {
-        if field.name() == "message" {
-            self.0.message = value;
-        } else {
-            self.0.fields.insert(field.name().to_owned(), value);
-        }
-    }
-}
-
-/// Collects the crate's events and wakes whoever waits for one.
-#[derive(Clone, Default)]
-struct Capture {
-    events: Arc<Mutex<Vec<Event>>>,
-    added: Arc<Notify>,
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _cx: Context<'_, S>) {
-        if !event.metadata().target().starts_with("axum_tcp_pool") {
-            return;
-        }
-        let mut e = Event {
-            level: *event.metadata().level(),
-            message: String::new(),
-            fields: BTreeMap::new(),
-        };
-        event.record(&mut Fields(&mut e));
-        self.events.lock().expect("lock").push(e);
-        // A permit is kept if nobody waits yet: no wake-up is lost.
-        self.added.notify_one();
-    }
-}
-
-impl Capture {
-    /// Installs this capture as the thread's subscriber (the test's runtime thread).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::registry().with(self.clone());
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn with(&self, message: &str) -> Vec<Event> {
-        let events = self.events.lock().expect("lock");
-        events
-            .iter()
-            .filter(|e| e.message == message)
-            .cloned()
-            .collect()
-    }
-
-    /// The events with `message` whose field `name` is `value`.
-    fn matching(&self, message: &str, name: &str, value: &str) -> Vec<Event> {
-        self.with(message)
-            .into_iter()
-            .filter(|e| e.field(name) == Some(value))
-            .collect()
-    }
-
-    /// Waits until an event with `message` and field `name` = `value` has been seen.
-    async fn wait_for(&self, message: &str, name: &str, value: &str) -> Event {
-        bounded(&format!("{message:?} with {name}={value}"), async {
-            loop {
-                if let Some(e) = self.matching(message, name, value).pop() {
-                    return e;
-                }
-                self.added.notified().await;
-            }
-        })
-        .await
-    }
-
-    fn dump(&self) -> String {
-        format!("{:#?}", self.events.lock().expect("lock"))
-    }
-}
 
 async fn exchange(conn: &mut TcpConnection, cmd: &str) -> Result<String, TcpPoolError> {
     conn.write_all(format!("{cmd}\n").as_bytes()).await?;
@@ -149,7 +33,7 @@ async fn hold(Path(name): Path<String>, mut conn: TcpConnection) -> Result<Strin
 /// held.
 #[tokio::test]
 async fn a_reused_connection_is_reported_for_each_lend_with_its_own_request() {
-    let capture = Capture::default();
+    let capture = EventCapture::default();
     let _guard = capture.install();
     let threshold = Duration::from_millis(100);
     let backend = Backend::start().await;

@@ -26,6 +26,14 @@ use crate::pool::TcpConnection;
 /// | the codec returned an error (decoding or encoding) | `Codec` |
 /// | dropped in the middle of `next()` or `send()` | `Cancelled` |
 ///
+/// Use it for request/reply protocols with a codec (RESP, memcached, a line protocol) and for
+/// pipelining. Keep the plain [`TcpConnection`] for byte-level I/O (`read_exact`, `copy`,
+/// streaming a body), where the rule's byte tracking is enough;
+/// [`into_connection`](Self::into_connection) goes back to it. Write-only backends (statsd)
+/// take [`write_only(true)`](crate::TcpPoolBuilder::write_only), or a handler calls
+/// [`expect_no_reply`](TcpConnection::expect_no_reply) after its write; unread bytes still
+/// close the connection.
+///
 /// ```no_run
 /// use axum_tcp_pool::{PooledFramed, TcpConnection};
 /// use futures_util::{SinkExt, StreamExt};

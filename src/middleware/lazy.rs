@@ -23,7 +23,8 @@ struct Request {
 ///
 /// Under a lazy [`TcpPoolLayer`](crate::TcpPoolLayer) nothing is checked out until `get`.
 /// Under an eager one the connection was checked out before the handler ran, and `get` hands
-/// it over (the upload held it: put a request-body timeout, such as tower-http's
+/// it over (the upload held it, as it holds a [`TcpConnection`] extracted before the body
+/// under either layer: put a request-body timeout, such as tower-http's
 /// `RequestBodyTimeoutLayer`, in front). Rejections are those of [`TcpConnection`]'s
 /// extractor: no layer of marker `M` (`500`), taken twice in one request (`500`).
 ///

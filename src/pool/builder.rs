@@ -16,6 +16,9 @@ impl TcpPool {
     /// | `"unix:/run/app.sock"` | a Unix domain socket (Unix platforms) | [`BackendStream::Unix`](crate::BackendStream::Unix) |
     /// | `"host:port"` and [`tls`](TcpPoolBuilder::tls) (feature `tls`) | TLS over TCP (rustls) | `BackendStream::Tls` |
     ///
+    /// The backend must speak only when spoken to: one that greets on connect (SMTP, MySQL)
+    /// has its idle connections closed, the greeting being unread bytes to the checkout peek.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), axum_tcp_pool::TcpPoolError> {
@@ -72,8 +75,8 @@ impl TcpPool {
 ///   all are full the checkout waits on the one chosen.
 /// - **Failover.** If the connect to that endpoint fails, the same checkout tries another it
 ///   has not tried, within the one `checkout_timeout` (an ejected one only when no other is
-///   left). `502` only when every endpoint it could try failed; `503` when none had a free
-///   connection in time.
+///   left), waiting for one connect attempt per endpoint it tries. `502` only when every
+///   endpoint it could try failed; `503` when none had a free connection in time.
 /// - **Outlier ejection** ([`OutlierDetection`]). A failure is a connect failure (one refused
 ///   by the [reconnect backoff](Self#reconnect-backoff) included), an I/O error
 ///   or end-of-file met by a handler on a connection ([`DiscardReason::IoError`] /
@@ -137,6 +140,10 @@ impl TcpPool {
 /// [`PoolState::connects_backed_off`](crate::PoolState::connects_backed_off), not in
 /// `connect_failures`.
 ///
+/// The backoff starts on a failed connect: a backend that accepts connections and closes
+/// them (a proxy whose upstream is down) is not backed off, though outlier detection ejects
+/// it when there are other endpoints.
+///
 /// The logs stay short during an outage: the first failed connect of an endpoint is a `warn`,
 /// then at most one `warn` every 5 s per endpoint counts the failed and backed-off attempts
 /// since the last line, and the first success logs `info` "reconnected after N failures".
@@ -195,7 +202,10 @@ impl TcpPool {
 ///   the [health check](Self::health_check) probe, one at a time; a dead one is closed and
 ///   the task refills up to `min_idle` (HikariCP's `fillPool`; with `min_idle` 0 it is only
 ///   closed). Probing never opens a connection by itself and never touches one in use
-///   ([`PoolState::idle_probes`], [`PoolState::idle_probe_failures`]).
+///   ([`PoolState::idle_probes`], [`PoolState::idle_probe_failures`]). It does take a
+///   connection out of the pool while it probes it (HikariCP's keepalive does the same): a
+///   checkout that finds no other idle connection then has bb8 open one, so under load the
+///   pool may grow (within `max_size`) during probe rounds.
 ///
 /// The task holds the endpoint weakly: it ends when the pool is dropped. On the request path
 /// it costs a thread-local read per checkout and, when `max_lifetime` or `idle_timeout` is
@@ -400,7 +410,7 @@ impl TcpPoolBuilder {
 
     /// An async probe run on every checkout, after the built-in non-blocking peek: an `async
     /// fn(&mut BackendStream) -> io::Result<()>` or an async closure of that shape. Over TLS
-    /// it talks plaintext. It must leave nothing unread.
+    /// it talks plaintext. It must leave nothing unread, and must not panic.
     ///
     /// If it fails, times out (`connect_timeout`) or leaves bytes behind, the connection is
     /// closed (`HealthCheck`) and another one is tried; if more than `max_size` brand-new
@@ -440,7 +450,9 @@ impl TcpPoolBuilder {
     /// with `expect_replies`. For statsd-like backends that never answer.
     ///
     /// Unread bytes still close a connection: every connection that was written to gets a
-    /// non-blocking look at its socket when it comes back, and every checkout peeks again.
+    /// non-blocking look at its socket when it comes back, and every checkout peeks again. So
+    /// a write answered anyway (memcached's `ERROR` to a `noreply` line it cannot parse)
+    /// closes the connection only if the answer has arrived by one of those looks.
     ///
     /// ```
     /// let b = axum_tcp_pool::TcpPool::builder("127.0.0.1:8125").write_only(true);

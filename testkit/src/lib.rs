@@ -16,7 +16,7 @@
 //!   which endpoint served;
 //! - [`require_binary`]: skip (or, in CI, fail) a test whose server binary is missing;
 //! - [`example`]: the examples' plumbing (logging, listener, serving, in-process backends);
-//! - [`logs`]: log lines captured by level;
+//! - [`logs`]: log lines captured by level; [`events`]: the crate's events with their fields;
 //! - [`wait`]: bounded waits; [`tempdir`]: a temporary directory.
 //!
 //! The crate's own unit tests (in `src/`) do not use it: through it they would link a second
@@ -28,6 +28,7 @@ pub mod backoff;
 #[cfg(target_os = "linux")]
 pub mod blackhole;
 pub mod echo;
+pub mod events;
 pub mod example;
 pub mod http;
 pub mod logs;

@@ -202,14 +202,15 @@ impl TcpPool {
 ///   the [health check](Self::health_check) probe, one at a time; a dead one is closed and
 ///   the task refills up to `min_idle` (HikariCP's `fillPool`; with `min_idle` 0 it is only
 ///   closed). Probing never opens a connection by itself and never touches one in use
-///   ([`PoolState::idle_probes`], [`PoolState::idle_probe_failures`]). It does take a
-///   connection out of the pool while it probes it (HikariCP's keepalive does the same): a
-///   checkout that finds no other idle connection then has bb8 open one, so under load the
-///   pool may grow (within `max_size`) during probe rounds.
+///   ([`PoolState::idle_probes`], [`PoolState::idle_probe_failures`]), and it does not grow
+///   the pool: a checkout that finds no idle connection while one is being probed waits for
+///   it, or for another to come back, within `checkout_timeout` (HikariCP's keepalive opens
+///   one instead). That wait is one round trip, at most `connect_timeout` for a probe that
+///   hangs.
 ///
 /// The task holds the endpoint weakly: it ends when the pool is dropped. On the request path
-/// it costs a thread-local read per checkout and, when `max_lifetime` or `idle_timeout` is
-/// set, one clock read per return.
+/// it costs a thread-local read and two atomic additions per checkout and, when
+/// `max_lifetime` or `idle_timeout` is set, one clock read per return.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -22,7 +22,9 @@
 //! if healthy, is then handed to it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::time::Instant;
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 /// One sweep holding or taking connections out, in [`Gate::state`]'s upper half.
@@ -115,5 +117,15 @@ impl Gate {
     /// What a checkout waiting at the gate waits for.
     pub(crate) fn back(&self) -> &Notify {
         &self.back
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A checkout waiting at the gate: for the sweep's connections to come back (or one in
+    /// use), since when. Boxed by the checkout, whose future grows by one pointer only.
+    pub(crate) struct AtGate<'a> {
+        #[pin]
+        pub(crate) back: Notified<'a>,
+        pub(crate) since: Instant,
     }
 }

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::lifecycle::gate::Gate;
+use crate::lifecycle::gate::{AtGate, Entered, Gate};
 use crate::lifecycle::lifetime;
 use crate::pool::Shared;
 use crate::state::PoolState;
@@ -62,6 +61,12 @@ pub(crate) struct Counts {
     /// Connections bb8 closed as broken (not known clean, failed the checkout check, of a
     /// removed endpoint): bb8's own count would include the lifecycle's closes.
     pub(crate) broken: AtomicU64,
+}
+
+/// Held by a checkout for its first poll of bb8: no sweep takes connections out meanwhile.
+pub(crate) struct Pass<'a> {
+    _entered: Option<Entered<'a>>,
+    _locked: Option<MutexGuard<'a, ()>>,
 }
 
 /// One connection's lifecycle state.
@@ -203,38 +208,46 @@ impl Lifecycle {
         }
     }
 
-    /// A checkout's first poll of bb8 (`first`), through the gate (see `gate`): without a
-    /// lock while no sweep holds connections. `Err`: a sweep has connections out and
-    /// `go_on` says no (bb8 has none idle), so `first` would have bb8 open one; wait for the
-    /// returned future (enabled already), then call again.
+    /// A checkout's way through the gate (see `gate`) for its first poll of bb8, which it
+    /// makes while it holds the returned [`Pass`]: without a lock while no sweep holds
+    /// connections. `Err`: a sweep has connections out and `go_on` says no (bb8 has none
+    /// idle), so that poll would have bb8 open one; wait for the returned future (enabled
+    /// already), then ask again.
     #[inline]
-    pub(crate) fn first_poll<'a, T>(
+    pub(crate) fn pass<'a>(
         &'a self,
         go_on: impl FnOnce() -> bool,
-        first: impl FnOnce() -> T,
-    ) -> Result<T, Pin<Box<Notified<'a>>>> {
+    ) -> Result<Pass<'a>, Pin<Box<AtGate<'a>>>> {
         match self.gate.enter() {
-            Some(_entered) => Ok(first()),
-            None => self.first_poll_held(go_on, first),
+            Some(entered) => Ok(Pass {
+                _entered: Some(entered),
+                _locked: None,
+            }),
+            None => self.pass_held(go_on),
         }
     }
 
-    /// [`first_poll`](Self::first_poll) while a sweep holds connections: under the lock a
-    /// sweep takes them out and gives them back with.
+    /// [`pass`](Self::pass) while a sweep holds connections: under the lock a sweep takes
+    /// them out and gives them back with.
     #[cold]
-    fn first_poll_held<'a, T>(
+    fn pass_held<'a>(
         &'a self,
         go_on: impl FnOnce() -> bool,
-        first: impl FnOnce() -> T,
-    ) -> Result<T, Pin<Box<Notified<'a>>>> {
-        let _consistent = self.consistent();
+    ) -> Result<Pass<'a>, Pin<Box<AtGate<'a>>>> {
+        let consistent = self.consistent();
         if self.counts.out.load(Relaxed) > 0 && !go_on() {
+            let mut waiting = Box::pin(AtGate {
+                back: self.gate.back().notified(),
+                since: Instant::now(),
+            });
             // Enabled under the lock: the give-back (under it too) cannot be missed.
-            let mut back = Box::pin(self.gate.back().notified());
-            back.as_mut().enable();
-            return Err(back);
+            waiting.as_mut().project().back.enable();
+            return Err(waiting);
         }
-        Ok(first())
+        Ok(Pass {
+            _entered: None,
+            _locked: Some(consistent),
+        })
     }
 
     /// A checkout begins to wait at the gate: counted in `gets` until it reaches bb8 (which

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::error::{EndpointError, TcpPoolError};
 use crate::failfast::Woken;
+use crate::lifecycle::AtGate;
 use crate::pool::connection::TcpConnection;
 use crate::pool::manager::removed;
 use crate::replicas::{Endpoint, Endpoints, Tried};
@@ -246,15 +246,16 @@ async fn checkout_one<M>(
     let mut restart_deadline: Option<Pin<Box<Sleep>>> = None;
     // The first poll of each bb8 checkout goes through the lifecycle's gate (see
     // `lifecycle::gate`); `at_gate` while a sweep has the idle connections out.
-    let gated = shared.config.has_lifecycle();
-    let mut first_polled = !gated;
-    let mut at_gate: Option<(Pin<Box<Notified<'_>>>, Instant)> = None;
+    let mut first_polled = !shared.config.has_lifecycle();
+    let mut at_gate: Option<Pin<Box<AtGate<'_>>>> = None;
     poll_fn(|cx| loop {
-        let polled = if first_polled {
-            get.as_mut().poll(cx)
+        let pass = if first_polled {
+            None
         } else {
-            if let Some((back, since)) = at_gate.as_mut() {
-                if Future::poll(Pin::as_mut(back), cx).is_pending() {
+            if let Some(waiting) = at_gate.as_mut() {
+                let waiting = waiting.as_mut().project();
+                let since = *waiting.since;
+                if waiting.back.poll(cx).is_pending() {
                     // Within the checkout's timeout, as a wait in bb8 would be.
                     if restart_deadline.is_none() {
                         let at = deadline
@@ -263,33 +264,34 @@ async fn checkout_one<M>(
                     }
                     if let Some(at) = restart_deadline.as_mut() {
                         if at.as_mut().poll(cx).is_ready() {
-                            shared.lifecycle.gate_waited(since.into_std(), false);
+                            shared.lifecycle.gate_waited(since, false);
                             shared.counters.restart_timed_out();
                             return Poll::Ready(Err(TcpPoolError::CheckoutTimeout));
                         }
                     }
                     return Poll::Pending;
                 }
-                shared.lifecycle.gate_waited(since.into_std(), true);
+                shared.lifecycle.gate_waited(since, true);
                 at_gate = None;
             }
             // Go on if bb8 has a connection idle, or the endpoint was removed (bb8 then fails
             // the checkout, no connect made).
             let go_on = || shared.is_removed() || pool.state().idle_connections > 0;
-            match shared.lifecycle.first_poll(go_on, || get.as_mut().poll(cx)) {
-                Ok(polled) => {
+            match shared.lifecycle.pass(go_on) {
+                Ok(pass) => {
                     first_polled = true;
-                    polled
+                    Some(pass)
                 }
-                Err(back) => {
+                Err(waiting) => {
                     shared.lifecycle.gate_wait(waiting_since.is_none());
-                    let now = Instant::now();
-                    waiting_since.get_or_insert(now);
-                    at_gate = Some((back, now));
+                    waiting_since.get_or_insert_with(Instant::now);
+                    at_gate = Some(waiting);
                     continue;
                 }
             }
         };
+        let polled = get.as_mut().poll(cx);
+        drop(pass);
         if let Poll::Ready(result) = polled {
             return Poll::Ready(match result {
                 Ok(mut conn) => {
@@ -323,7 +325,7 @@ async fn checkout_one<M>(
             Poll::Ready(Woken::Restart) => {
                 watch.as_mut().restarted();
                 get.set(pool.get_owned());
-                first_polled = !gated;
+                first_polled = !shared.config.has_lifecycle();
                 shared.counters.restarted();
                 if restart_deadline.is_none() {
                     // No deadline for a timeout too long to be represented: the checkout

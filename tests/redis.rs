@@ -360,7 +360,12 @@ async fn requests_recover_after_redis_restarts_mid_run() {
     }
     let s = pool.state();
     assert_eq!(s.gets_timed_out, 0, "{s:?}");
-    assert!(s.discards.health_check + s.discards.eof >= 1, "{s:?}");
+    // The connections Redis closed were discarded, not reused: found closed at a checkout,
+    // or, when every one was mid-exchange at the stop (a loaded machine), by that exchange.
+    assert!(
+        s.discards.health_check + s.discards.eof + s.discards.io_error >= 1,
+        "{s:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,17 @@
 //!   attempt is refused at once, without a SYN (the checkout that needed it gets `502`, or
 //!   fails over to another endpoint). Then one attempt at a time probes the endpoint; the
 //!   others are still refused while it is under way.
-//! - The probe failing is the next failure in a row (a longer delay); any success resets to
-//!   healthy. Attempts that were already under way when the first failure came (several,
-//!   started together while healthy) count as failures but do not lengthen the delay; one
-//!   begun before the last success that fails after it starts no new step (it is stale).
+//! - The probe failing is the next failure in a row (a longer delay). A probe that connects
+//!   lets every attempt go ahead again at once, but the endpoint is healthy only once one of
+//!   its new connections has served a request (`proven`, at its first clean return after
+//!   use): until then, a new connection that the backend closes before sending its first
+//!   byte (a backend that accepts and closes: a proxy whose upstream is down, a server at its
+//!   connection limit) is the next failure in a row, and the delay goes on doubling. Without
+//!   that, each TCP connect succeeding would reset the backoff and such a backend would get
+//!   one SYN per request. Attempts that were already under way when the first failure came
+//!   (several, started together while healthy) count as failures but do not lengthen the
+//!   delay; one begun before the last success that fails after it starts no new step (it is
+//!   stale).
 //!
 //! Equal rather than full jitter: full jitter (`0..d`) may draw a delay near zero, so the
 //! probe rate of one endpoint would not be bounded by the step; equal jitter keeps at least
@@ -22,6 +29,7 @@
 //! connection (a checkout, the `min_idle` refill) obeys it.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,6 +41,8 @@ pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     state: Mutex<State>,
+    /// `State::unproven`, readable without the lock by every clean return.
+    unproven: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +57,9 @@ struct State {
     probes: u64,
     /// Successes so far: an attempt admitted before the last one is stale.
     resets: u64,
+    /// After failures, an attempt connected: every attempt goes ahead, but `failures` is kept
+    /// until a new connection serves a request.
+    unproven: bool,
 }
 
 /// Whether a connect attempt may go ahead.
@@ -75,6 +88,7 @@ impl Backoff {
             min,
             max,
             state: Mutex::new(State::default()),
+            unproven: AtomicBool::new(false),
         }
     }
 
@@ -102,7 +116,7 @@ impl Backoff {
         let Ok(mut s) = self.state.lock() else {
             return go(None, 0);
         };
-        if s.failures == 0 {
+        if s.failures == 0 || s.unproven {
             return go(None, s.resets);
         }
         let due = s.until.is_some_and(|at| now >= at);
@@ -132,17 +146,67 @@ impl Backoff {
     fn failures(&self) -> u32 {
         self.state.lock().map_or(0, |s| s.failures)
     }
+
+    /// A new connection, not yet used, was closed by the backend before its first byte (or
+    /// new connections kept failing their health check): while the endpoint is healthy or
+    /// unproven, the next failure in a row.
+    pub(crate) fn fresh_failed(&self) {
+        if !self.is_on() {
+            return;
+        }
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        if s.failures == 0 || s.unproven {
+            self.step(&mut s);
+        }
+    }
+
+    /// A connection served a request and came back clean: an unproven endpoint is healthy.
+    /// One load, no lock, when there is nothing to do (every clean return calls it).
+    #[inline]
+    pub(crate) fn proven(&self) {
+        if self.unproven.load(Relaxed) {
+            self.reset();
+        }
+    }
+
+    #[cold]
+    fn reset(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.unproven {
+                s.failures = 0;
+                s.until = None;
+                s.unproven = false;
+                self.unproven.store(false, Relaxed);
+            }
+        }
+    }
+
+    /// The next failure in a row: a longer delay, every attempt refused until it ends.
+    fn step(&self, s: &mut State) {
+        s.failures = s.failures.saturating_add(1);
+        s.until = Instant::now().checked_add(self.delay(s.failures));
+        s.unproven = false;
+        self.unproven.store(false, Relaxed);
+    }
 }
 
 impl Permit<'_> {
-    /// The attempt connected: the endpoint is healthy again.
+    /// The attempt connected: every attempt goes ahead again; after failures, the endpoint
+    /// is unproven until a new connection serves a request.
     pub(crate) fn succeeded(self) {
-        if let Ok(mut s) = self.backoff.state.lock() {
+        let backoff = self.backoff;
+        if let Ok(mut s) = backoff.state.lock() {
+            let unproven = s.failures > 0;
             *s = State {
+                failures: s.failures,
                 probes: s.probes,
                 resets: s.resets.wrapping_add(1),
+                unproven,
                 ..State::default()
             };
+            backoff.unproven.store(unproven, Relaxed);
         }
     }
 
@@ -163,9 +227,8 @@ impl Permit<'_> {
             // Begun before the last success: stale, the endpoint has connected since.
             return;
         }
-        if s.failures == 0 || was_probe {
-            s.failures = s.failures.saturating_add(1);
-            s.until = Instant::now().checked_add(backoff.delay(s.failures));
+        if s.failures == 0 || was_probe || s.unproven {
+            backoff.step(&mut s);
         }
     }
 }
@@ -244,9 +307,47 @@ mod tests {
             panic!("a cancelled probe frees its place");
         };
         probe.succeeded();
+        // Connected: every attempt goes ahead, the level kept until a connection serves.
+        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+        assert_eq!(b.failures(), 2);
+        b.proven();
         assert_eq!(b.failures(), 0);
         assert!(matches!(b.admit_at(t1), Admission::Go(_)));
-        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+    }
+
+    // A backend that accepts and closes: each probe connects, each new connection is closed
+    // before its first byte. The delay goes on doubling instead of starting over.
+    #[test]
+    fn new_connections_closed_unused_go_on_doubling_the_delay() {
+        let b = Backoff::new(ms(100), ms(1000));
+        b.fresh_failed();
+        assert_eq!(
+            b.failures(),
+            1,
+            "healthy: a fresh failure starts the backoff"
+        );
+        assert!(matches!(b.admit(), Admission::Refused));
+        b.fresh_failed();
+        assert_eq!(b.failures(), 1, "while backing off: no second step");
+        let Admission::Go(probe) = b.admit_at(Instant::now() + ms(150)) else {
+            panic!("a probe after the step");
+        };
+        probe.succeeded();
+        assert!(
+            matches!(b.admit(), Admission::Go(_)),
+            "unproven: attempts go"
+        );
+        b.fresh_failed();
+        assert_eq!(
+            b.failures(),
+            2,
+            "unproven: the next step, not a fresh start"
+        );
+        assert!(matches!(b.admit(), Admission::Refused));
+        // A clean return while backing off proves nothing (not unproven).
+        b.proven();
+        assert_eq!(b.failures(), 2);
     }
 
     // "The first success resets it". An attempt begun before the success (while
@@ -266,8 +367,11 @@ mod tests {
         };
         probe.succeeded();
         stale.failed();
-        assert_eq!(b.failures(), 0, "a stale failure restarted the backoff");
-        assert!(matches!(b.admit(), Admission::Go(_)));
+        assert_eq!(b.failures(), 1, "a stale failure made a new step");
+        assert!(
+            matches!(b.admit(), Admission::Go(_)),
+            "a stale failure restarted the backoff"
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ use crate::error::TcpPoolError;
 use backoff::Backoff;
 use outage::Outage;
 
+/// How long after a new connection fails another, opened since, failing means the backend
+/// accepts connections and closes them (see [`FailFast::new_connection_failed`]).
+const EPISODE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The fail-fast state of one pool.
 #[derive(Debug)]
 pub(crate) struct FailFast {
@@ -45,6 +49,9 @@ pub(crate) struct FailFast {
     last_failure: Mutex<io::ErrorKind>,
     /// Brand-new connections that failed their health check in a row.
     fresh_failures: AtomicU32,
+    /// When a new connection that never served a request last began an episode of failures
+    /// (see [`new_connection_failed`](Self::new_connection_failed)), and `attempts` then.
+    new_failed: Mutex<Option<(std::time::Instant, u64)>>,
     /// Connect attempts started; an attempt's number is the count when it started.
     attempts: AtomicU64,
     /// Connect attempts under way.
@@ -69,6 +76,7 @@ impl FailFast {
             failed: Notify::new(),
             last_failure: Mutex::new(io::ErrorKind::Other),
             fresh_failures: AtomicU32::new(0),
+            new_failed: Mutex::new(None),
             attempts: AtomicU64::new(0),
             connecting: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
@@ -152,6 +160,39 @@ impl FailFast {
         self.fresh_failures.store(0, Relaxed);
         self.record_failure(attempt, err.kind());
         true
+    }
+
+    /// A connection that never served a request, opened by `attempt`, failed (its health
+    /// check, or closed before its first byte): whether that is a failed connect for the
+    /// reconnect backoff (which it then steps). One failing is not: a restart closes the new
+    /// idle connections (those `min_idle` opened) the same way, and so do they all if several
+    /// were open. But when a connection opened after such a failure fails too, within
+    /// [`EPISODE`] of it, the backend accepts connections and closes them (a proxy whose
+    /// upstream is down, a server at its connection limit): each TCP connect succeeds, so
+    /// only this can back it off. Each step begins a new episode: the next needs a
+    /// connection opened after it.
+    pub(crate) fn new_connection_failed(&self, attempt: u64) -> bool {
+        let now = std::time::Instant::now();
+        let started = self.attempts.load(SeqCst);
+        let Ok(mut episode) = self.new_failed.lock() else {
+            return false;
+        };
+        match *episode {
+            Some((at, mark)) if now.duration_since(at) < EPISODE => {
+                if attempt <= mark {
+                    // Opened before the episode began: the same cause.
+                    return false;
+                }
+                *episode = Some((now, started));
+                drop(episode);
+                self.backoff.fresh_failed();
+                true
+            }
+            _ => {
+                *episode = Some((now, started));
+                false
+            }
+        }
     }
 
     /// A health check passed: the streak of failing new connections ends.

@@ -35,7 +35,6 @@ pub(crate) async fn check(shared: &Shared, conn: &mut PooledStream) -> Result<()
         }
     }
     conn.tracker.reset(shared.config.write_only);
-    conn.fresh = false;
     shared.fail_fast.check_passed();
     Ok(())
 }
@@ -44,6 +43,9 @@ pub(crate) async fn check(shared: &Shared, conn: &mut PooledStream) -> Result<()
 /// backend count as unreachable (see [`FailFast::check_failed`](crate::failfast::FailFast)).
 fn failed(shared: &Shared, conn: &mut PooledStream, err: io::Error) -> TcpPoolError {
     conn.tracker.mark(DiscardReason::HealthCheck);
+    if conn.fresh {
+        shared.new_connection_failed(conn.attempt, &err);
+    }
 
     let max_size = shared.config.max_size;
     if shared
@@ -54,6 +56,9 @@ fn failed(shared: &Shared, conn: &mut PooledStream, err: io::Error) -> TcpPoolEr
             &err,
             "new backend connections keep failing their health check",
         );
+        // A failed connect for the reconnect backoff too: each TCP connect succeeded, but the
+        // backend accepts connections without serving them.
+        shared.fail_fast.backoff.fresh_failed();
         // A failure for outlier detection too. A single new connection failing is not:
         // one opened by `min_idle` and closed while idle (a restart) fails the same way.
         shared.failed();

@@ -146,8 +146,19 @@ impl TcpManager {
             // the failures in a row; an idle connection found closed is neither.
             match marked {
                 // Not `Codec`: a frame the app's codec could not decode may be the app's bug.
-                Some(DiscardReason::IoError | DiscardReason::Eof) => shared.failed(),
-                None if verdict.is_none() && conn.tracker.used() => shared.outlier.succeeded(),
+                Some(DiscardReason::IoError | DiscardReason::Eof) => {
+                    if conn.fresh && !conn.tracker.read_any() {
+                        // Closed before its first byte, and it never served a request.
+                        let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+                        shared.new_connection_failed(conn.attempt, &e);
+                    }
+                    shared.failed();
+                }
+                None if verdict.is_none() && conn.tracker.used() => {
+                    conn.fresh = false;
+                    shared.outlier.succeeded();
+                    shared.fail_fast.backoff.proven();
+                }
                 _ => {}
             }
         }

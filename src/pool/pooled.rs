@@ -15,7 +15,7 @@ use crate::transport::BackendStream;
 pub(crate) struct PooledStream {
     pub(crate) stream: BackendStream,
     pub(crate) tracker: Tracker,
-    /// Not yet handed out by a successful checkout.
+    /// Has served no request yet (no clean return after use).
     pub(crate) fresh: bool,
     /// Lent to a request or task by a checkout, not yet back (see `FailFast::lend`).
     pub(crate) lent: bool,

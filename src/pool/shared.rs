@@ -108,6 +108,24 @@ impl Shared {
             .failed(self.config.name(), &self.addr, err);
     }
 
+    /// A connection that never served a request, opened by `attempt`, failed its health
+    /// check or was closed by the backend before its first byte: if connections opened
+    /// since the last such failure fail too, a failed connect for the reconnect backoff
+    /// (see `FailFast::new_connection_failed`). Not counted in `connect_failures` (each
+    /// connect succeeded); the connects it then refuses are, in `connects_backed_off`.
+    #[cold]
+    pub(crate) fn new_connection_failed(&self, attempt: u64, err: &io::Error) {
+        if self.fail_fast.new_connection_failed(attempt) {
+            tracing::debug!(
+                pool = self.config.name(),
+                addr = &*self.addr,
+                endpoint = &*self.addr,
+                error = %err,
+                "new connections fail before serving anything: backing off"
+            );
+        }
+    }
+
     /// Counts and logs a connect refused by the reconnect backoff.
     pub(crate) fn connect_backed_off(&self) {
         self.counters.connect_backed_off();

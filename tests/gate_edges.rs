@@ -81,7 +81,9 @@ async fn scripted_ping(stream: &mut BackendStream) -> std::io::Result<()> {
     let step = peer.and_then(|peer| {
         let mut scripts = SCRIPTS.lock().ok()?;
         let steps = scripts.get_mut(&peer)?;
-        let i = steps.iter().position(|s| s.except.is_none() || s.except != local)?;
+        let i = steps
+            .iter()
+            .position(|s| s.except.is_none() || s.except != local)?;
         steps.remove(i)
     });
     if let Some(step) = step {
@@ -146,8 +148,10 @@ fn coherent(s: &PoolState) {
 /// X; a checkout takes Y, whose health check (the configured probe, a round trip) fails.
 /// bb8 then looks for another idle connection in a later poll of the same checkout, outside
 /// the gate: with X out, it finds none and opens a third connection, where without probing
-/// it would have taken X. The checkout must wait for X instead (X is healthy): the backend
-/// sees 2 connections, not 3.
+/// it would have taken X. The checkout must wait for X instead (X is healthy; the wait is
+/// counted in `gets_waited`): the backend sees 2 connections, not 3.
+///
+/// Failed on 304f5c3: 3 accepts, 3 connections created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_check_failing_while_the_probe_holds_the_other_connection_opens_none() {
     let backend = Backend::start().await;
@@ -211,7 +215,10 @@ async fn a_checkout_waiting_at_the_gate_then_in_bb8_counts_one_wait() {
     probe.fail();
     let reply = bounded("checkout", checkout).await.expect("task");
     assert_eq!(reply.expect("checkout on a new connection"), "r");
-    let s = wait_pool(&pool, "probe failure counted", |s| s.idle_probe_failures == 1).await;
+    let s = wait_pool(&pool, "probe failure counted", |s| {
+        s.idle_probe_failures == 1
+    })
+    .await;
     assert_eq!(backend.seen().accepts, 2, "{s:?}");
     assert_eq!(
         (s.gets - before.gets, s.gets_waited - before.gets_waited),
@@ -252,7 +259,9 @@ async fn checkouts_cancelled_at_the_gate_leave_coherent_counts_and_lose_no_wake(
     .await;
     for c in cancelled {
         c.abort();
-        assert!(bounded("cancelled", c).await.is_err_and(|e| e.is_cancelled()));
+        assert!(bounded("cancelled", c)
+            .await
+            .is_err_and(|e| e.is_cancelled()));
     }
     coherent(&pool.state());
     probe.pass();
@@ -294,7 +303,9 @@ async fn at_max_size_a_return_and_the_probed_connection_serve_two_waiters() {
     // One waiter now has the returned connection (its health check's PONG, then its ECHO),
     // while the probe still holds the other: the return woke the gate.
     backend
-        .wait_for("a waiter served by the return", |s| s.replies >= replies + 3)
+        .wait_for("a waiter served by the return", |s| {
+            s.replies >= replies + 3
+        })
         .await;
     probe.pass();
     for (name, r) in [("a", a), ("b", b)] {
@@ -318,7 +329,9 @@ async fn removing_an_endpoint_whose_probe_is_held_moves_its_gate_waiters() {
     old.wait_for("min_idle", |s| s.open == 1).await;
     wait_pool(&pool, "idle", |s| s.idle == 1).await;
     let mut probe = arm(&old, None);
-    probe.entered("idle probe of the old endpoint's connection").await;
+    probe
+        .entered("idle probe of the old endpoint's connection")
+        .await;
     let before = pool.state();
     let checkout = {
         let pool = pool.clone();
@@ -341,10 +354,10 @@ async fn removing_an_endpoint_whose_probe_is_held_moves_its_gate_waiters() {
 }
 
 /// Part 5 on a current-thread runtime (one thread for the probe rounds, the sweeps and every
-/// checkout): 4 tasks, 200 checkouts each, probe rounds every millisecond with the configured
-/// probe, min_idle 4 of max_size 8. No hang (a sweep's wait for checkouts in their first poll
-/// never spins against a checkout on the same thread), every checkout succeeds, and no
-/// connection is opened beyond the 4 (never more than 4 checkouts at once).
+/// checkout): 2 tasks, 300 checkouts each, probe rounds every millisecond with the configured
+/// probe, min_idle 4 of max_size 8 (so 2 connections stay idle and are probed). No hang (a
+/// sweep's wait for checkouts in their poll never spins against a checkout on the same
+/// thread), every checkout succeeds, and no connection is opened beyond the 4.
 #[tokio::test(flavor = "current_thread")]
 async fn current_thread_probe_rounds_and_checkouts_neither_hang_nor_grow() {
     let backend = Backend::start().await;
@@ -355,11 +368,11 @@ async fn current_thread_probe_rounds_and_checkouts_neither_hang_nor_grow() {
         .expect("pool");
     backend.wait_for("min_idle", |s| s.open == 4).await;
     wait_pool(&pool, "idle", |s| s.idle == 4).await;
-    let tasks: Vec<_> = (0..4)
+    let tasks: Vec<_> = (0..2)
         .map(|t| {
             let pool = pool.clone();
             tokio::spawn(async move {
-                for i in 0..200 {
+                for i in 0..300 {
                     let mut conn = pool.get().await.expect("checkout");
                     let text = format!("t{t}i{i}");
                     let reply = exchange(&mut conn, &format!("ECHO {text}")).await;
@@ -393,7 +406,9 @@ async fn a_storm_while_the_probe_holds_a_connection_completes() {
         .map(|i| client.spawn_get(&format!("/echo/s{i}")))
         .collect();
     // Release the probe once at least one request was served on the other connection.
-    backend.wait_for("a request served", |s| s.replies >= 1).await;
+    backend
+        .wait_for("a request served", |s| s.replies >= 1)
+        .await;
     probe.pass();
     for (i, r) in storm.into_iter().enumerate() {
         let reply = bounded("storm request", r).await.expect("task");
@@ -443,4 +458,3 @@ fn a_health_check_reading_pool_state_while_a_probe_holds_does_not_deadlock() {
          a connection never completed"
     );
 }
-

@@ -14,7 +14,7 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use crate::error::{EndpointError, TcpPoolError};
 use crate::failfast::Woken;
 use crate::pool::connection::TcpConnection;
-use crate::pool::manager::removed;
+use crate::pool::manager::{removed, take_check_pending};
 use crate::replicas::{Endpoint, Endpoints, Tried};
 
 /// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
@@ -244,16 +244,21 @@ async fn checkout_one<M>(
     // checkout keeps (bb8 would give the restarted one a full `checkout_timeout` of its own).
     let mut waiting_since: Option<Instant> = None;
     let mut restart_deadline: Option<Pin<Box<Sleep>>> = None;
-    // The first poll of each bb8 checkout goes through the lifecycle's gate (see
-    // `lifecycle::gate`); `at_gate` while a sweep has the idle connections out.
+    // Every poll of bb8's checkout goes through the lifecycle's gate (see `lifecycle::gate`):
+    // bb8 takes an idle connection or decides to connect in its first, and again after a
+    // health check failed (which then waits in the manager). `at_gate` while a sweep has the
+    // idle connections out; `polled`: bb8 has polled (and counted) this checkout.
     let gated = shared.config.has_lifecycle();
-    let mut first_polled = !gated;
-    let mut at_gate: Option<(Pin<Box<Notified<'_>>>, Instant)> = None;
+    let mut polled = false;
+    // This checkout counted in `gets_waited` by the gate, and bb8 waited for a connection for
+    // it (and counts it too, unless it times out): counted once.
+    let (mut gate_counted, mut bb8_waited) = (false, false);
+    let mut at_gate: Option<(Pin<Box<Notified<'_>>>, Instant, bool)> = None;
     poll_fn(|cx| loop {
-        let polled = if first_polled {
+        let result = if !gated {
             get.as_mut().poll(cx)
         } else {
-            if let Some((back, since)) = at_gate.as_mut() {
+            if let Some((back, since, unpolled)) = at_gate.as_mut() {
                 if Future::poll(Pin::as_mut(back), cx).is_pending() {
                     // Within the checkout's timeout, as a wait in bb8 would be.
                     if restart_deadline.is_none() {
@@ -270,27 +275,45 @@ async fn checkout_one<M>(
                     }
                     return Poll::Pending;
                 }
-                shared.lifecycle.gate_waited(since.into_std(), true);
+                shared.lifecycle.gate_waited(since.into_std(), *unpolled);
                 at_gate = None;
             }
             // Go on if bb8 has a connection idle, or the endpoint was removed (bb8 then fails
             // the checkout, no connect made).
             let go_on = || shared.is_removed() || pool.state().idle_connections > 0;
-            match shared.lifecycle.first_poll(go_on, || get.as_mut().poll(cx)) {
-                Ok(polled) => {
-                    first_polled = true;
-                    polled
+            let watch_bb8 = gate_counted && !bb8_waited;
+            if watch_bb8 {
+                take_check_pending();
+            }
+            match shared
+                .lifecycle
+                .first_poll(polled, go_on, || get.as_mut().poll(cx))
+            {
+                Ok(result) => {
+                    polled = true;
+                    if watch_bb8 && result.is_pending() && !take_check_pending() {
+                        bb8_waited = true;
+                    }
+                    result
                 }
                 Err(back) => {
-                    shared.lifecycle.gate_wait(waiting_since.is_none());
+                    // Counted in `gets` only if bb8 has not counted it yet, in `gets_waited`
+                    // only at its first wait.
+                    let first = waiting_since.is_none();
+                    gate_counted |= first;
+                    shared.lifecycle.gate_wait(first, !polled);
                     let now = Instant::now();
                     waiting_since.get_or_insert(now);
-                    at_gate = Some((back, now));
+                    at_gate = Some((back, now, !polled));
                     continue;
                 }
             }
         };
-        if let Poll::Ready(result) = polled {
+        if let Poll::Ready(result) = result {
+            if bb8_waited && !matches!(result, Err(bb8::RunError::TimedOut)) {
+                // bb8 counted this wait too.
+                shared.lifecycle.waited_in_bb8();
+            }
             return Poll::Ready(match result {
                 Ok(mut conn) => {
                     conn.lent = true;
@@ -323,7 +346,8 @@ async fn checkout_one<M>(
             Poll::Ready(Woken::Restart) => {
                 watch.as_mut().restarted();
                 get.set(pool.get_owned());
-                first_polled = !gated;
+                polled = false;
+                bb8_waited = false;
                 shared.counters.restarted();
                 if restart_deadline.is_none() {
                     // No deadline for a timeout too long to be represented: the checkout

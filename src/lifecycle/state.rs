@@ -300,11 +300,14 @@ impl Lifecycle {
     ) -> Result<T, Pin<Box<Notified<'a>>>> {
         let _consistent = self.consistent();
         let out = self.counts.out.load(Relaxed) > 0;
-        if out && !later && !go_on() {
-            // Enabled under the lock: the give-back (under it too) cannot be missed.
+        if out && !later {
+            // Enabled under the lock: the give-back (under it too) cannot be missed; and
+            // before bb8's idle count is read, so a return just after is not missed either.
             let mut back = Box::pin(self.gate.back().notified());
             back.as_mut().enable();
-            return Err(back);
+            if !go_on() {
+                return Err(back);
+            }
         }
         let _park = Park::set(out);
         Ok(first())

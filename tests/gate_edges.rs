@@ -458,3 +458,47 @@ fn a_health_check_reading_pool_state_while_a_probe_holds_does_not_deadlock() {
          a connection never completed"
     );
 }
+
+/// Part 5 with several endpoints: A's only connection is held by its idle probe, B has one
+/// idle. One request at a time: none may wait for A's probe while B has an idle connection.
+/// Before the gate such a checkout had A open a connection; with it, a checkout that chose A
+/// waits at A's gate for the whole probe (up to `connect_timeout`), here until its
+/// `checkout_timeout` (1 s): it answers `CheckoutTimeout` while B had a connection idle all
+/// along and A had room for 3 more.
+///
+/// Failed before the fix (5 runs in 5): a request timed out within its first 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_does_not_wait_for_one_endpoints_probe_while_another_has_an_idle_connection() {
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let pool = builder(&a, 4, 1)
+        .endpoint(b.addr_string())
+        .checkout_timeout(Duration::from_secs(1))
+        .build()
+        .expect("pool");
+    a.wait_for("A min_idle", |s| s.open == 1).await;
+    b.wait_for("B min_idle", |s| s.open == 1).await;
+    wait_pool(&pool, "both idle", |s| s.idle == 2).await;
+    let mut probe = arm(&a, None);
+    probe.entered("idle probe of A's connection").await;
+    for i in 0..20 {
+        let mut conn = match bounded("checkout", pool.get()).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let s = pool.state();
+                probe.pass();
+                panic!(
+                    "request {i} waited for A's probe while B had an idle connection: {e:?} {s:?}"
+                );
+            }
+        };
+        assert_eq!(
+            exchange(&mut conn, &format!("ECHO r{i}"))
+                .await
+                .expect("echo"),
+            format!("r{i}")
+        );
+    }
+    probe.pass();
+    assert_eq!((a.seen().accepts, b.seen().accepts), (1, 1));
+}

@@ -4,7 +4,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -43,7 +43,7 @@ async fn checkout_set<M>(
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     if let Some(one) = set.only_first() {
-        match checkout_one(one, None, span, false).await {
+        match checkout_one(one, None, span, false, None).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             Err(TcpPoolError::BackendUnreachable(e)) => {
@@ -95,7 +95,10 @@ async fn failover<M>(
         // any endpoint (a bounded number of times).
         let repick = repicks < MAX_REPICKS;
         let _waiting = Waiting::new(endpoint);
-        let full = || endpoint.shared.is_full();
+        // Waiting at the gate (its idle connections out for a probe) is waiting for a
+        // connection to come back too: with one idle elsewhere, choose again.
+        let gated = AtomicBool::new(false);
+        let full = || endpoint.shared.is_full() || gated.load(Relaxed);
         let idle_elsewhere = || {
             endpoints.iter().enumerate().any(|(j, e)| {
                 let s = &e.shared;
@@ -111,7 +114,7 @@ async fn failover<M>(
             repick,
             full,
             idle_elsewhere,
-            checkout_one(endpoint, deadline, span, true),
+            checkout_one(endpoint, deadline, span, true, Some(&gated)),
         );
         let result = match deadline {
             Some(at) => match timeout_at(at, attempt).await {
@@ -227,11 +230,13 @@ impl Drop for Waiting<'_> {
 /// Checks a connection out of one endpoint: bb8's own checkout, failed early by the fail-fast
 /// watch when a connect attempt made for it fails and no connection could come back to it.
 /// A restarted checkout keeps `deadline` (or else the first one's `checkout_timeout`).
+/// `at_gate`, if any, is set while the checkout waits at the gate.
 async fn checkout_one<M>(
     endpoint: &Endpoint,
     deadline: Option<Instant>,
     span: Option<&tracing::Span>,
     fail_over: bool,
+    at_gate_flag: Option<&AtomicBool>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let (pool, shared) = (&endpoint.pool, &*endpoint.shared);
     if let Some(span) = span {
@@ -277,6 +282,9 @@ async fn checkout_one<M>(
                 }
                 shared.lifecycle.gate_waited(since.into_std(), *unpolled);
                 at_gate = None;
+                if let Some(flag) = at_gate_flag {
+                    flag.store(false, Relaxed);
+                }
             }
             // Go on if bb8 has a connection idle, or the endpoint was removed (bb8 then fails
             // the checkout, no connect made).
@@ -305,6 +313,9 @@ async fn checkout_one<M>(
                     let now = Instant::now();
                     waiting_since.get_or_insert(now);
                     at_gate = Some((back, now, !polled));
+                    if let Some(flag) = at_gate_flag {
+                        flag.store(true, Relaxed);
+                    }
                     continue;
                 }
             }

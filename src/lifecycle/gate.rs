@@ -16,6 +16,9 @@
 //!   it takes connections out or gives them back). If connections are out and bb8 has none
 //!   idle, it waits until they are given back, or until a connection in use comes back: bb8
 //!   would otherwise open one for it. Else it makes its first poll under the lock.
+//! - Later polls go through the gate the same way but never wait at it: bb8 looks again for
+//!   an idle connection only after a health check failed, and that check waits (in the
+//!   manager, under the lock) while connections are out.
 //!
 //! A checkout thus waits at most for one probe (within `connect_timeout`, often one round
 //! trip) where it would otherwise have had a new connection opened: the probed connection,

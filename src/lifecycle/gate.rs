@@ -16,15 +16,16 @@
 //!   it takes connections out or gives them back). If connections are out and bb8 has none
 //!   idle, it waits until they are given back, or until a connection in use comes back: bb8
 //!   would otherwise open one for it. Else it makes its first poll under the lock.
+//! - Later polls go through the gate the same way but never wait at it: bb8 looks again for
+//!   an idle connection only after a health check failed, and that check waits (in the
+//!   manager, under the lock) while connections are out.
 //!
 //! A checkout thus waits at most for one probe (within `connect_timeout`, often one round
 //! trip) where it would otherwise have had a new connection opened: the probed connection,
 //! if healthy, is then handed to it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
-use std::time::Instant;
 
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 /// One sweep holding or taking connections out, in [`Gate::state`]'s upper half.
@@ -117,15 +118,5 @@ impl Gate {
     /// What a checkout waiting at the gate waits for.
     pub(crate) fn back(&self) -> &Notify {
         &self.back
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A checkout waiting at the gate: for the sweep's connections to come back (or one in
-    /// use), since when. Boxed by the checkout, whose future grows by one pointer only.
-    pub(crate) struct AtGate<'a> {
-        #[pin]
-        pub(crate) back: Notified<'a>,
-        pub(crate) since: Instant,
     }
 }

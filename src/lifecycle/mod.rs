@@ -76,14 +76,21 @@
 //! with two atomic additions; while one does, it takes the lifecycle's lock, and if bb8 has
 //! none idle, it waits for the sweep to give them back or for a connection in use to come
 //! back (counted in `gets_waited` and `wait_time`, within `checkout_timeout`). A sweep waits
-//! for the checkouts already in their first poll before it takes connections out. The wait
+//! for the checkouts already in their first poll before it takes connections out. Every
+//! later poll of a checkout goes through the gate too (never waiting there): bb8 looks for
+//! another idle connection, or connects, after a health check fails, so a check that fails
+//! under the gate's lock with connections out waits first, in the same way. With several
+//! endpoints, a checkout waiting at one endpoint's gate chooses again if another has an
+//! idle connection. The health check probe may thus run under the lock: `pool.state()`
+//! called from it (on that thread) only tries the lock. The wait
 //! is microseconds for a sweep, and the probe's round trip (at most `connect_timeout`) for a
 //! probe: with `checkout_timeout` shorter than `connect_timeout`, a probe that hangs can
 //! make such a checkout time out.
 //!
 //! # Cost on the request path
 //!
-//! A checkout reads one thread-local flag and makes two atomic additions (the gate). A
+//! A checkout reads one thread-local flag and makes two atomic additions per poll of bb8 (the
+//! gate). A
 //! return reads the gate's state, and the clock once when `max_lifetime` or `idle_timeout`
 //! is set (bb8 did the same for `max_lifetime`), and writes
 //! two fields of the connection's state; no lock, no allocation. That state is boxed, once
@@ -100,7 +107,6 @@ mod probing;
 mod state;
 mod sweep;
 
-pub(crate) use gate::AtGate;
 pub(crate) use keeper::{fill, spawn};
 pub(crate) use state::{returned, swept_back, Life, Lifecycle};
 pub(crate) use sweep::sweeping;

@@ -1,16 +1,18 @@
 //! The lifecycle state: [`Lifecycle`] for one endpoint (what its task, its connections and
 //! `pool.state()` share), [`Life`] for one connection.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::lifecycle::gate::{AtGate, Entered, Gate};
+use crate::lifecycle::gate::{Entered, Gate};
 use crate::lifecycle::lifetime;
 use crate::pool::Shared;
 use crate::state::PoolState;
@@ -63,10 +65,58 @@ pub(crate) struct Counts {
     pub(crate) broken: AtomicU64,
 }
 
-/// Held by a checkout for its first poll of bb8: no sweep takes connections out meanwhile.
+thread_local! {
+    /// How many endpoints' [`Lifecycle::consistent`] locks this thread holds.
+    static HOLDING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A held [`Lifecycle::consistent`] lock (or, for `pool.state()` only, none), counted in
+/// [`HOLDING`] while held.
+pub(crate) struct Consistent<'a>(Option<MutexGuard<'a, ()>>);
+
+impl<'a> Consistent<'a> {
+    fn held(guard: Option<MutexGuard<'a, ()>>) -> Consistent<'a> {
+        if guard.is_some() {
+            HOLDING.with(|h| h.set(h.get() + 1));
+        }
+        Consistent(guard)
+    }
+}
+
+impl Drop for Consistent<'_> {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            HOLDING.with(|h| h.set(h.get().saturating_sub(1)));
+        }
+    }
+}
+
+thread_local! {
+    /// Set while a checkout polls bb8 under the gate's lock with connections out.
+    static PARK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets [`PARK`] for one poll (reset even if bb8 panics).
+struct Park;
+
+impl Park {
+    fn set(on: bool) -> Park {
+        PARK.with(|p| p.set(on));
+        Park
+    }
+}
+
+impl Drop for Park {
+    fn drop(&mut self) {
+        PARK.with(|p| p.set(false));
+    }
+}
+
+/// Held by a checkout for one poll of bb8: no sweep takes connections out meanwhile (the
+/// gate's count, or its lock with the manager told whether connections are out).
 pub(crate) struct Pass<'a> {
     _entered: Option<Entered<'a>>,
-    _locked: Option<MutexGuard<'a, ()>>,
+    _locked: Option<(Consistent<'a>, Park)>,
 }
 
 /// One connection's lifecycle state.
@@ -201,29 +251,51 @@ impl Lifecycle {
     }
 
     /// See [`Lifecycle::consistent`]'s field.
-    pub(crate) fn consistent(&self) -> MutexGuard<'_, ()> {
-        match self.consistent.lock() {
+    pub(crate) fn consistent(&self) -> Consistent<'_> {
+        let guard = match self.consistent.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
+        };
+        Consistent::held(Some(guard))
+    }
+
+    /// [`consistent`](Self::consistent) for `pool.state()`: if this thread holds an
+    /// endpoint's lock already (a checkout's poll under the gate runs the health check probe,
+    /// user code, which may read `pool.state()`), only if it is free: waiting would deadlock
+    /// (this endpoint's lock) or risk it (another's, held by a thread waiting for this one).
+    /// Without it, the snapshot of this endpoint may show half a sweep.
+    pub(crate) fn consistent_for_state(&self) -> Consistent<'_> {
+        if HOLDING.with(Cell::get) == 0 {
+            return self.consistent();
+        }
+        match self.consistent.try_lock() {
+            Ok(g) => Consistent::held(Some(g)),
+            Err(TryLockError::Poisoned(p)) => Consistent::held(Some(p.into_inner())),
+            Err(TryLockError::WouldBlock) => Consistent::held(None),
         }
     }
 
-    /// A checkout's way through the gate (see `gate`) for its first poll of bb8, which it
-    /// makes while it holds the returned [`Pass`]: without a lock while no sweep holds
+    /// A checkout's way through the gate (see `gate`) for one poll of bb8, which it makes
+    /// while it holds the returned [`Pass`]: without a lock while no sweep holds
     /// connections. `Err`: a sweep has connections out and `go_on` says no (bb8 has none
     /// idle), so that poll would have bb8 open one; wait for the returned future (enabled
     /// already), then ask again.
+    ///
+    /// Every later poll goes through here too, with `later` (never `Err`): a health check
+    /// that fails in it would have bb8 look for another idle connection, or connect, there;
+    /// under the lock, with connections out, [`check_failed`](Self::check_failed) waits first.
     #[inline]
     pub(crate) fn pass<'a>(
         &'a self,
+        later: bool,
         go_on: impl FnOnce() -> bool,
-    ) -> Result<Pass<'a>, Pin<Box<AtGate<'a>>>> {
+    ) -> Result<Pass<'a>, Pin<Box<Notified<'a>>>> {
         match self.gate.enter() {
             Some(entered) => Ok(Pass {
                 _entered: Some(entered),
                 _locked: None,
             }),
-            None => self.pass_held(go_on),
+            None => self.pass_held(later, go_on),
         }
     }
 
@@ -232,36 +304,58 @@ impl Lifecycle {
     #[cold]
     fn pass_held<'a>(
         &'a self,
+        later: bool,
         go_on: impl FnOnce() -> bool,
-    ) -> Result<Pass<'a>, Pin<Box<AtGate<'a>>>> {
+    ) -> Result<Pass<'a>, Pin<Box<Notified<'a>>>> {
         let consistent = self.consistent();
-        if self.counts.out.load(Relaxed) > 0 && !go_on() {
-            let mut waiting = Box::pin(AtGate {
-                back: self.gate.back().notified(),
-                since: Instant::now(),
-            });
-            // Enabled under the lock: the give-back (under it too) cannot be missed.
-            waiting.as_mut().project().back.enable();
-            return Err(waiting);
+        let out = self.counts.out.load(Relaxed) > 0;
+        if out && !later {
+            // Enabled under the lock: the give-back (under it too) cannot be missed; and
+            // before bb8's idle count is read, so a return just after is not missed either.
+            let mut back = Box::pin(self.gate.back().notified());
+            back.as_mut().enable();
+            if !go_on() {
+                return Err(back);
+            }
         }
         Ok(Pass {
             _entered: None,
-            _locked: Some(consistent),
+            _locked: Some((consistent, Park::set(out))),
         })
     }
 
-    /// A checkout begins to wait at the gate: counted in `gets` until it reaches bb8 (which
-    /// then counts it), and in `gets_waited` (its first wait only).
+    /// A checkout health check failed: before bb8 looks for another idle connection (or
+    /// connects), wait, while a sweep has connections out (this poll runs under the gate's
+    /// lock), for them to be given back or for a connection to come back from use. Counted
+    /// in `gets_waited` once.
+    pub(crate) async fn check_failed(&self, removed: impl Fn() -> bool) {
+        let mut counted = false;
+        while PARK.with(Cell::get) && !removed() {
+            // Enabled under the lock (this poll's): the give-back cannot be missed.
+            let mut back = pin!(self.gate.back().notified());
+            back.as_mut().enable();
+            if !counted {
+                counted = true;
+                self.counts.gate_waits.fetch_add(1, Relaxed);
+            }
+            back.await;
+        }
+    }
+
+    /// A checkout begins to wait at the gate: with `unpolled` (bb8 has not seen it), counted
+    /// in `gets` until it reaches bb8 (which then counts it); with `first`, in `gets_waited`.
     #[cold]
-    pub(crate) fn gate_wait(&self, first: bool) {
+    pub(crate) fn gate_wait(&self, first: bool, unpolled: bool) {
         if first {
             self.counts.gate_waits.fetch_add(1, Relaxed);
         }
-        self.counts.gate_unpolled.fetch_add(1, Relaxed);
+        if unpolled {
+            self.counts.gate_unpolled.fetch_add(1, Relaxed);
+        }
     }
 
     /// A checkout's wait at the gate, begun at `since`, ended: counted in `wait_time`; with
-    /// `to_bb8`, it goes on to bb8.
+    /// `to_bb8`, a checkout bb8 had not seen goes on to bb8.
     #[cold]
     pub(crate) fn gate_waited(&self, since: Instant, to_bb8: bool) {
         let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -269,6 +363,12 @@ impl Lifecycle {
         if to_bb8 {
             self.counts.gate_unpolled.fetch_sub(1, Relaxed);
         }
+    }
+
+    /// A checkout counted in `gets_waited` at the gate then waited in bb8, which counts it:
+    /// counted once.
+    pub(crate) fn waited_in_bb8(&self) {
+        self.counts.gate_waits.fetch_sub(1, Relaxed);
     }
 
     /// A connection closed as broken (bb8's `has_broken` said so).

@@ -4,17 +4,17 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 
+use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::error::{EndpointError, TcpPoolError};
 use crate::failfast::Woken;
-use crate::lifecycle::AtGate;
 use crate::pool::connection::TcpConnection;
-use crate::pool::manager::removed;
+use crate::pool::manager::{removed, take_check_pending};
 use crate::replicas::{Endpoint, Endpoints, Tried};
 
 /// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
@@ -43,7 +43,7 @@ async fn checkout_set<M>(
     span: Option<&tracing::Span>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     if let Some(one) = set.only_first() {
-        match checkout_one(one, None, span, false).await {
+        match checkout_one(one, None, span, false, None).await {
             // Removed while this checkout waited: try the set as it is now.
             Err(TcpPoolError::BackendUnreachable(_)) if one.shared.is_removed() => {}
             Err(TcpPoolError::BackendUnreachable(e)) => {
@@ -95,7 +95,10 @@ async fn failover<M>(
         // any endpoint (a bounded number of times).
         let repick = repicks < MAX_REPICKS;
         let _waiting = Waiting::new(endpoint);
-        let full = || endpoint.shared.is_full();
+        // Waiting at the gate (its idle connections out for a probe) is waiting for a
+        // connection to come back too: with one idle elsewhere, choose again.
+        let gated = AtomicBool::new(false);
+        let full = || endpoint.shared.is_full() || gated.load(Relaxed);
         let idle_elsewhere = || {
             endpoints.iter().enumerate().any(|(j, e)| {
                 let s = &e.shared;
@@ -111,7 +114,7 @@ async fn failover<M>(
             repick,
             full,
             idle_elsewhere,
-            checkout_one(endpoint, deadline, span, true),
+            checkout_one(endpoint, deadline, span, true, Some(&gated)),
         );
         let result = match deadline {
             Some(at) => match timeout_at(at, attempt).await {
@@ -227,11 +230,13 @@ impl Drop for Waiting<'_> {
 /// Checks a connection out of one endpoint: bb8's own checkout, failed early by the fail-fast
 /// watch when a connect attempt made for it fails and no connection could come back to it.
 /// A restarted checkout keeps `deadline` (or else the first one's `checkout_timeout`).
+/// `at_gate`, if any, is set while the checkout waits at the gate.
 async fn checkout_one<M>(
     endpoint: &Endpoint,
     deadline: Option<Instant>,
     span: Option<&tracing::Span>,
     fail_over: bool,
+    at_gate_flag: Option<&AtomicBool>,
 ) -> Result<TcpConnection<M>, TcpPoolError> {
     let (pool, shared) = (&endpoint.pool, &*endpoint.shared);
     if let Some(span) = span {
@@ -244,18 +249,22 @@ async fn checkout_one<M>(
     // checkout keeps (bb8 would give the restarted one a full `checkout_timeout` of its own).
     let mut waiting_since: Option<Instant> = None;
     let mut restart_deadline: Option<Pin<Box<Sleep>>> = None;
-    // The first poll of each bb8 checkout goes through the lifecycle's gate (see
-    // `lifecycle::gate`); `at_gate` while a sweep has the idle connections out.
-    let mut first_polled = !shared.config.has_lifecycle();
-    let mut at_gate: Option<Pin<Box<AtGate<'_>>>> = None;
+    // Every poll of bb8's checkout goes through the lifecycle's gate (see `lifecycle::gate`):
+    // bb8 takes an idle connection or decides to connect in its first, and again after a
+    // health check failed (which then waits in the manager). `at_gate` while a sweep has the
+    // idle connections out; `polled`: bb8 has polled (and counted) this checkout.
+    let gated = shared.config.has_lifecycle();
+    let mut polled = false;
+    // This checkout counted in `gets_waited` by the gate, and bb8 waited for a connection for
+    // it (and counts it too, unless it times out): counted once.
+    let (mut gate_counted, mut bb8_waited) = (false, false);
+    let mut at_gate: Option<(Pin<Box<Notified<'_>>>, Instant, bool)> = None;
     poll_fn(|cx| loop {
-        let pass = if first_polled {
+        let pass = if !gated {
             None
         } else {
-            if let Some(waiting) = at_gate.as_mut() {
-                let waiting = waiting.as_mut().project();
-                let since = *waiting.since;
-                if waiting.back.poll(cx).is_pending() {
+            if let Some((back, since, unpolled)) = at_gate.as_mut() {
+                if Future::poll(Pin::as_mut(back), cx).is_pending() {
                     // Within the checkout's timeout, as a wait in bb8 would be.
                     if restart_deadline.is_none() {
                         let at = deadline
@@ -264,35 +273,59 @@ async fn checkout_one<M>(
                     }
                     if let Some(at) = restart_deadline.as_mut() {
                         if at.as_mut().poll(cx).is_ready() {
-                            shared.lifecycle.gate_waited(since, false);
+                            shared.lifecycle.gate_waited(since.into_std(), false);
                             shared.counters.restart_timed_out();
                             return Poll::Ready(Err(TcpPoolError::CheckoutTimeout));
                         }
                     }
                     return Poll::Pending;
                 }
-                shared.lifecycle.gate_waited(since, true);
+                shared.lifecycle.gate_waited(since.into_std(), *unpolled);
                 at_gate = None;
+                if let Some(flag) = at_gate_flag {
+                    flag.store(false, Relaxed);
+                }
             }
             // Go on if bb8 has a connection idle, or the endpoint was removed (bb8 then fails
             // the checkout, no connect made).
             let go_on = || shared.is_removed() || pool.state().idle_connections > 0;
-            match shared.lifecycle.pass(go_on) {
-                Ok(pass) => {
-                    first_polled = true;
-                    Some(pass)
-                }
-                Err(waiting) => {
-                    shared.lifecycle.gate_wait(waiting_since.is_none());
-                    waiting_since.get_or_insert_with(Instant::now);
-                    at_gate = Some(waiting);
+            let watch_bb8 = gate_counted && !bb8_waited;
+            if watch_bb8 {
+                take_check_pending();
+            }
+            match shared.lifecycle.pass(polled, go_on) {
+                Ok(pass) => Some((pass, watch_bb8)),
+                Err(back) => {
+                    // Counted in `gets` only if bb8 has not counted it yet, in `gets_waited`
+                    // only at its first wait.
+                    let first = waiting_since.is_none();
+                    gate_counted |= first;
+                    shared.lifecycle.gate_wait(first, !polled);
+                    let now = Instant::now();
+                    waiting_since.get_or_insert(now);
+                    at_gate = Some((back, now, !polled));
+                    if let Some(flag) = at_gate_flag {
+                        flag.store(true, Relaxed);
+                    }
                     continue;
                 }
             }
         };
-        let polled = get.as_mut().poll(cx);
-        drop(pass);
-        if let Poll::Ready(result) = polled {
+        // One call site, the result used in place: bb8's result holds the pooled connection
+        // (large with TLS), which every extra move copies.
+        let result = get.as_mut().poll(cx);
+        if let Some((pass, watch_bb8)) = pass {
+            drop(pass);
+            polled = true;
+            if watch_bb8 && result.is_pending() && !take_check_pending() {
+                bb8_waited = true;
+            }
+        }
+        if let Poll::Ready(result) = result {
+            if bb8_waited && !matches!(result, Err(bb8::RunError::TimedOut)) {
+                // bb8 counted this wait too.
+                shared.lifecycle.waited_in_bb8();
+            }
             return Poll::Ready(match result {
                 Ok(mut conn) => {
                     conn.lent = true;
@@ -325,7 +358,8 @@ async fn checkout_one<M>(
             Poll::Ready(Woken::Restart) => {
                 watch.as_mut().restarted();
                 get.set(pool.get_owned());
-                first_polled = !shared.config.has_lifecycle();
+                polled = false;
+                bb8_waited = false;
                 shared.counters.restarted();
                 if restart_deadline.is_none() {
                     // No deadline for a timeout too long to be represented: the checkout

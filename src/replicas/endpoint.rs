@@ -115,7 +115,7 @@ impl Endpoint {
 
     /// This endpoint's sizes and counters, and its entry in [`PoolState::endpoints`].
     pub(crate) fn state(&self) -> (PoolState, EndpointState) {
-        let consistent = self.shared.lifecycle.consistent();
+        let consistent = self.shared.lifecycle.consistent_for_state();
         let mut s = self.shared.counters.snapshot(self.pool.state());
         self.shared.lifecycle.counted(&mut s);
         drop(consistent);

@@ -29,7 +29,7 @@
 //! connection (a checkout, the `min_idle` refill) obeys it.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,8 +41,8 @@ pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     state: Mutex<State>,
-    /// `State::unproven`, readable without the lock by every clean return.
-    unproven: AtomicBool,
+    /// `State::unproven`, readable without the lock by every checkout and clean return.
+    unproven: AtomicU8,
 }
 
 #[derive(Debug, Default)]
@@ -57,10 +57,18 @@ struct State {
     probes: u64,
     /// Successes so far: an attempt admitted before the last one is stale.
     resets: u64,
-    /// After failures, an attempt connected: every attempt goes ahead, but `failures` is kept
-    /// until a new connection serves a request.
-    unproven: bool,
+    /// After failures, an attempt connected: `failures` is kept until a connection serves a
+    /// request. [`CONNECTED`]: one attempt at a time goes ahead, until a connection passes
+    /// its checkout health check; [`CHECKED`]: every attempt goes ahead.
+    unproven: u8,
 }
+
+/// `State::unproven`: healthy or backing off.
+const NO: u8 = 0;
+/// A probe connected; no connection has passed a health check since.
+const CONNECTED: u8 = 1;
+/// A connection passed its health check; none has served a request yet.
+const CHECKED: u8 = 2;
 
 /// Whether a connect attempt may go ahead.
 #[derive(Debug)]
@@ -88,7 +96,7 @@ impl Backoff {
             min,
             max,
             state: Mutex::new(State::default()),
-            unproven: AtomicBool::new(false),
+            unproven: AtomicU8::new(NO),
         }
     }
 
@@ -116,8 +124,19 @@ impl Backoff {
         let Ok(mut s) = self.state.lock() else {
             return go(None, 0);
         };
-        if s.failures == 0 || s.unproven {
+        if s.failures == 0 || s.unproven == CHECKED {
             return go(None, s.resets);
+        }
+        if s.unproven == CONNECTED {
+            // Connected, not yet seen to serve: one attempt at a time, as a probe (a backend
+            // that accepts and closes would otherwise get one SYN per request meanwhile).
+            if s.probe.is_some() {
+                return Admission::Refused;
+            }
+            s.probes += 1;
+            let probe = s.probes;
+            s.probe = Some(probe);
+            return go(Some(probe), s.resets);
         }
         let due = s.until.is_some_and(|at| now >= at);
         if !due || s.probe.is_some() {
@@ -157,8 +176,27 @@ impl Backoff {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        if s.failures == 0 || s.unproven {
+        if s.failures == 0 || s.unproven != NO {
             self.step(&mut s);
+        }
+    }
+
+    /// A connection passed its checkout health check: a connected endpoint lets every
+    /// attempt go ahead. One load, no lock, when there is nothing to do (every checkout).
+    #[inline]
+    pub(crate) fn checked(&self) {
+        if self.unproven.load(Relaxed) == CONNECTED {
+            self.set_checked();
+        }
+    }
+
+    #[cold]
+    fn set_checked(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.unproven == CONNECTED {
+                s.unproven = CHECKED;
+                self.unproven.store(CHECKED, Relaxed);
+            }
         }
     }
 
@@ -166,7 +204,7 @@ impl Backoff {
     /// One load, no lock, when there is nothing to do (every clean return calls it).
     #[inline]
     pub(crate) fn proven(&self) {
-        if self.unproven.load(Relaxed) {
+        if self.unproven.load(Relaxed) != NO {
             self.reset();
         }
     }
@@ -174,11 +212,11 @@ impl Backoff {
     #[cold]
     fn reset(&self) {
         if let Ok(mut s) = self.state.lock() {
-            if s.unproven {
+            if s.unproven != NO {
                 s.failures = 0;
                 s.until = None;
-                s.unproven = false;
-                self.unproven.store(false, Relaxed);
+                s.unproven = NO;
+                self.unproven.store(NO, Relaxed);
             }
         }
     }
@@ -187,8 +225,8 @@ impl Backoff {
     fn step(&self, s: &mut State) {
         s.failures = s.failures.saturating_add(1);
         s.until = Instant::now().checked_add(self.delay(s.failures));
-        s.unproven = false;
-        self.unproven.store(false, Relaxed);
+        s.unproven = NO;
+        self.unproven.store(NO, Relaxed);
     }
 }
 
@@ -198,7 +236,11 @@ impl Permit<'_> {
     pub(crate) fn succeeded(self) {
         let backoff = self.backoff;
         if let Ok(mut s) = backoff.state.lock() {
-            let unproven = s.failures > 0;
+            let unproven = if s.failures > 0 {
+                s.unproven.max(CONNECTED)
+            } else {
+                NO
+            };
             *s = State {
                 failures: s.failures,
                 probes: s.probes,
@@ -227,7 +269,7 @@ impl Permit<'_> {
             // Begun before the last success: stale, the endpoint has connected since.
             return;
         }
-        if s.failures == 0 || was_probe || s.unproven {
+        if s.failures == 0 || was_probe || s.unproven != NO {
             backoff.step(&mut s);
         }
     }
@@ -307,9 +349,20 @@ mod tests {
             panic!("a cancelled probe frees its place");
         };
         probe.succeeded();
-        // Connected: every attempt goes ahead, the level kept until a connection serves.
-        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
-        assert!(matches!(b.admit_at(t1), Admission::Go(_)));
+        // Connected: one attempt at a time until a connection passes its health check,
+        // then every one; the level kept until a connection serves.
+        let Admission::Go(one) = b.admit_at(t1) else {
+            panic!("connected: one attempt goes");
+        };
+        assert!(
+            matches!(b.admit_at(t1), Admission::Refused),
+            "one at a time"
+        );
+        drop(one);
+        b.checked();
+        let (Admission::Go(_a), Admission::Go(_b)) = (b.admit_at(t1), b.admit_at(t1)) else {
+            panic!("checked: every attempt goes");
+        };
         assert_eq!(b.failures(), 2);
         b.proven();
         assert_eq!(b.failures(), 0);
@@ -336,7 +389,7 @@ mod tests {
         probe.succeeded();
         assert!(
             matches!(b.admit(), Admission::Go(_)),
-            "unproven: attempts go"
+            "unproven: an attempt goes"
         );
         b.fresh_failed();
         assert_eq!(

@@ -195,12 +195,14 @@ impl FailFast {
         }
     }
 
-    /// A health check passed: the streak of failing new connections ends.
+    /// A health check passed: the streak of failing new connections ends, and a backoff
+    /// whose probe connected lets every attempt go ahead.
     pub(crate) fn check_passed(&self) {
         // Read first: no shared write on the hot path while nothing fails.
         if self.fresh_failures.load(Relaxed) != 0 {
             self.fresh_failures.store(0, Relaxed);
         }
+        self.backoff.checked();
     }
 
     /// A connection passed its checkout and is lent to a request or task.

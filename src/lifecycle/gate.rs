@@ -25,7 +25,9 @@
 //! if healthy, is then handed to it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::time::Instant;
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 /// One sweep holding or taking connections out, in [`Gate::state`]'s upper half.
@@ -118,5 +120,17 @@ impl Gate {
     /// What a checkout waiting at the gate waits for.
     pub(crate) fn back(&self) -> &Notify {
         &self.back
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A checkout waiting at the gate: for the sweep's connections to come back (or one in
+    /// use), since when, and whether bb8 has not seen it yet. Boxed by the checkout, whose
+    /// future (copied into its box on every request) grows by one pointer only.
+    pub(crate) struct AtGate<'a> {
+        #[pin]
+        pub(crate) back: Notified<'a>,
+        pub(crate) since: Instant,
+        pub(crate) unpolled: bool,
     }
 }

@@ -107,6 +107,7 @@ mod probing;
 mod state;
 mod sweep;
 
+pub(crate) use gate::AtGate;
 pub(crate) use keeper::{fill, spawn};
-pub(crate) use state::{returned, swept_back, Life, Lifecycle};
+pub(crate) use state::{parked, returned, swept_back, Life, Lifecycle};
 pub(crate) use sweep::sweeping;

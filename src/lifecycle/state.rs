@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::lifecycle::gate::{Entered, Gate};
+use crate::lifecycle::gate::{AtGate, Entered, Gate};
 use crate::lifecycle::lifetime;
 use crate::pool::Shared;
 use crate::state::PoolState;
@@ -94,6 +93,12 @@ impl Drop for Consistent<'_> {
 thread_local! {
     /// Set while a checkout polls bb8 under the gate's lock with connections out.
     static PARK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread polls a checkout under the gate's lock with connections out (see
+/// [`Lifecycle::check_failed`]).
+pub(crate) fn parked() -> bool {
+    PARK.with(Cell::get)
 }
 
 /// Sets [`PARK`] for one poll (reset even if bb8 panics).
@@ -289,7 +294,7 @@ impl Lifecycle {
         &'a self,
         later: bool,
         go_on: impl FnOnce() -> bool,
-    ) -> Result<Pass<'a>, Pin<Box<Notified<'a>>>> {
+    ) -> Result<Pass<'a>, Pin<Box<AtGate<'a>>>> {
         match self.gate.enter() {
             Some(entered) => Ok(Pass {
                 _entered: Some(entered),
@@ -306,16 +311,20 @@ impl Lifecycle {
         &'a self,
         later: bool,
         go_on: impl FnOnce() -> bool,
-    ) -> Result<Pass<'a>, Pin<Box<Notified<'a>>>> {
+    ) -> Result<Pass<'a>, Pin<Box<AtGate<'a>>>> {
         let consistent = self.consistent();
         let out = self.counts.out.load(Relaxed) > 0;
         if out && !later {
             // Enabled under the lock: the give-back (under it too) cannot be missed; and
             // before bb8's idle count is read, so a return just after is not missed either.
-            let mut back = Box::pin(self.gate.back().notified());
-            back.as_mut().enable();
+            let mut waiting = Box::pin(AtGate {
+                back: self.gate.back().notified(),
+                since: Instant::now(),
+                unpolled: false,
+            });
+            waiting.as_mut().project().back.enable();
             if !go_on() {
-                return Err(back);
+                return Err(waiting);
             }
         }
         Ok(Pass {

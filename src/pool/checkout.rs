@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::error::{EndpointError, TcpPoolError};
 use crate::failfast::Woken;
+use crate::lifecycle::AtGate;
 use crate::pool::connection::TcpConnection;
-use crate::pool::manager::{removed, take_check_pending};
+use crate::pool::manager::removed;
+use crate::pool::probe::take_pending as take_check_pending;
 use crate::replicas::{Endpoint, Endpoints, Tried};
 
 /// Checks a connection out of the pool's endpoints. One endpoint: straight to it. Several:
@@ -230,7 +231,7 @@ impl Drop for Waiting<'_> {
 /// Checks a connection out of one endpoint: bb8's own checkout, failed early by the fail-fast
 /// watch when a connect attempt made for it fails and no connection could come back to it.
 /// A restarted checkout keeps `deadline` (or else the first one's `checkout_timeout`).
-/// `at_gate`, if any, is set while the checkout waits at the gate.
+/// `at_gate_flag`, if any, is set while the checkout waits at the gate.
 async fn checkout_one<M>(
     endpoint: &Endpoint,
     deadline: Option<Instant>,
@@ -258,13 +259,15 @@ async fn checkout_one<M>(
     // This checkout counted in `gets_waited` by the gate, and bb8 waited for a connection for
     // it (and counts it too, unless it times out): counted once.
     let (mut gate_counted, mut bb8_waited) = (false, false);
-    let mut at_gate: Option<(Pin<Box<Notified<'_>>>, Instant, bool)> = None;
+    let mut at_gate: Option<Pin<Box<AtGate<'_>>>> = None;
     poll_fn(|cx| loop {
         let pass = if !gated {
             None
         } else {
-            if let Some((back, since, unpolled)) = at_gate.as_mut() {
-                if Future::poll(Pin::as_mut(back), cx).is_pending() {
+            if let Some(waiting) = at_gate.as_mut() {
+                let waiting = waiting.as_mut().project();
+                let (since, unpolled) = (*waiting.since, *waiting.unpolled);
+                if waiting.back.poll(cx).is_pending() {
                     // Within the checkout's timeout, as a wait in bb8 would be.
                     if restart_deadline.is_none() {
                         let at = deadline
@@ -273,14 +276,14 @@ async fn checkout_one<M>(
                     }
                     if let Some(at) = restart_deadline.as_mut() {
                         if at.as_mut().poll(cx).is_ready() {
-                            shared.lifecycle.gate_waited(since.into_std(), false);
+                            shared.lifecycle.gate_waited(since, false);
                             shared.counters.restart_timed_out();
                             return Poll::Ready(Err(TcpPoolError::CheckoutTimeout));
                         }
                     }
                     return Poll::Pending;
                 }
-                shared.lifecycle.gate_waited(since.into_std(), *unpolled);
+                shared.lifecycle.gate_waited(since, unpolled);
                 at_gate = None;
                 if let Some(flag) = at_gate_flag {
                     flag.store(false, Relaxed);
@@ -295,15 +298,15 @@ async fn checkout_one<M>(
             }
             match shared.lifecycle.pass(polled, go_on) {
                 Ok(pass) => Some((pass, watch_bb8)),
-                Err(back) => {
+                Err(mut waiting) => {
                     // Counted in `gets` only if bb8 has not counted it yet, in `gets_waited`
                     // only at its first wait.
                     let first = waiting_since.is_none();
                     gate_counted |= first;
                     shared.lifecycle.gate_wait(first, !polled);
-                    let now = Instant::now();
-                    waiting_since.get_or_insert(now);
-                    at_gate = Some((back, now, !polled));
+                    waiting_since.get_or_insert_with(Instant::now);
+                    *waiting.as_mut().project().unpolled = !polled;
+                    at_gate = Some(waiting);
                     if let Some(flag) = at_gate_flag {
                         flag.store(true, Relaxed);
                     }

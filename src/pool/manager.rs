@@ -1,10 +1,7 @@
 //! The bb8 connection manager of one endpoint: connect, the checkout health check, and the
 //! return-time verdict of the clean-connection rule, which also feeds outlier detection.
 
-use std::cell::Cell;
-use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::pin;
 use std::sync::Arc;
 
 use crate::clean::{self, DiscardReason};
@@ -19,18 +16,6 @@ use crate::pool::shared::Shared;
 #[derive(Debug, Clone)]
 pub(crate) struct TcpManager {
     pub(crate) shared: Arc<Shared>,
-}
-
-thread_local! {
-    /// Set when a checkout health check returns `Pending` on this thread.
-    static CHECK_PENDING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether a checkout health check returned `Pending` on this thread since the last call: a
-/// bb8 checkout that returned `Pending` without it waits for a connection (bb8 counts it in
-/// `gets_waited`).
-pub(crate) fn take_check_pending() -> bool {
-    CHECK_PENDING.with(|c| c.replace(false))
 }
 
 /// The error of a connect to an endpoint taken out of the set (not a backend failure).
@@ -71,22 +56,20 @@ impl bb8::ManageConnection for TcpManager {
         if self.shared.is_removed() {
             return Err(TcpPoolError::Io(removed()));
         }
-        let mut check = pin!(async {
-            let result = health::check(&self.shared, conn).await;
-            if result.is_err() {
+        match health::check(&self.shared, conn).await {
+            Err(e) if lifecycle::parked() => {
+                // Polled under the gate's lock with connections out: bb8 would look for
+                // another idle connection, or connect, next; wait for them first. Boxed with
+                // the error: this is rare, and every checkout's future would carry it.
                 let shared = &self.shared;
-                shared.lifecycle.check_failed(|| shared.is_removed()).await;
+                Box::pin(async move {
+                    shared.lifecycle.check_failed(|| shared.is_removed()).await;
+                    Err(e)
+                })
+                .await
             }
-            result
-        });
-        poll_fn(|cx| {
-            let polled = check.as_mut().poll(cx);
-            if polled.is_pending() {
-                CHECK_PENDING.with(|c| c.set(true));
-            }
-            polled
-        })
-        .await
+            result => result,
+        }
     }
 
     fn has_broken(&self, conn: &mut PooledStream) -> bool {

@@ -1,10 +1,12 @@
 //! The health check probe a pool may be configured with: the [`ProbeFn`] trait that every
 //! `async fn(&mut BackendStream) -> io::Result<()>` implements, and its boxed form.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::transport::BackendStream;
 
@@ -53,5 +55,42 @@ pub(crate) type Probe = Arc<dyn for<'a> Fn(&'a mut BackendStream) -> ProbeFuture
 
 /// Boxes a probe for the configuration.
 pub(crate) fn probe<P: for<'a> ProbeFn<'a> + 'static>(probe: P) -> Probe {
-    Arc::new(move |stream| Box::pin(probe(stream)))
+    Arc::new(move |stream| {
+        Box::pin(Flagged {
+            probe: probe(stream),
+        })
+    })
+}
+
+thread_local! {
+    /// Set when a probe returns `Pending` on this thread.
+    static PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a probe returned `Pending` on this thread since the last call: a bb8 checkout
+/// that returned `Pending` without it waits for a connection (bb8 counts it in
+/// `gets_waited`); the health check's peek is never pending.
+pub(crate) fn take_pending() -> bool {
+    PENDING.with(|c| c.replace(false))
+}
+
+pin_project_lite::pin_project! {
+    /// A probe's future that says when it is pending (see [`take_pending`]). Inside the box
+    /// every probe has already, so a checkout's future does not grow.
+    struct Flagged<F> {
+        #[pin]
+        probe: F,
+    }
+}
+
+impl<F: Future> Future for Flagged<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polled = self.project().probe.poll(cx);
+        if polled.is_pending() {
+            PENDING.with(|c| c.set(true));
+        }
+        polled
+    }
 }

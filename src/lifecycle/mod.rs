@@ -97,8 +97,8 @@
 //! per connection: bb8 moves the pooled struct on every checkout and return, and 48 bytes
 //! more in it cost about 750 instructions per request, the box 8 bytes. Measured with
 //! callgrind through the router (`benches/callgrind.sh`): the eager layer +79 instructions
-//! per request at one request in flight, +66 at 64 (about 0.4 %); the gate added +138 and
-//! +41 (most of it inlining that moved; `benches/README.md`).
+//! per request at one request in flight, +66 at 64 (about 0.4 %); the gate (with its review
+//! fixes and the accept-and-close backoff) +188 and +116 (`benches/README.md`).
 
 mod gate;
 mod keeper;

@@ -126,6 +126,27 @@ async fn exchange(conn: &mut TcpConnection, cmd: &str) -> Result<String, TcpPool
     Ok(read_line(conn).await?)
 }
 
+/// A pool of one idle connection (max_size 4), whose idle probe is under way and held.
+async fn only_connection_probed(backend: &Backend) -> (TcpPool, Armed) {
+    let pool = builder(backend, 4, 0).build().expect("pool");
+    open_idle(&pool, backend, 1).await;
+    let mut probe = arm(backend, None);
+    probe.entered("idle probe of the only connection").await;
+    (pool, probe)
+}
+
+/// A task that checks a connection out of `pool` and makes one exchange on it.
+fn spawn_exchange(
+    pool: &TcpPool,
+    cmd: &'static str,
+) -> tokio::task::JoinHandle<Result<String, TcpPoolError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut conn = pool.get().await?;
+        exchange(&mut conn, cmd).await
+    })
+}
+
 /// Opens `n` connections with `n` concurrent checkouts and gives them back (min_idle 0).
 async fn open_idle(pool: &TcpPool, backend: &Backend, n: usize) {
     let mut conns = Vec::new();
@@ -162,13 +183,7 @@ async fn a_health_check_failing_while_the_probe_holds_the_other_connection_opens
     let x = probe.entered("idle probe of X").await;
     let mut check = arm(&backend, Some(x));
     let before = pool.state();
-    let checkout = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut conn = pool.get().await?;
-            exchange(&mut conn, "ECHO r").await
-        })
-    };
+    let checkout = spawn_exchange(&pool, "ECHO r");
     check.entered("health check of Y").await;
     check.fail();
     // Either the checkout waits at the gate for X, or bb8 opened a connection for it.
@@ -196,18 +211,9 @@ async fn a_health_check_failing_while_the_probe_holds_the_other_connection_opens
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_waiting_at_the_gate_then_in_bb8_counts_one_wait() {
     let backend = Backend::start().await;
-    let pool = builder(&backend, 4, 0).build().expect("pool");
-    open_idle(&pool, &backend, 1).await;
-    let mut probe = arm(&backend, None);
-    probe.entered("idle probe of the only connection").await;
+    let (pool, probe) = only_connection_probed(&backend).await;
     let before = pool.state();
-    let checkout = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut conn = pool.get().await?;
-            exchange(&mut conn, "ECHO r").await
-        })
-    };
+    let checkout = spawn_exchange(&pool, "ECHO r");
     wait_pool(&pool, "checkout at the gate", |s| {
         s.gets_waited > before.gets_waited
     })
@@ -235,18 +241,9 @@ async fn a_checkout_waiting_at_the_gate_then_in_bb8_counts_one_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkouts_cancelled_at_the_gate_leave_coherent_counts_and_lose_no_wake() {
     let backend = Backend::start().await;
-    let pool = builder(&backend, 4, 0).build().expect("pool");
-    open_idle(&pool, &backend, 1).await;
-    let mut probe = arm(&backend, None);
-    probe.entered("idle probe of the only connection").await;
+    let (pool, probe) = only_connection_probed(&backend).await;
     let before = pool.state();
-    let spawn = || {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut conn = pool.get().await?;
-            exchange(&mut conn, "ECHO kept").await
-        })
-    };
+    let spawn = || spawn_exchange(&pool, "ECHO kept");
     let cancelled: Vec<_> = (0..3).map(|_| spawn()).collect();
     wait_pool(&pool, "three at the gate", |s| {
         s.gets_waited >= before.gets_waited + 3
@@ -333,13 +330,7 @@ async fn removing_an_endpoint_whose_probe_is_held_moves_its_gate_waiters() {
         .entered("idle probe of the old endpoint's connection")
         .await;
     let before = pool.state();
-    let checkout = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut conn = pool.get().await?;
-            exchange(&mut conn, "ECHO moved").await
-        })
-    };
+    let checkout = spawn_exchange(&pool, "ECHO moved");
     wait_pool(&pool, "checkout at the gate", |s| {
         s.gets_waited > before.gets_waited
     })

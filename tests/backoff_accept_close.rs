@@ -169,3 +169,55 @@ async fn a_backend_replying_an_error_then_closing_figures() {
     );
     task.abort();
 }
+
+/// "Few connect attempts per backoff step" for a server at its connection limit: the
+/// connections it already has keep being served, every new one is accepted and closed. A
+/// clean return of an old connection proves nothing about new ones ("healthy only once one
+/// of its new connections has served a request"): a storm must not get a SYN per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_at_its_connection_limit_is_backed_off_while_old_connections_serve() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counted = accepts.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            if counted.fetch_add(1, SeqCst) >= 1 {
+                drop(s); // at the limit: one connection served
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                for _ in 0..100_000 {
+                    let mut line = String::new();
+                    match s.read_line(&mut line).await {
+                        Ok(n) if n > 0 => {}
+                        _ => return,
+                    }
+                    let reply = line.strip_prefix("ECHO ").unwrap_or("ERR\n");
+                    if s.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let pool = TcpPool::builder(addr).build().expect("pool");
+    let client = HttpClient::new(serve(app::eager(&pool)).await);
+    let r = client.get("/echo/old").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "old"));
+    let (replies, elapsed) = client.storm((0..1000).map(|i| format!("/echo/{i}"))).await;
+    let s = pool.state();
+    let accepted = accepts.load(SeqCst) as u64;
+    let steps = testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
+    let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    println!(
+        "figures: connection limit 1, 1000 requests in {elapsed:?}: {ok} served, {accepted} accepted, {} backed off, at most {steps} steps",
+        s.connects_backed_off
+    );
+    task.abort();
+    let bound = 2 * 11 * (1 + steps);
+    assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
+}

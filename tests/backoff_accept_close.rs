@@ -211,8 +211,12 @@ async fn a_server_at_its_connection_limit_is_backed_off_while_old_connections_se
     let (replies, elapsed) = client.storm((0..1000).map(|i| format!("/echo/{i}"))).await;
     let s = pool.state();
     let accepted = accepts.load(SeqCst) as u64;
-    let steps = testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
-    let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    let steps =
+        testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
+    let ok = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
     println!(
         "figures: connection limit 1, 1000 requests in {elapsed:?}: {ok} served, {accepted} accepted, {} backed off, at most {steps} steps",
         s.connects_backed_off
@@ -220,4 +224,120 @@ async fn a_server_at_its_connection_limit_is_backed_off_while_old_connections_se
     task.abort();
     let bound = 2 * 11 * (1 + steps);
     assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
+}
+
+/// "Backend back → requests succeed within one backoff step", when the probe that finds the
+/// backend back is the `min_idle` refill (no request health-checks it: the endpoint stays
+/// CONNECTED, one attempt at a time): a burst arriving then must be served, not get 502 from
+/// a healthy backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_after_a_min_idle_probe_found_the_backend_back_is_served() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(20)
+        .min_idle(2)
+        .build()
+        .expect("pool");
+    let client = HttpClient::new(serve(app::eager(&pool)).await);
+    backend.wait_for("min_idle open", |s| s.open == 2).await;
+    backend.stop().await;
+    let r = client.get("/echo/down").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    let before = backend.seen().accepts;
+    backend.restart().await;
+    // The refill probes on its own: wait for it to connect (no request meanwhile).
+    backend
+        .wait_for("the min_idle refill reconnected", |s| s.accepts > before)
+        .await;
+    wait_pool(&pool, "an idle connection", |s| s.idle >= 1).await;
+    let (replies, _) = client.storm((0..50).map(|i| format!("/echo/{i}"))).await;
+    let s = pool.state();
+    let failed: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status != StatusCode::OK)
+        .map(|r| (r.status, r.body.clone()))
+        .collect();
+    println!(
+        "figures: burst of 50 after a min_idle probe: {} failed, {} backed off",
+        failed.len(),
+        s.connects_backed_off
+    );
+    assert!(failed.is_empty(), "{failed:?}: {s:?}");
+}
+
+/// "Backend back → requests succeed within one backoff step" and "the first success resets
+/// it", under load: after a refused-connect outage, once one request succeeded, a burst of
+/// concurrent requests (each needing a new connection) is all served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_right_after_the_first_success_is_served() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(60)
+        .build()
+        .expect("pool");
+    let client = HttpClient::new(serve(app::eager(&pool)).await);
+    backend.stop().await;
+    let r = client.get("/echo/down").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    backend.restart().await;
+    let (r, _) = client.get_when_back("/echo/back").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "back"));
+    let backed_off = pool.state().connects_backed_off;
+    // Held by the backend until all are in (50 connections at once), or answered by the pool.
+    let tasks: Vec<_> = (0..50)
+        .map(|i| client.spawn_get(&format!("/hold/{i}")))
+        .collect();
+    wait_pool(&pool, "each held or answered", |_| {
+        backend.seen().holding + tasks.iter().filter(|t| t.is_finished()).count() >= 50
+    })
+    .await;
+    let held = backend.seen().holding;
+    let mut failed = Vec::new();
+    for t in tasks {
+        backend.release();
+        let r = testkit::bounded("a held request", t).await.expect("task");
+        if r.status != StatusCode::OK {
+            failed.push((r.status, r.body));
+        }
+    }
+    println!("held at once: {held}");
+    let s = pool.state();
+    println!(
+        "figures: burst of 50 right after the first success: {} failed, {} backed off in the burst",
+        failed.len(),
+        s.connects_backed_off - backed_off
+    );
+    assert!(failed.is_empty(), "{failed:?}: {s:?}");
+}
+
+/// The 0.1 promise "after a backend restart the first request succeeds", for a burst: the
+/// `min_idle` connections just opened (never used) are all closed by a restart, then 20
+/// requests arrive at once: each stale connection fails its health check (a restart, not an
+/// accept-then-close backend) and every request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_after_a_restart_closing_fresh_min_idle_connections_is_served() {
+    let backend = Backend::start().await;
+    let pool = TcpPool::builder(backend.addr_string())
+        .max_size(30)
+        .min_idle(4)
+        .build()
+        .expect("pool");
+    let client = HttpClient::new(serve(app::eager(&pool)).await);
+    backend.wait_for("min_idle open", |s| s.open == 4).await;
+    wait_pool(&pool, "four idle", |s| s.idle == 4).await;
+    backend.stop().await;
+    backend.restart().await;
+    let (replies, _) = client.storm((0..20).map(|i| format!("/echo/{i}"))).await;
+    let s = pool.state();
+    let failed: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status != StatusCode::OK)
+        .map(|r| (r.status, r.body.clone()))
+        .collect();
+    println!(
+        "figures: burst of 20 after a restart with 4 fresh idle: {} failed, {} backed off",
+        failed.len(),
+        s.connects_backed_off
+    );
+    assert!(failed.is_empty(), "{failed:?}: {s:?}");
 }

@@ -136,10 +136,12 @@ async fn failover_from_an_accept_close_endpoint_never_502s() {
 
 /// A server at its connection limit that reads the request, replies an error line and
 /// closes (a proxy whose upstream is gone): the pool cannot tell the reply is an error, the
-/// connection comes back clean and proves the endpoint. Measured only (figures): the number
-/// of SYNs for 300 sequential requests.
+/// connection comes back clean and proves the endpoint, so "few connect attempts per backoff
+/// step" does not hold: about one SYN per request (296-300 for 300 sequential requests).
+/// Ignored: a known limit (the pool cannot read the app's protocol), for the lead to decide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_replying_an_error_then_closing_figures() {
+#[ignore = "known limit: a backend that replies an error then closes gets one SYN per request"]
+async fn a_backend_replying_an_error_then_closing_gets_few_syns() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -158,16 +160,22 @@ async fn a_backend_replying_an_error_then_closing_figures() {
     });
     let pool = TcpPool::builder(addr).build().expect("pool");
     let client = HttpClient::new(serve(app::eager(&pool)).await);
+    let start = std::time::Instant::now();
     for i in 0..300 {
         let _ = client.get(&format!("/echo/{i}")).await;
     }
+    let elapsed = start.elapsed();
     let s = pool.state();
+    let accepted = accepts.load(std::sync::atomic::Ordering::SeqCst) as u64;
+    let steps =
+        testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
     println!(
-        "figures: error-then-close backend, 300 requests: {} accepts, {} backed off",
-        accepts.load(std::sync::atomic::Ordering::SeqCst),
+        "figures: error-then-close backend, 300 requests in {elapsed:?}: {accepted} accepts, {} backed off",
         s.connects_backed_off
     );
     task.abort();
+    let bound = 2 * 11 * (1 + steps);
+    assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
 }
 
 /// "Few connect attempts per backoff step" for a server at its connection limit: the

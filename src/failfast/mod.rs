@@ -195,6 +195,17 @@ impl FailFast {
         }
     }
 
+    /// A new connection served a request and came back clean: the backend does not accept
+    /// and close every connection, so the episode of failing new connections, if any, ends
+    /// (a second restart within [`EPISODE`] closing one `min_idle` opened since the first is
+    /// not the next failure). Once per connection, at its first clean return.
+    #[cold]
+    pub(crate) fn new_connection_served(&self) {
+        if let Ok(mut episode) = self.new_failed.lock() {
+            *episode = None;
+        }
+    }
+
     /// A health check passed: the streak of failing new connections ends, and a backoff
     /// whose probe connected lets every attempt go ahead.
     pub(crate) fn check_passed(&self) {

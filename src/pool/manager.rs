@@ -168,7 +168,10 @@ impl TcpManager {
                     shared.failed();
                 }
                 None if verdict.is_none() && conn.tracker.used() => {
-                    conn.fresh = false;
+                    if std::mem::take(&mut conn.fresh) {
+                        // A new connection served: the backend does not close every one.
+                        shared.fail_fast.new_connection_served();
+                    }
                     shared.outlier.succeeded();
                     shared.fail_fast.backoff.proven();
                 }

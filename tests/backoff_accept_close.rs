@@ -17,7 +17,9 @@ const LONG: Duration = Duration::from_secs(30);
 /// closes every connection). A healthy backend that closes a connection in reply to one
 /// bad request (a poison request: a protocol error, a crash in one session's handler) and
 /// serves every other: two such requests within 1 s, each on a new connection, must not back
-/// the endpoint off: the next good request must succeed.
+/// the endpoint off: the next good request must succeed. Failed when an exchange closed
+/// before its first byte counted for the backoff (`502`, 1 connect refused): only the health
+/// check, before any request, does now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_poison_requests_do_not_back_off_a_healthy_backend() {
     let backend = Backend::start().await;
@@ -105,8 +107,10 @@ async fn accept_close() -> (String, tokio::task::JoinHandle<()>) {
 /// Several endpoints (issue 12: failover) with the backoff: one endpoint accepts and closes,
 /// the other is healthy: no request gets 502 while the healthy one can serve it, but for an
 /// exchange already under way on a connection of the bad one that passed its health check
-/// (the close raced it: the pool cannot replay a request): at most two, before the bad one is
-/// backed off or ejected.
+/// (the close raced it: the pool cannot replay a request): at most outlier detection's
+/// `consecutive_failures` (5 by default), before the bad one is backed off or ejected. (An
+/// exchange closed before its first byte does not count for the backoff: a poison request
+/// would back a healthy backend off, see above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_from_an_accept_close_endpoint_never_502s() {
     let (hole, task) = accept_close().await;
@@ -131,7 +135,11 @@ async fn failover_from_an_accept_close_endpoint_never_502s() {
         good.seen().accepts
     );
     task.abort();
-    assert!(failed.len() <= 2, "{failed:?}: {s:?}");
+    assert!(failed.len() <= 5, "{failed:?}: {s:?}");
+    assert!(
+        s.endpoints[0].ejected || s.connects_backed_off > 0,
+        "the bad endpoint is still chosen: {s:?}"
+    );
 }
 
 /// A server at its connection limit that reads the request, replies an error line and
@@ -182,6 +190,7 @@ async fn a_backend_replying_an_error_then_closing_gets_few_syns() {
 /// connections it already has keep being served, every new one is accepted and closed. A
 /// clean return of an old connection proves nothing about new ones ("healthy only once one
 /// of its new connections has served a request"): a storm must not get a SYN per request.
+/// Failed (up to 190 SYNs, bound 154) while any clean return reset the backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_at_its_connection_limit_is_backed_off_while_old_connections_serve() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

@@ -23,8 +23,6 @@ pub(crate) struct Tracker {
     written_since_read: bool,
     /// Any read or write was attempted during this checkout.
     used: bool,
-    /// A read brought bytes during this checkout.
-    read_any: bool,
     /// The last read returned less than it asked for, and nothing was written since: the
     /// socket's receive queue was empty right after it. (Not for TLS, whose session buffers
     /// what the socket held.)
@@ -134,11 +132,6 @@ impl Tracker {
         self.used
     }
 
-    /// Whether a read brought bytes during this checkout.
-    pub(crate) fn read_any(&self) -> bool {
-        self.read_any
-    }
-
     /// The mark left by [`on_drop`](Self::on_drop) or a failed check, if any.
     pub(crate) fn marked(&self) -> Option<DiscardReason> {
         self.dirty
@@ -169,7 +162,6 @@ impl Tracker {
                 self.drained = filled < wanted;
                 if filled > 0 {
                     self.written_since_read = false;
-                    self.read_any = true;
                 } else if wanted > 0 {
                     self.mark(DiscardReason::Eof);
                 }

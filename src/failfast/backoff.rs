@@ -13,16 +13,20 @@
 //!   leaves the endpoint *unproven*: one attempt at a time goes ahead until a connection
 //!   passes its checkout health check (microseconds after the probe, when a request takes
 //!   it), then every attempt; the endpoint is healthy again once a connection has served a
-//!   request (`proven`, a clean return after use). Until then, a new connection failing
-//!   (see below) is the next failure in a row, and the delay goes on doubling.
+//!   request (`proven`: a new connection's first clean return after use; an old one proves
+//!   nothing, a server at its connection limit serves those). Until then, a new connection
+//!   failing (see below) is the next failure in a row, and the delay goes on doubling.
 //! - **A backend that accepts and closes** (a proxy whose upstream is down, a server at its
 //!   connection limit): each TCP connect succeeds. A connection that never served a request
-//!   and fails its health check, or whose first exchange ends (EOF, error) before a byte
-//!   came back, is a failed connect here when it was opened after another such failure,
-//!   within 1 s of it (`FailFast::new_connection_failed`). One alone is not: a restart
-//!   closes the idle connections `min_idle` opened the same way, and so are those opened
-//!   before it. A storm of 1,000 requests against such a backend makes 23 to 89 connects
-//!   where it made 376 to 988 (`tests/backoff_close_edges.rs`). Attempts that were already under way when the first failure came
+//!   and fails its checkout health check is a failed connect here when it was opened after
+//!   another such failure, within 1 s of it, and no new connection served in between
+//!   (`FailFast::new_connection_failed`). One alone is not: a restart closes the idle
+//!   connections `min_idle` opened the same way, and so are those opened before it. An
+//!   exchange that fails is not either: a backend closing a connection on a bad request
+//!   (twice) would back a healthy backend off. A storm of 1,000 requests against such a
+//!   backend makes 30 to 78 connects where it made 376 to 988
+//!   (`tests/backoff_close_edges.rs`).
+//! - Attempts that were already under way when the first failure came
 //!   (several, started together while healthy) count as failures but do not lengthen the
 //!   delay; one begun before the last success that fails after it starts no new step (it is
 //!   stale).
@@ -172,9 +176,8 @@ impl Backoff {
         self.state.lock().map_or(0, |s| s.failures)
     }
 
-    /// A new connection, not yet used, was closed by the backend before its first byte (or
-    /// new connections kept failing their health check): while the endpoint is healthy or
-    /// unproven, the next failure in a row.
+    /// New connections that never served a request keep failing their health check: while
+    /// the endpoint is healthy or unproven, the next failure in a row.
     pub(crate) fn fresh_failed(&self) {
         if !self.is_on() {
             return;
@@ -375,8 +378,8 @@ mod tests {
         assert!(matches!(b.admit_at(t1), Admission::Go(_)));
     }
 
-    // A backend that accepts and closes: each probe connects, each new connection is closed
-    // before its first byte. The delay goes on doubling instead of starting over.
+    // A backend that accepts and closes: each probe connects, each new connection fails its
+    // health check. The delay goes on doubling instead of starting over.
     #[test]
     fn new_connections_closed_unused_go_on_doubling_the_delay() {
         let b = Backoff::new(ms(100), ms(1000));

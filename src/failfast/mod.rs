@@ -162,8 +162,8 @@ impl FailFast {
         true
     }
 
-    /// A connection that never served a request, opened by `attempt`, failed (its health
-    /// check, or closed before its first byte): whether that is a failed connect for the
+    /// A connection that never served a request, opened by `attempt`, failed its health
+    /// check: whether that is a failed connect for the
     /// reconnect backoff (which it then steps). One failing is not: a restart closes the new
     /// idle connections (those `min_idle` opened) the same way, and so do they all if several
     /// were open. But when a connection opened after such a failure fails too, within

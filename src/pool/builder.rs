@@ -142,11 +142,14 @@ impl TcpPool {
 ///
 /// A backend that accepts connections and closes them (a proxy whose upstream is down, a
 /// server at its connection limit) is backed off too: a new connection that fails its health
-/// check, or its first exchange before a byte came back, counts as a failed connect when one
-/// opened before it failed the same way within the last second (one alone is taken for a
-/// restart closing idle connections). After failures the first connect lets one attempt
-/// through at a time until a connection passes its health check, and the backoff is reset
-/// once a connection has served a request: until then the delay goes on doubling.
+/// check counts as a failed connect when one opened before it failed the same way within the
+/// last second (one alone is taken for a restart closing idle connections). After failures
+/// the first connect lets one attempt through at a time until a connection passes its health
+/// check, and the backoff is reset once a new connection has served a request: until then
+/// the delay goes on doubling. A failed exchange never counts (a backend closing connections
+/// on a bad request is not down); outlier detection ejects an endpoint that fails them. Nor
+/// does a backend that answers each new connection's request with an error line and then
+/// closes it: that exchange is clean.
 ///
 /// The logs stay short during an outage: the first failed connect of an endpoint is a `warn`,
 /// then at most one `warn` every 5 s per endpoint counts the failed and backed-off attempts

@@ -159,21 +159,18 @@ impl TcpManager {
             // the failures in a row; an idle connection found closed is neither.
             match marked {
                 // Not `Codec`: a frame the app's codec could not decode may be the app's bug.
-                Some(DiscardReason::IoError | DiscardReason::Eof) => {
-                    if conn.fresh && !conn.tracker.read_any() {
-                        // Closed before its first byte, and it never served a request.
-                        let e = io::Error::from(io::ErrorKind::UnexpectedEof);
-                        shared.new_connection_failed(conn.attempt, &e);
-                    }
-                    shared.failed();
-                }
+                // Not the backoff's: a backend closing a new connection on a request (a poison
+                // request, twice) would back a healthy backend off. Only the health check,
+                // before any request, speaks for the backoff.
+                Some(DiscardReason::IoError | DiscardReason::Eof) => shared.failed(),
                 None if verdict.is_none() && conn.tracker.used() => {
                     if std::mem::take(&mut conn.fresh) {
-                        // A new connection served: the backend does not close every one.
+                        // A new connection served: the backend does not close every one. (Not
+                        // an old one: a server at its connection limit serves those.)
                         shared.fail_fast.new_connection_served();
+                        shared.fail_fast.backoff.proven();
                     }
                     shared.outlier.succeeded();
-                    shared.fail_fast.backoff.proven();
                 }
                 _ => {}
             }

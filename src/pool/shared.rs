@@ -109,7 +109,7 @@ impl Shared {
     }
 
     /// A connection that never served a request, opened by `attempt`, failed its health
-    /// check or was closed by the backend before its first byte: if connections opened
+    /// check: if connections opened
     /// since the last such failure fail too, a failed connect for the reconnect backoff
     /// (see `FailFast::new_connection_failed`). Not counted in `connect_failures` (each
     /// connect succeeded); the connects it then refuses are, in `connects_backed_off`.

@@ -92,6 +92,19 @@ async fn the_first_request_after_a_second_quick_restart_succeeds() {
     );
 }
 
+/// Prints the figures of a storm and checks the backend saw at most `max_size + 1` connects
+/// per backoff step that fits in `elapsed` (twice that: each step's connects may race).
+fn assert_few_syns(what: &str, accepted: u64, elapsed: Duration, s: &axum_tcp_pool::PoolState) {
+    let steps =
+        testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
+    println!(
+        "figures: {what} in {elapsed:?}: {accepted} accepted, {} backed off, at most {steps} steps",
+        s.connects_backed_off
+    );
+    let bound = 2 * 11 * (1 + steps);
+    assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
+}
+
 /// A listener that accepts every connection and closes it at once.
 async fn accept_close() -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -175,15 +188,13 @@ async fn a_backend_replying_an_error_then_closing_gets_few_syns() {
     let elapsed = start.elapsed();
     let s = pool.state();
     let accepted = accepts.load(std::sync::atomic::Ordering::SeqCst) as u64;
-    let steps =
-        testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
-    println!(
-        "figures: error-then-close backend, 300 requests in {elapsed:?}: {accepted} accepts, {} backed off",
-        s.connects_backed_off
-    );
     task.abort();
-    let bound = 2 * 11 * (1 + steps);
-    assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
+    assert_few_syns(
+        "error-then-close backend, 300 requests",
+        accepted,
+        elapsed,
+        &s,
+    );
 }
 
 /// "Few connect attempts per backoff step" for a server at its connection limit: the
@@ -228,19 +239,13 @@ async fn a_server_at_its_connection_limit_is_backed_off_while_old_connections_se
     let (replies, elapsed) = client.storm((0..1000).map(|i| format!("/echo/{i}"))).await;
     let s = pool.state();
     let accepted = accepts.load(SeqCst) as u64;
-    let steps =
-        testkit::backoff::steps_within(elapsed, testkit::backoff::MIN, testkit::backoff::MAX);
     let ok = replies
         .iter()
         .filter(|r| r.status == StatusCode::OK)
         .count();
-    println!(
-        "figures: connection limit 1, 1000 requests in {elapsed:?}: {ok} served, {accepted} accepted, {} backed off, at most {steps} steps",
-        s.connects_backed_off
-    );
     task.abort();
-    let bound = 2 * 11 * (1 + steps);
-    assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
+    let what = format!("connection limit 1, 1000 requests, {ok} served");
+    assert_few_syns(&what, accepted, elapsed, &s);
 }
 
 /// "Backend back → requests succeed within one backoff step", when the probe that finds the

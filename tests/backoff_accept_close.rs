@@ -105,6 +105,31 @@ fn assert_few_syns(what: &str, accepted: u64, elapsed: Duration, s: &axum_tcp_po
     assert!(accepted <= bound, "{accepted} SYNs > {bound}: {s:?}");
 }
 
+/// The replies that are not `200`, with their bodies.
+fn not_ok(replies: &[testkit::Reply]) -> Vec<(StatusCode, String)> {
+    replies
+        .iter()
+        .filter(|r| r.status != StatusCode::OK)
+        .map(|r| (r.status, r.body.clone()))
+        .collect()
+}
+
+/// Prints the figures of a burst and checks none of its requests failed; `backed_off` is
+/// `connects_backed_off` before it.
+fn assert_all_served(
+    what: &str,
+    failed: &[(StatusCode, String)],
+    backed_off: u64,
+    s: &axum_tcp_pool::PoolState,
+) {
+    println!(
+        "figures: {what}: {} failed, {} backed off in the burst",
+        failed.len(),
+        s.connects_backed_off - backed_off
+    );
+    assert!(failed.is_empty(), "{failed:?}: {s:?}");
+}
+
 /// A listener that accepts every connection and closes it at once.
 async fn accept_close() -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -273,18 +298,13 @@ async fn a_burst_after_a_min_idle_probe_found_the_backend_back_is_served() {
         .await;
     wait_pool(&pool, "an idle connection", |s| s.idle >= 1).await;
     let (replies, _) = client.storm((0..50).map(|i| format!("/echo/{i}"))).await;
-    let s = pool.state();
-    let failed: Vec<_> = replies
-        .iter()
-        .filter(|r| r.status != StatusCode::OK)
-        .map(|r| (r.status, r.body.clone()))
-        .collect();
-    println!(
-        "figures: burst of 50 after a min_idle probe: {} failed, {} backed off",
-        failed.len(),
-        s.connects_backed_off
+    let failed = not_ok(&replies);
+    assert_all_served(
+        "burst of 50 after a min_idle probe",
+        &failed,
+        0,
+        &pool.state(),
     );
-    assert!(failed.is_empty(), "{failed:?}: {s:?}");
 }
 
 /// "Backend back → requests succeed within one backoff step" and "the first success resets
@@ -323,13 +343,8 @@ async fn a_burst_right_after_the_first_success_is_served() {
         }
     }
     println!("held at once: {held}");
-    let s = pool.state();
-    println!(
-        "figures: burst of 50 right after the first success: {} failed, {} backed off in the burst",
-        failed.len(),
-        s.connects_backed_off - backed_off
-    );
-    assert!(failed.is_empty(), "{failed:?}: {s:?}");
+    let what = "burst of 50 right after the first success";
+    assert_all_served(what, &failed, backed_off, &pool.state());
 }
 
 /// The 0.1 promise "after a backend restart the first request succeeds", for a burst: the
@@ -350,16 +365,7 @@ async fn a_burst_after_a_restart_closing_fresh_min_idle_connections_is_served() 
     backend.stop().await;
     backend.restart().await;
     let (replies, _) = client.storm((0..20).map(|i| format!("/echo/{i}"))).await;
-    let s = pool.state();
-    let failed: Vec<_> = replies
-        .iter()
-        .filter(|r| r.status != StatusCode::OK)
-        .map(|r| (r.status, r.body.clone()))
-        .collect();
-    println!(
-        "figures: burst of 20 after a restart with 4 fresh idle: {} failed, {} backed off",
-        failed.len(),
-        s.connects_backed_off
-    );
-    assert!(failed.is_empty(), "{failed:?}: {s:?}");
+    let failed = not_ok(&replies);
+    let what = "burst of 20 after a restart with 4 fresh idle";
+    assert_all_served(what, &failed, 0, &pool.state());
 }

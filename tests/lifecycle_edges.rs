@@ -252,11 +252,7 @@ async fn sweeps_probes_and_refills_racing_bursts_never_exceed_max_size() {
 /// and the connect attempts follow the reconnect backoff (a handful, not one per poll).
 #[tokio::test(flavor = "current_thread")]
 async fn a_down_backend_with_min_idle_does_not_spin() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let pool = TcpPool::builder(format!("127.0.0.1:{port}"))
+    let pool = TcpPool::builder(testkit::nothing_listens())
         .min_idle(2)
         .idle_probe_interval(Some(Duration::from_millis(10)))
         .build()
@@ -285,10 +281,7 @@ async fn a_down_backend_with_min_idle_does_not_spin() {
 #[tokio::test(flavor = "current_thread")]
 async fn one_endpoint_down_among_several_with_min_idle() {
     let backend = Backend::start().await;
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let down = testkit::nothing_listens();
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();
     let pool = TcpPool::builder(backend.addr_string())
@@ -528,10 +521,7 @@ async fn a_request_during_a_probe_does_not_grow_the_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_down_endpoint_ends_its_task() {
     let backend = Backend::start().await;
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let down = testkit::nothing_listens();
     let metrics = tokio::runtime::Handle::current().metrics();
     // The backend's accept loop.
     let at_start = metrics.num_alive_tasks();

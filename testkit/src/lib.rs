@@ -44,7 +44,7 @@ pub mod tempdir;
 pub mod wait;
 
 pub use app::{assert_no_leak, setup};
-pub use backend::{Backend, Seen};
+pub use backend::{nothing_listens, Backend, Seen};
 pub use echo::read_line;
 pub use http::{serve, serve_until_stopped, BytesClient, BytesReply, HttpClient, Reply};
 pub use require::require_binary;

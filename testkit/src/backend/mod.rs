@@ -114,6 +114,13 @@ enum Listener {
 pub(crate) trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for S {}
 
+/// A loopback address nothing listens on (a port just bound and released): a backend that is
+/// down from the start.
+pub fn nothing_listens() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
 impl Backend {
     pub async fn start() -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")

@@ -213,7 +213,11 @@ async fn sweeps_probes_and_refills_racing_bursts_never_exceed_max_size() {
         );
         worst = worst.max(proxy.stats().max_open);
     }
-    let s = wait_pool(&pool, "min_idle again", |s| s.idle >= 3).await;
+    // A refill under way: the proxy counts its accept before bb8 counts the connection.
+    let s = wait_pool(&pool, "min_idle again, every accept counted", |s| {
+        s.idle >= 3 && s.connections_created as usize == proxy.stats().accepts
+    })
+    .await;
     let p = proxy.stats();
     eprintln!("proxy {p:?}\npool {s:?}");
     assert!(
